@@ -1,0 +1,40 @@
+"""One error hierarchy. Only ``cli.py`` turns these into exit codes.
+
+Every message says what is wrong, where (file, tensor or field), expected vs got, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class XlstmExportError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+class CheckpointError(XlstmExportError):
+    """A checkpoint (files, config or tensors) is missing, malformed or inconsistent."""
+
+
+class ConfigError(CheckpointError):
+    """A config or profile field is missing, of the wrong type, or inconsistent with others."""
+
+
+class UnsupportedError(XlstmExportError):
+    """Valid input that this tool does not (yet) handle."""
+
+
+class OutputError(XlstmExportError):
+    """The output path cannot be written (exists without --force, parent missing, ...)."""
+
+
+class ParityError(XlstmExportError):
+    """An artifact's outputs are outside the tolerance against the reference."""
+
+    exit_code = 1
+
+
+class RegistryError(XlstmExportError):
+    """A lowering or runner registry is used wrongly (duplicate or missing registration)."""
+
+    exit_code = 1
