@@ -1,0 +1,130 @@
+"""The ``xlstm-export`` command line. Heavy imports happen inside commands, so ``--help`` is fast.
+
+Errors: every :class:`~xlstm_export.errors.XlstmExportError` becomes one line ``error: ...`` on stderr
+and its ``exit_code`` (2 for bad input) -- never a traceback. That mapping lives in ``run_guarded``;
+the ``main`` group applies it to every command, so commands added later get it for free.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from .errors import XlstmExportError
+
+FORMAT_CHOICES = ("hf", "large", "hybrid", "profile")
+
+
+def run_guarded(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; turn an XlstmExportError into ``error: <one line>`` on stderr + its exit code."""
+    try:
+        return fn()
+    except XlstmExportError as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        click.echo(f"error: {msg}", err=True)
+        sys.exit(e.exit_code)
+
+
+def cli_errors(f: Callable) -> Callable:
+    """Decorator form of :func:`run_guarded` (for commands outside the ``main`` group)."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return run_guarded(lambda: f(*args, **kwargs))
+
+    return wrapper
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        return run_guarded(lambda: super(_Group, self).invoke(ctx))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="xlstm-export", prog_name="xlstm-export")
+def main() -> None:
+    """Export xLSTM checkpoints (transformers, xlstm_large, xLSTMLMModel) to on-device formats."""
+
+
+def checkpoint_options(f: Callable) -> Callable:
+    """``--checkpoint PATH [--format F]``, shared by commands that read a checkpoint."""
+    f = click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default=None,
+                     help="Checkpoint format (default: detected from the files present).")(f)
+    f = click.option("--checkpoint", "checkpoint", required=True, type=click.Path(),
+                     help="Checkpoint directory (or weights/profile file).")(f)
+    return f
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or suffix == "T":
+            return f"{n:.1f}{suffix}{unit}" if suffix else f"{int(n)}{unit}"
+        n /= 1000.0
+    return str(n)
+
+
+def _block_row(i: int, b, states) -> list[str]:
+    if b.kind == "mlstm":
+        if b.form == "hybrid":
+            dims = (f"NH={b.num_heads} DH={b.qk_head_dim} inner={b.inner_dim} K={b.conv_kernel} "
+                    f"qkv_bs={b.qkv_blocksize}")
+        else:
+            dims = f"NH={b.num_heads} DQK={b.qk_head_dim} DV={b.v_head_dim}"
+            if b.gate_soft_cap is not None:
+                dims += f" cap={b.gate_soft_cap:g}"
+        form = b.form
+    else:
+        dims = f"NH={b.num_heads} DH={b.head_dim} K={b.conv_kernel}"
+        form = "hybrid"
+    ffn = "-" if b.ffn is None else f"{b.ffn.activation} up={b.ffn.up_dim}"
+    n_state = 0
+    for s in states:
+        k = 1
+        for d in s.shape:
+            k *= d
+        n_state += k
+    return [str(i), b.kind, form, ffn, dims, str(n_state)]
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@main.command()
+@checkpoint_options
+@click.option("--json", "as_json", is_flag=True, help="Print the graph profile as JSON.")
+def inspect(checkpoint: str, fmt: str | None, as_json: bool) -> None:
+    """Show a checkpoint's block schedule, state contract and size (reads no tensor data)."""
+    from .frontends import load_checkpoint
+
+    graph = load_checkpoint(checkpoint, format=fmt)
+    if as_json:
+        click.echo(json.dumps(graph.to_profile(), indent=2))
+        return
+    cfg = graph.config
+    by_block: dict[int, list] = {}
+    for s in graph.state_contract(1):
+        by_block.setdefault(s.block, []).append(s)
+    rows = [["block", "kind", "form", "ffn", "dims", "state elems"]]
+    rows += [_block_row(i, b, by_block.get(i, [])) for i, b in enumerate(graph.blocks)]
+    click.echo(f"checkpoint: {graph.source}")
+    click.echo(f"family: {cfg.family}  vocab: {cfg.vocab_size}  embedding_dim: {cfg.embedding_dim}  "
+               f"blocks: {len(graph.blocks)}  out_norm: {cfg.out_norm.kind if cfg.out_norm else 'none'}  "
+               f"tied lm_head: {'yes' if cfg.tie_weights else 'no'}"
+               + (f"  logit cap: {cfg.output_logit_soft_cap:g}" if cfg.output_logit_soft_cap else ""))
+    click.echo(_table(rows))
+    total_state = sum(int(r[5]) for r in rows[1:])
+    click.echo(f"state elements per sequence (B=1): {total_state} ({_human(total_state * 4, 'B')} as float32)")
+    click.echo(f"parameters: {graph.num_params:,} ({_human(graph.num_params)})  "
+               f"weight bytes: {graph.weight_bytes:,} ({_human(graph.weight_bytes, 'B')})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="xlstm-export")

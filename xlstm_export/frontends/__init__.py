@@ -1,0 +1,152 @@
+"""Checkpoint frontends: each format is a name table + a config reader that builds a :class:`Graph`.
+
+``load_checkpoint(path)`` detects the format from the files present; reading a config and building
+the graph reads only safetensors headers (or a state dict's pickle), never tensor data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError
+from ..graphs import Graph, WeightHandle
+
+FORMATS = ("hf", "large", "hybrid", "profile")
+HYBRID_KEYS = ("mlstm_block", "slstm_block", "slstm_at")
+LARGE_REQUIRED = ("embedding_dim", "num_heads", "num_blocks", "vocab_size")
+EXPECTED = ("a checkpoint directory with one of: config.json with model_type 'xlstm' + model.safetensors "
+            "(transformers xLSTM); config.yaml with xLSTMLargeConfig fields + model.safetensors (xlstm_large); "
+            "config.yaml/config.json with xLSTMLMModelConfig fields (mlstm_block/slstm_block/slstm_at) + "
+            "model.safetensors or a .pt/.pth/.bin state dict (xLSTMLMModel); profile.json + model.safetensors "
+            "(xlstm-export profile)")
+
+
+def check_finite(handle: WeightHandle, arr: np.ndarray) -> np.ndarray:
+    """Raise CheckpointError naming the tensor if ``arr`` (loaded from ``handle``) has NaN or Inf."""
+    if arr.dtype.kind in "fc":
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(arr.size - np.count_nonzero(finite))
+            raise CheckpointError(f"{handle.source}: tensor {handle.name!r} has {bad} non-finite value(s) "
+                                  f"(NaN/Inf) of {arr.size}; the checkpoint is corrupt or diverged")
+    return arr
+
+
+def load_weight(handle: WeightHandle) -> np.ndarray:
+    """``handle.load()`` as float32 (or stored int type), checked finite. What emitters call."""
+    return check_finite(handle, handle.load())
+
+
+# -- config files --------------------------------------------------------------------------------
+def read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
+
+
+def read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        first = " ".join(str(e).split())
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
+
+
+def read_config(path: Path) -> dict:
+    d = read_yaml(path) if path.suffix in (".yaml", ".yml") else read_json(path)
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields, got {type(d).__name__}")
+    return d
+
+
+_MISSING = object()
+
+
+def field(d: dict, key: str, types, where: str, default: Any = _MISSING, *, optional: bool = False) -> Any:
+    """``d[key]`` checked against ``types`` (int accepted for float; bool never for numbers)."""
+    if key not in d:
+        if default is _MISSING:
+            raise ConfigError(f"{where}: field {key!r} is missing")
+        return default
+    v = d[key]
+    if v is None and optional:
+        return None
+    if types is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    ok = isinstance(v, types) and not (isinstance(v, bool) and types in (int, float))
+    if not ok:
+        tname = getattr(types, "__name__", None) or "/".join(t.__name__ for t in types)
+        raise ConfigError(f"{where}: field {key!r} must be {tname}{' or null' if optional else ''}, got {v!r}")
+    return v
+
+
+# -- detection -----------------------------------------------------------------------------------
+def _dir_and_file(path: Path) -> tuple[Path, Optional[Path]]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory; expected {EXPECTED}")
+    if path.is_dir():
+        return path, None
+    return path.parent, path
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    path = Path(path)
+    d, file = _dir_and_file(path)
+    if file is not None and (file.name == "profile.json" or (d / "profile.json").exists()):
+        return "profile"
+    if file is None and (d / "profile.json").exists():
+        return "profile"
+    cj, cy = d / "config.json", d / "config.yaml"
+    if cj.exists():
+        cfg = read_config(cj)
+        if cfg.get("model_type") == "xlstm":
+            return "hf"
+        if any(k in cfg for k in HYBRID_KEYS):
+            return "hybrid"
+    if cy.exists():
+        cfg = read_config(cy)
+        if any(k in cfg for k in HYBRID_KEYS):
+            return "hybrid"
+        if all(k in cfg for k in LARGE_REQUIRED):
+            return "large"
+    if file is None and not any(d.iterdir()):
+        raise CheckpointError(f"{d}: the directory is empty; expected {EXPECTED}")
+    found = sorted(p.name for p in d.iterdir())[:8]
+    raise CheckpointError(f"{path}: no recognisable checkpoint (found {found}); expected {EXPECTED}")
+
+
+def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None) -> Graph:
+    """Read a checkpoint's config and tensor headers into a validated Graph (no tensor data read)."""
+    path = Path(path)
+    if format is not None and format not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {format!r}; choose one of {list(FORMATS)}")
+    fmt = format or detect_format(path)
+    d, file = _dir_and_file(path)
+    if fmt == "hf":
+        from .hf import load_hf
+        return load_hf(d, file)
+    if fmt == "large":
+        from .xlstm_large import load_large
+        return load_large(d, file)
+    if fmt == "hybrid":
+        from .hybrid import load_hybrid
+        return load_hybrid(d, file)
+    from .profile import load_profile
+    return load_profile(d, file)
+
+
+__all__ = ["FORMATS", "load_checkpoint", "detect_format", "check_finite", "load_weight"]

@@ -1,0 +1,265 @@
+"""Our own lazy safetensors reader (and a streaming writer), plus a torch state-dict reader.
+
+Reading a file parses only its 8-byte header length and JSON header; every tensor becomes a
+:class:`WeightHandle` whose loader memory-maps just that tensor's bytes when ``load()`` is called.
+No torch is imported for safetensors. Every problem is one ``CheckpointError`` line naming the
+file and, where there is one, the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..errors import CheckpointError, OutputError
+from ..graphs.weights import WeightHandle
+
+# safetensors dtype tag -> (our dtype name, numpy dtype used to map the bytes, itemsize)
+_DTYPES: dict[str, tuple[str, str, int]] = {
+    "F64": ("float64", "<f8", 8),
+    "F32": ("float32", "<f4", 4),
+    "F16": ("float16", "<f2", 2),
+    "BF16": ("bfloat16", "<u2", 2),
+    "I64": ("int64", "<i8", 8),
+    "I32": ("int32", "<i4", 4),
+    "I16": ("int16", "<i2", 2),
+    "I8": ("int8", "i1", 1),
+    "U8": ("uint8", "u1", 1),
+    "BOOL": ("bool", "?", 1),
+}
+_TAG_OF = {v[0]: k for k, v in _DTYPES.items()}
+# dtypes the format knows but we do not read
+_KNOWN_UNSUPPORTED = ("F8_E4M3", "F8_E5M2", "U16", "U32", "U64", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2")
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
+
+
+def bf16_to_float32(raw_u16: np.ndarray) -> np.ndarray:
+    """Widen bfloat16 bit patterns (uint16) to float32 exactly."""
+    return (raw_u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16_bits(arr: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 -> bfloat16 bit patterns (exact for widened bf16)."""
+    a = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
+    rounding = ((a >> 16) & 1) + np.uint32(0x7FFF)
+    out = ((a + rounding) >> 16).astype(np.uint16)
+    nan = np.isnan(arr)
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
+    """Parse and validate a safetensors header. Returns (entries, data_start); reads no tensor data."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file: {size} bytes, shorter than the "
+                                      f"8-byte header length (truncated or empty?)")
+            n = int.from_bytes(head, "little")
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(f"{path}: safetensors header length {n} is impossible for a file of "
+                                      f"{size} bytes (truncated or not a safetensors file)")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header must be a JSON object, got {type(header).__name__}")
+    data_start = 8 + n
+    data_size = size - data_start
+    entries: dict[str, dict] = {}
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if info is not None and not isinstance(info, dict):
+                raise CheckpointError(f"{path}: '__metadata__' must be an object")
+            continue
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"} \
+                or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise CheckpointError(f"{where}: header entry must have exactly dtype, shape, data_offsets; "
+                                  f"got {info!r}")
+        tag = info["dtype"]
+        if tag not in _DTYPES:
+            if tag in _KNOWN_UNSUPPORTED:
+                raise CheckpointError(f"{where}: dtype {tag} is not supported (supported: {sorted(_DTYPES)})")
+            raise CheckpointError(f"{where}: unknown dtype {tag!r} (supported: {sorted(_DTYPES)})")
+        shape = info["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise CheckpointError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        offs = info["data_offsets"]
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
+                or offs[0] < 0 or offs[1] < offs[0]):
+            raise CheckpointError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, "
+                                  f"got {offs!r}")
+        _, _, itemsize = _DTYPES[tag]
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offs[1] - offs[0] != numel * itemsize:
+            raise CheckpointError(f"{where}: data_offsets {offs} span {offs[1] - offs[0]} bytes, but shape "
+                                  f"{shape} x {tag} needs {numel * itemsize}")
+        if offs[1] > data_size:
+            raise CheckpointError(f"{where}: data ends at byte {offs[1]} but the file has only {data_size} "
+                                  f"data bytes (truncated or half-written file)")
+        spans.append((offs[0], offs[1], name))
+        entries[name] = {"dtype": tag, "shape": tuple(shape), "begin": offs[0], "end": offs[1]}
+    spans.sort()
+    prev = None  # the non-empty span reaching furthest so far
+    for b, e, n in spans:
+        if e == b:
+            continue
+        if prev is not None and b < prev[1]:
+            raise CheckpointError(f"{path}: tensors {prev[2]!r} [{prev[0]}, {prev[1]}) and {n!r} [{b}, {e}) "
+                                  f"overlap")
+        if prev is None or e > prev[1]:
+            prev = (b, e, n)
+    return entries, data_start
+
+
+def _make_loader(path: Path, tag: str, shape: tuple[int, ...], offset: int):
+    _, np_dtype, _ = _DTYPES[tag]
+
+    def loader() -> np.ndarray:
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel == 0:
+            arr = np.zeros(shape, dtype=np_dtype)
+        else:
+            try:
+                arr = np.asarray(np.memmap(path, dtype=np_dtype, mode="r", offset=offset, shape=shape))
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{path}: cannot map tensor data at byte {offset}: {e}") from None
+        if tag == "BF16":
+            arr = bf16_to_float32(arr)
+        return arr
+
+    return loader
+
+
+def open_safetensors(path: str | os.PathLike) -> dict[str, WeightHandle]:
+    """name -> lazy handle, for every tensor of one safetensors file (header only is read)."""
+    path = Path(path)
+    entries, data_start = read_header(path)
+    out = {}
+    for name, e in entries.items():
+        out[name] = WeightHandle(name=name, shape=e["shape"], dtype=_DTYPES[e["dtype"]][0],
+                                 source=f"{path}:{name}",
+                                 loader=_make_loader(path, e["dtype"], e["shape"], data_start + e["begin"]))
+    return out
+
+
+def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
+    """name -> handle for a ``.pt/.pth/.bin`` state dict, loaded with ``weights_only=True`` (mmap'd)."""
+    path = Path(path)
+    import pickle
+
+    import torch  # lazily: only this format needs it
+
+    def _load(mmap: bool):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            obj = _load(True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zipfile" not in str(e):
+                raise
+            obj = _load(False)  # legacy (non-zip) serialisation cannot be mmap'd
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused to load: the pickle needs more than plain weights "
+                              f"(weights_only=True said: {first}); nothing in it was run") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable torch state dict ({first})") from None
+    if isinstance(obj, dict) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "model") \
+            and isinstance(next(iter(obj.values())), dict):
+        obj = next(iter(obj.values()))
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    out = {}
+    names_of: dict[tuple, str] = {}
+    for name, t in obj.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {name!r} is not a tensor ({type(t).__name__})")
+        dtype = str(t.dtype).replace("torch.", "")
+        if dtype not in _TAG_OF:
+            raise CheckpointError(f"{path}: tensor {name!r}: dtype {dtype} is not supported")
+
+        def loader(t=t) -> np.ndarray:
+            if t.dtype == torch.bfloat16:
+                return t.detach().to(torch.float32).numpy()
+            return t.detach().numpy()
+
+        # tensors sharing storage (tied weights) share one loader, so they are counted once
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if key in names_of and t.numel() > 0:
+            first = out[names_of[key]]
+            out[name] = WeightHandle(name, first.shape, dtype, f"{path}:{name}", first.loader)
+            continue
+        names_of[key] = name
+        out[name] = WeightHandle(name=name, shape=tuple(int(d) for d in t.shape), dtype=dtype,
+                                 source=f"{path}:{name}", loader=loader)
+    return out
+
+
+def write_safetensors(path: str | os.PathLike, handles: Iterable[tuple[str, WeightHandle]],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Stream ``(name, handle)`` pairs into a safetensors file, one tensor in memory at a time.
+
+    Written to ``path + '.tmp'`` and renamed into place, so a reader never sees a half-written file.
+    Stored dtypes are kept (bfloat16 stays bfloat16). Each tensor is checked finite as it is loaded.
+    """
+    from . import check_finite
+
+    path = Path(path)
+    items = list(handles)
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    off = 0
+    for name, h in items:
+        tag = _TAG_OF.get(h.dtype, "F32")
+        n = h.numel * _DTYPES[tag][2]
+        header[name] = {"dtype": tag, "shape": list(h.shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+            for name, h in items:
+                tag = _TAG_OF.get(h.dtype, "F32")
+                arr = h.load(keep_dtype=True)
+                check_finite(h, arr)
+                if tag == "BF16":
+                    arr = float32_to_bf16_bits(arr)
+                else:
+                    arr = np.ascontiguousarray(arr, dtype=_DTYPES[tag][1])
+                f.write(arr.tobytes(order="C"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
