@@ -28,6 +28,11 @@ class OutputError(XlstmExportError):
     """The output path cannot be written (exists without --force, parent missing, ...)."""
 
 
+class ArtifactError(XlstmExportError):
+    """An exported artifact is missing, unreadable, of an unknown kind, lacks its I/O contract, or was
+    exported from a different checkpoint than the one it is checked against."""
+
+
 class ParityError(XlstmExportError):
     """An artifact's outputs are outside the tolerance against the reference."""
 
