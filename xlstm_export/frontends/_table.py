@@ -83,6 +83,11 @@ class Mapped:
     missing: list
     misshaped: list
     consumed: set
+    reported: set = None  # canonical names already covered by a missing / misshaped entry
+
+    def __post_init__(self):
+        if self.reported is None:
+            self.reported = set()
 
 
 def apply_rules(ckpt: dict[str, WeightHandle], rules: Sequence[Rule], blocks: Sequence[BlockSpec],
@@ -101,6 +106,7 @@ def apply_rules(ckpt: dict[str, WeightHandle], rules: Sequence[Rule], blocks: Se
             fb = rule.fallback(m.handles, names) if rule.fallback else None
             if fb is None:
                 m.missing.append(f"{ck} (-> {', '.join(names)})")
+                m.reported.update(names)
             else:
                 for x in fb:
                     m.handles[x.name] = x
@@ -113,7 +119,8 @@ def apply_rules(ckpt: dict[str, WeightHandle], rules: Sequence[Rule], blocks: Se
             for x in rule.fn(h, names, block):
                 m.handles[x.name] = x
         except Misshaped as e:
-            m.misshaped.append(f"{ck}: {e}, got {list(h.shape)}")
+            m.misshaped.append(f"{ck} (-> {', '.join(names)}): {e}, got {list(h.shape)}")
+            m.reported.update(names)
     return m
 
 
@@ -130,7 +137,7 @@ def build_graph(config: ModelConfig, blocks: tuple[BlockSpec, ...], ckpt: dict[s
     for n, shape in expected.items():
         h = mapped.handles.get(n)
         if h is None:
-            if not any(n in x for x in mapped.missing):
+            if n not in mapped.reported:
                 missing.append(f"{n} {list(shape)}")
         elif tuple(h.shape) != tuple(shape):
             misshaped.append(f"{h.source.rsplit(':', 1)[-1]} (-> {n}): expected {list(shape)}, got {list(h.shape)}")

@@ -181,9 +181,14 @@ def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
                 raise
             obj = _load(False)  # legacy (non-zip) serialisation cannot be mmap'd
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused to load: the pickle needs more than plain weights "
-                              f"(weights_only=True said: {first}); nothing in it was run") from None
+        import re
+
+        text = " ".join(str(e).split())
+        found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|[^.]*not an allowed global[^.]*)",
+                          text)
+        reason = found.group(1) if found else text[:160]
+        raise CheckpointError(f"{path}: refused to unpickle: it needs more than plain weights ({reason}), so "
+                              f"it was refused and not run; only weights_only=True state dicts are loaded") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable torch state dict ({first})") from None

@@ -104,6 +104,12 @@ class WeightStore(Mapping[str, WeightHandle]):
         except KeyError:
             raise CheckpointError(f"weight {name!r} is not in the checkpoint's weight store") from None
 
+    def __contains__(self, name: object) -> bool:  # Mapping's default relies on KeyError
+        return name in self._handles
+
+    def get(self, name: str, default=None):
+        return self._handles.get(name, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._handles)
 
