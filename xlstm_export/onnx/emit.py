@@ -1,0 +1,228 @@
+"""ONNX emitter: a decode step graph (default) or a Scan sequence graph, written by hand from the IR.
+
+Step graph (``target "onnx"``), static shapes, for ORT's Core ML EP::
+
+    input_ids (B, 1) int64 --Gather(embedding)--> (B, E) --block 0..N-1--> head --> logits (B, 1, V) fp32
+    <state> (contract shape)  ------------------------^   \\--> <state>.next (contract shape)
+
+Only the Gather of the embedding lies outside the Core ML EP's op set; every other node is one
+partition (``onnxruntime.tools.check_onnx_model_mobile_usability`` checks it in the tests).
+
+Scan graph (``target "onnx-scan"``), T dynamic::
+
+    input_ids (B, T) -> Gather -> (B, T, E) -> Transpose (T, B, E) -> Scan(body: blocks on (B, E), carrying
+    the states) -> (T, B, E) -> Transpose -> head -> logits (B, T, V);  final states -> <state>.next
+
+The Scan body calls the same lowerings (``lower.py``) as the step graph; the head runs once over all T.
+
+Precision: ``fp32``, or ``fp16`` weights and activations with the recurrent cells and states in fp32
+(Casts around each cell; norm reductions are fp32 in both). Chosen by measurement (see the module
+figures in tests/test_onnx.py and the report): fp16 states hold the stabilizer m and the
+normaliser n poorly; fp32 cells cost a few Casts. ``fp16_states=True`` makes everything fp16 (for
+that measurement). Logits are always fp32; states are the contract's dtype (``xlstm_export.io``).
+
+Files: ``model.onnx``, plus ``model.onnx.data`` when the weights reach ``external_data_threshold``
+(2 GB; protobuf cannot hold more), written one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import onnx
+from onnx import helper
+
+from .. import __version__
+from ..errors import UnsupportedError
+from ..graphs import Graph
+from ..graphs.io import IO_KEY, dumps, io_contract
+from ..outputs import atomic_output, check_output_path
+from .builder import COREML_OPS, DTYPE_NAME, F16, F32, I64, GraphBuilder, ModelState
+from .layers import HEADWISE_FORMS, Ctx, head
+from .lower import LOWERINGS
+from .writer import External, write_model
+
+TARGET_STEP = "onnx"
+TARGET_SCAN = "onnx-scan"
+PRECISIONS = ("fp32", "fp16")
+MIN_OPSET, MAX_OPSET = 13, 26  # 13: Reduce/Split/Unsqueeze axes as inputs; 26: what ORT 1.31 loads
+DEFAULT_OPSET = 18
+EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights from which the data goes to a side file
+COREML_MAX_DIM = 16384
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    scan: bool = False  # the Scan sequence graph instead of the decode step
+    batch_size: int = 1
+    precision: str = "fp32"  # weights / activations; cells and states stay fp32 (see fp16_states)
+    opset: int = DEFAULT_OPSET
+    force: bool = False  # replace an existing output
+    lm_head_block: int = COREML_MAX_DIM  # LM head column blocks (split when V is larger)
+    external_data: Optional[bool] = None  # None: when the weights reach external_data_threshold
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    headwise: str = "batched"  # block-diagonal weights: "batched" MatMul over heads, or "dense"
+    fp16_states: bool = False  # fp16 only: cells and states in fp16 too (measured worse; not the default)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    kind: str  # "onnx" (step) or "onnx-scan"
+    precision: str
+    contract: dict
+    files: Tuple[Path, ...] = ()
+    stats: dict = field(default_factory=dict)
+
+
+def state_output_name(name: str) -> str:
+    """The output carrying a state's new value: ``blocks.0.mlstm.c`` -> ``blocks.0.mlstm.c.next``."""
+    return f"{name}.next"
+
+
+def check_options(options: OnnxOptions) -> None:
+    if options.precision not in PRECISIONS:
+        raise UnsupportedError(f"onnx: precision must be one of {PRECISIONS}, got {options.precision!r}")
+    if not isinstance(options.batch_size, int) or options.batch_size < 1:
+        raise UnsupportedError(f"onnx: batch size must be a positive integer, got {options.batch_size!r}")
+    if not MIN_OPSET <= options.opset <= MAX_OPSET:
+        raise UnsupportedError(f"onnx: opset must be in [{MIN_OPSET}, {MAX_OPSET}] (ORT 1.31 loads <= 26; "
+                               f"the graph needs >= 13), got {options.opset}")
+    if options.headwise not in HEADWISE_FORMS:
+        raise UnsupportedError(f"onnx: headwise must be one of {HEADWISE_FORMS}, got {options.headwise!r}")
+    if options.lm_head_block < 1:
+        raise UnsupportedError(f"onnx: lm_head_block must be positive, got {options.lm_head_block}")
+
+
+def _dtypes(options: OnnxOptions) -> Tuple[int, int]:
+    act = F16 if options.precision == "fp16" else F32
+    cell = F16 if (options.precision == "fp16" and options.fp16_states) else F32
+    return act, cell
+
+
+def contract_for(graph: Graph, options: OnnxOptions) -> dict:
+    _, cell = _dtypes(options)
+    return io_contract(
+        graph, batch_size=options.batch_size, seq_len=None if options.scan else 1, ids_dtype="int64",
+        logits_dtype="float32", state_dtype=DTYPE_NAME[cell], state_input=lambda n: n,
+        state_output=state_output_name, target=TARGET_SCAN if options.scan else TARGET_STEP,
+        precision=options.precision)
+
+
+def run_blocks(ctx: Ctx, x: str, states: List[str]) -> Tuple[str, List[str]]:
+    """Every block's lowering in order; states in and out in contract order."""
+    graph = ctx.graph
+    per_block = [len([s for s in graph.state_contract(1) if s.block == i]) for i in range(len(graph.blocks))]
+    new: List[str] = []
+    offset = 0
+    for i, block in enumerate(graph.blocks):
+        k = per_block[i]
+        x, ns = LOWERINGS[block](ctx, i, block, x, states[offset:offset + k])
+        if len(ns) != k:
+            raise AssertionError(f"onnx lowering of block {i} returned {len(ns)} states, contract has {k}")
+        new.extend(ns)
+        offset += k
+    return x, new
+
+
+def build(graph: Graph, options: OnnxOptions) -> Tuple[onnx.ModelProto, ModelState]:
+    """The ModelProto (no initializer data) and its lazy initializers."""
+    check_options(options)
+    act, cell = _dtypes(options)
+    B, E, V = options.batch_size, graph.config.embedding_dim, graph.config.vocab_size
+    contract = graph.state_contract(B)
+    ms = ModelState(options.opset)
+    name = "xlstm_scan" if options.scan else "xlstm_step"
+    b = GraphBuilder(ms, name)
+    ctx = Ctx(b, graph, B, act=act, cell=cell, headwise_form=options.headwise, lm_head_block=options.lm_head_block)
+    T = "T" if options.scan else 1
+    ids = b.input("input_ids", I64, [B, T])
+    state_in = [b.input(s.name, cell, s.shape) for s in contract]
+    x = b.gather(ctx.param("embedding.weight"), ids, "embedding")  # (B, T, E)
+    if not options.scan:
+        x, new_states = run_blocks(ctx, b.reshape(x, [B, E], "embedding.flat"), state_in)  # (B, E)
+        x = b.reshape(x, [B, 1, E], "head.in")
+    else:
+        xs = b.transpose(x, [1, 0, 2], "embedding.time_major")  # (T, B, E)
+        body = GraphBuilder(ms, f"{name}_body")
+        body_states = [body.input(f"scan.{s.name}", cell, s.shape) for s in contract]
+        x_t = body.input("scan.x", act, [B, E])
+        y_t, body_new = run_blocks(ctx.on(body), x_t, body_states)
+        for s, v in zip(contract, body_new):
+            body.output(v, f"scan.{state_output_name(s.name)}", s.shape)
+        body.output(y_t, "scan.y", [B, E])
+        outs = b.op("Scan", state_in + [xs], "scan", n_out=len(contract) + 1,
+                    body=body.to_graph("one decode step of every block on a (B, E) time slice"),
+                    num_scan_inputs=1)
+        ms.dtypes[outs[-1]] = act
+        new_states = outs[:-1]
+        x = b.transpose(outs[-1], [1, 0, 2], "scan.batch_major")  # (B, T, E)
+    logits = head(ctx, x)
+    b.output(logits, "logits", [B, T, V])
+    for s, v in zip(contract, new_states):
+        b.output(v, state_output_name(s.name), s.shape)
+
+    io = contract_for(graph, options)
+    doc = _doc(graph, options)
+    model = helper.make_model(
+        b.to_graph(doc), opset_imports=[helper.make_opsetid("", options.opset)],
+        producer_name="xlstm-export", producer_version=__version__, doc_string=doc,
+        ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", options.opset)]))
+    helper.set_model_props(model, {IO_KEY: dumps(io)})
+    if not options.scan:
+        _check_coreml_ops(model)
+    return model, ms
+
+
+def _doc(graph: Graph, options: OnnxOptions) -> str:
+    cfg = graph.config
+    B = options.batch_size
+    n = len(graph.state_contract(B))
+    kind = ("Scan sequence graph: input_ids (B, T) int64, T dynamic -> logits (B, T, V) float32"
+            if options.scan else "decode step: input_ids (B, 1) int64 -> logits (B, 1, V) float32")
+    return (f"xLSTM ({cfg.family} family, {len(graph.blocks)} blocks, vocab {cfg.vocab_size}, "
+            f"embedding {cfg.embedding_dim}) {kind}, B = {B}. Every one of the {n} recurrent states is an "
+            f"input under its canonical name and an output under '<name>.next'; zeros are the empty "
+            f"context; feed each call's outputs to the next. Precision {options.precision}. The I/O "
+            f"contract is the JSON in metadata_props['{IO_KEY}']. Written by xlstm-export {__version__}.")
+
+
+def _check_coreml_ops(model: onnx.ModelProto) -> None:
+    """Every node after the embedding Gather is an op the Core ML EP takes (a bug otherwise)."""
+    nodes = list(model.graph.node)
+    bad = [f"{n.op_type}:{n.name}" for n in nodes[1:] if n.op_type not in COREML_OPS]
+    if nodes[0].op_type != "Gather" or bad:
+        raise AssertionError(f"onnx step graph: nodes outside the Core ML EP's op set: {bad[:8]}")
+
+
+def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
+    """Write the ONNX graph of ``graph`` to ``out_path`` (atomically; ``.data`` beside it if external)."""
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    check_options(options)
+    check_output_path(out_path, options.force)
+    model, ms = build(graph, options)
+    weight_bytes = sum(i.nbytes for i in ms.initializers)
+    external = options.external_data if options.external_data is not None else (
+        weight_bytes >= options.external_data_threshold)
+    data_path = out_path.with_name(out_path.name + ".data")
+    files: Tuple[Path, ...] = (out_path,)
+    if external:
+        check_output_path(data_path, options.force)
+        with atomic_output(data_path, options.force) as tmp_data, atomic_output(out_path, options.force) as tmp:
+            stats = write_model(model, ms.initializers, tmp, External(tmp_data, data_path.name))
+        files = (out_path, data_path)
+    else:
+        with atomic_output(out_path, options.force) as tmp:
+            stats = write_model(model, ms.initializers, tmp)
+    stats.update(nodes=len(model.graph.node), weight_bytes=weight_bytes, external=bool(external),
+                 seconds=round(time.perf_counter() - t0, 3))
+    io = contract_for(graph, options)
+    return Artifact(out_path, io["target"], options.precision, io, files, stats)
+
+
+__all__ = ["OnnxOptions", "Artifact", "emit", "build", "contract_for", "state_output_name", "TARGET_STEP",
+           "TARGET_SCAN", "PRECISIONS", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET"]

@@ -1,0 +1,125 @@
+"""Validation runner over an exported ONNX graph, through ONNX Runtime.
+
+    runner = OnnxRunner("model.onnx")                  # CPU EP (+ Core ML EP on macOS when present)
+    logits, states = runner.run(ids, runner.init_states())
+
+Reads the artifact's ``xlstm_export.io`` contract for state names, shapes and dtypes; exchanges numpy
+float32 states in contract order (casting to/from the artifact's state dtype). The step graph takes one
+token per call (``max_tokens_per_call = 1``; ``run`` loops over longer inputs itself); the Scan graph
+any number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ArtifactError
+from ..graphs import Graph
+from ..graphs.io import IO_KEY
+from .emit import TARGET_SCAN
+
+PROVIDERS = ("auto", "cpu", "coreml")
+
+
+def _providers(which: str) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if which == "cpu":
+        return ["CPUExecutionProvider"]
+    if which == "coreml" and "CoreMLExecutionProvider" not in available:
+        raise ArtifactError("onnx: the Core ML execution provider is not available in this onnxruntime "
+                            f"(available: {available}); it exists on macOS builds only")
+    if "CoreMLExecutionProvider" in available and which in ("auto", "coreml"):
+        return [("CoreMLExecutionProvider", {"ModelFormat": "MLProgram"}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxRunner:
+    """The Runner protocol (``validation/runner.py``) over an ``.onnx`` file."""
+
+    def __init__(self, path: str | Path, graph: Optional[Graph] = None, batch_size: Optional[int] = None,
+                 providers: str = "auto", threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        where = str(self.path)
+        if not self.path.exists():
+            raise ArtifactError(f"{where}: no such ONNX file")
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=_providers(providers))
+        except Exception as e:  # onnxruntime raises its own exception types for unloadable models
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ArtifactError(f"{where}: onnxruntime cannot load it ({first})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        text = meta.get(IO_KEY)
+        if graph is not None:
+            from ..validation.contract import check_contract, parse_contract, state_slots
+
+            self.contract = parse_contract(text, where)
+            check_contract(self.contract, graph, where)
+            slots = state_slots(self.contract, graph, where)
+            self._states = [(s.input, s.output, tuple(s.shape), s.dtype) for s in slots]
+        else:
+            if not text:
+                raise ArtifactError(f"{where}: no {IO_KEY!r} contract in the model's metadata_props")
+            self.contract = json.loads(text)
+            self._states = [(s["input"], s["output"], tuple(s["shape"]), s["dtype"])
+                            for s in self.contract["states"]]
+        self.kind = str(self.contract.get("target", "onnx"))
+        self.precision = str(self.contract.get("precision", "fp32"))
+        ids = next(i for i in self.contract["inputs"] if i["name"] == "input_ids")
+        self.batch_size = int(ids["shape"][0])
+        if batch_size is not None and batch_size != self.batch_size:
+            raise ArtifactError(f"{where}: exported for batch size {self.batch_size}, asked for {batch_size} "
+                                f"(re-export with --batch-size {batch_size})")
+        self.max_tokens_per_call: Optional[int] = None if self.kind == TARGET_SCAN else 1
+        self.providers: List[str] = self.session.get_providers()
+
+    @property
+    def state_names(self) -> List[str]:
+        return [s[0] for s in self._states]
+
+    def init_states(self) -> List[np.ndarray]:
+        return [np.zeros(shape, dtype=np.float32) for _, _, shape, _ in self._states]
+
+    def _call(self, ids: np.ndarray, states: Sequence[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
+        for (inp, _, shape, dtype), s in zip(self._states, states):
+            if tuple(s.shape) != shape:
+                raise ArtifactError(f"{self.path}: state {inp!r} has shape {tuple(s.shape)}, expected {shape}")
+            feed[inp] = np.ascontiguousarray(s, dtype=np.dtype(dtype))
+        names = ["logits"] + [out for _, out, _, _ in self._states]
+        outs = self.session.run(names, feed)
+        return outs[0].astype(np.float32), [o.astype(np.float32) for o in outs[1:]]
+
+    def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        """input_ids (B, T) int64 -> logits (B, T, V) float32, new states (float32, contract order)."""
+        input_ids = np.asarray(input_ids)
+        if input_ids.ndim != 2 or input_ids.shape[0] != self.batch_size:
+            raise ArtifactError(f"{self.path}: input_ids must be ({self.batch_size}, T), got {input_ids.shape}")
+        if len(states) != len(self._states):
+            raise ArtifactError(f"{self.path}: {len(states)} states given, the contract has {len(self._states)}")
+        if self.max_tokens_per_call is None:
+            return self._call(input_ids, states)
+        logits = []
+        for t in range(input_ids.shape[1]):
+            lg, states = self._call(input_ids[:, t:t + 1], states)
+            logits.append(lg)
+        return np.concatenate(logits, axis=1), states
+
+
+def open_runner(path: str | Path, graph: Graph, **opts) -> OnnxRunner:
+    """The validation registry's factory: a runner checked against ``graph``'s contract."""
+    return OnnxRunner(path, graph, **opts)
+
+
+__all__ = ["OnnxRunner", "open_runner", "PROVIDERS"]
