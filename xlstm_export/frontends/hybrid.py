@@ -86,6 +86,8 @@ def proj_up_dim(cfg: dict, E: int, where: str, default_factor: float) -> int:
 def _mlstm_spec(cfg: dict, E: int, bias: bool, where: str) -> MLSTMBlock:
     layer = cfg.get("mlstm", {})
     w = f"{where}.mlstm"
+    if not isinstance(layer, dict):
+        raise ConfigError(f"{w}: expected a mapping of mLSTMLayerConfig fields, got {layer!r}")
     inner = proj_up_dim(layer, E, w, 2.0)
     nh = field(layer, "num_heads", int, w, 4)
     k = field(layer, "conv1d_kernel_size", int, w, 4)
@@ -117,6 +119,8 @@ def _ffn_spec(ff: Optional[dict], E: int, where: str) -> Optional[FFNSpec]:
 def _slstm_spec(cfg: dict, E: int, where: str) -> tuple[SLSTMBlock, str, bool]:
     layer = cfg.get("slstm", {})
     w = f"{where}.slstm"
+    if not isinstance(layer, dict):
+        raise ConfigError(f"{w}: expected a mapping of sLSTMLayerConfig fields, got {layer!r}")
     nh = field(layer, "num_heads", int, w, 4)
     if nh <= 0:
         nh = 1  # upstream's sLSTMCellConfig.__post_init__
