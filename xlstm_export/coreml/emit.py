@@ -1,0 +1,270 @@
+"""Core ML emitter: a hand-built, stateful MIL decode program (iOS18), saved as an ``.mlpackage``.
+
+    graph --lower_model (one lowering per block kind, lower.py)--> MIL Function
+          --ct.convert(prog, mlprogram, iOS18)--> spec + weight.bin --metadata, Swift snippet--> .mlpackage
+
+The program is one decode step::
+
+    input_ids (B, 1) int32 ──> logits (B, 1, V) float32
+    states: one fp16 ``StateType`` per contract state (``blocks_3_mlstm_c`` ...), read with
+            ``read_state``, written with ``coreml_update_state``; zeros (a fresh ``makeState()``) are
+            the empty context.
+
+Not ``ct.convert`` of a traced model: the MIL is built op by op from the graph, with the trained
+weights as constants (one tensor loaded at a time). ``ct.convert`` only runs coremltools' default
+MIL passes and serialises; ``compute_precision`` is FLOAT32 there because every op already carries
+the dtype the precision policy (lower.Precision) gave it; no automatic fp16 rewrite happens.
+
+Reproducible: op names are explicit (coremltools' global name counters are reset for the few ops its
+passes add), the spec is serialised deterministically, the conversion date is dropped, and the
+package's ``Manifest.json`` identifiers are UUIDs derived from the content's hash, so the same graph
+and options give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .. import __version__
+from ..errors import UnsupportedError
+from ..graphs import Graph
+from ..graphs.io import IO_KEY, dumps, io_contract
+from ..outputs import atomic_output, check_output_path
+from .lower import EXPERIMENTAL, PRECISIONS, LowerCtx, Precision, core_ml_name, lower_model
+
+TARGET = "coreml"
+COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
+SPEC_PATH = ("Data", "com.apple.CoreML", "model.mlmodel")
+WEIGHTS_PATH = ("Data", "com.apple.CoreML", "weights")
+# 16 bytes of a fixed namespace for the manifest's content-derived UUIDs
+_MANIFEST_NS = uuid.UUID("6f1c1a52-8c55-4d0b-9a43-1f1c7e0c0de5")
+
+ROLE_TEXT = {
+    "c": "mLSTM matrix memory C",
+    "n": "mLSTM normaliser n",
+    "m": "mLSTM log-domain stabilizer m (C and n are stored scaled by exp(-m))",
+    "conv": "causal-conv ring buffer: the last K inputs of the block's conv, oldest first",
+    "slstm": "sLSTM state, rows y, c, n, m",
+}
+
+
+@dataclass(frozen=True)
+class CoreMLOptions:
+    batch_size: int = 1  # fixed: Core ML states have a fixed shape, batch included
+    precision: str = "fp16"  # "fp16" | "fp32" (lower.PRECISIONS); the EXPERIMENTAL names for measurements
+    compute_units: str = "all"  # recorded in the metadata and used by the macOS runner; not a package property
+    force: bool = False  # replace an existing output
+    swift: bool = True  # write the Swift snippet next to the package (<stem>.swift)
+    author: Optional[str] = None
+    license: Optional[str] = None
+    version: Optional[str] = None
+    description: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    kind: str
+    precision: str
+    contract: dict
+    swift_path: Optional[Path] = None
+    stats: dict = field(default_factory=dict)  # ops per step, weight bytes, op types
+
+
+def precision_policy(name: str) -> Precision:
+    if name in PRECISIONS:
+        return PRECISIONS[name]
+    if name in EXPERIMENTAL:
+        return EXPERIMENTAL[name]
+    raise UnsupportedError(f"coreml: precision must be one of {tuple(PRECISIONS)}, got {name!r}")
+
+
+def check_options(options: CoreMLOptions) -> Precision:
+    if not isinstance(options.batch_size, int) or isinstance(options.batch_size, bool) or options.batch_size < 1:
+        raise UnsupportedError(f"coreml: batch size must be a positive integer, got {options.batch_size!r}")
+    if options.compute_units not in COMPUTE_UNITS:
+        raise UnsupportedError(f"coreml: compute units must be one of {COMPUTE_UNITS}, "
+                               f"got {options.compute_units!r}")
+    return precision_policy(options.precision)
+
+
+def contract_for(graph: Graph, options: CoreMLOptions) -> dict:
+    """The I/O contract: ``input`` of a state is its Core ML state name, ``output`` is null (updated in place)."""
+    return io_contract(
+        graph, batch_size=options.batch_size, seq_len=1, ids_dtype="int32", logits_dtype="float32",
+        state_dtype="float16", state_input=core_ml_name, state_output=lambda n: None, target=TARGET,
+        precision=options.precision)
+
+
+def swift_path_for(out_path: Path) -> Path:
+    return out_path.with_name(out_path.stem + ".swift")
+
+
+# -- building the program ----------------------------------------------------------------------
+def build_program(graph: Graph, precision: Precision, batch_size: int):
+    """The MIL program of one decode step (``Program`` with function ``main``) and the lowering context."""
+    import coremltools as ct
+    from coremltools.converters.mil.mil import Builder as mb
+    from coremltools.converters.mil.mil import Function, Program, types
+
+    # coremltools names unnamed ops from global counters; every op here is named, and resetting the
+    # counters makes the names of the few ops its passes add the same in every export.
+    mb.name_count.clear()
+    contract = graph.state_contract(batch_size)
+    specs = {"input_ids": mb.TensorSpec((batch_size, 1), types.int32)}
+    for s in contract:
+        specs[core_ml_name(s.name)] = mb.StateTensorSpec(tuple(s.shape), types.fp16)
+    with Function(specs, opset_version=ct.target.iOS18) as func:
+        states = {s.name: func.inputs[core_ml_name(s.name)] for s in contract}
+        ctx = LowerCtx(graph, precision, batch_size, states)
+        logits = lower_model(ctx, func.inputs["input_ids"])
+        func.set_outputs([logits])
+    prog = Program()
+    prog.add_function("main", func)
+    return prog, ctx
+
+
+def convert(prog):
+    """coremltools' default MIL passes + serialisation (no fp16 rewrite: dtypes are explicit)."""
+    import coremltools as ct
+
+    with contextlib.redirect_stderr(io.StringIO()):  # coremltools' per-pass progress bars
+        return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
+                          compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+
+
+# -- metadata ----------------------------------------------------------------------------------
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None:
+    """Author, license, version, description, per-feature descriptions and the I/O contract, in place."""
+    cfg = graph.config
+    src = Path(graph.source).name if graph.source else "an xLSTM checkpoint"
+    fam = {"large": "xLSTM-Large (mLSTM + FFN blocks)", "hybrid": "xLSTM hybrid (mLSTM/sLSTM blocks)"}[cfg.family]
+    md = spec.description.metadata
+    md.author = options.author or f"xlstm-export {__version__}"
+    md.license = options.license or f"Same license as the source checkpoint ({src})"
+    md.versionString = options.version or "1.0"
+    md.shortDescription = options.description or (
+        f"{fam}, {len(graph.blocks)} blocks, vocab {cfg.vocab_size}: one decode step. Feed one token per "
+        f"prediction (prompt included) with the same MLState; a fresh makeState() is an empty context. "
+        f"Exported from {src} by xlstm-export.")
+    ud = md.userDefined
+    ud.pop("com.github.apple.coremltools.conversion_date", None)  # the date would break reproducibility
+    ud[IO_KEY] = dumps(contract)
+    ud["xlstm_export.version"] = __version__
+    ud["xlstm_export.precision"] = options.precision
+    ud["xlstm_export.compute_units"] = options.compute_units
+    ud["xlstm_export.family"] = cfg.family
+    B = options.batch_size
+    for f in spec.description.input:
+        if f.name == "input_ids":
+            f.shortDescription = (f"int32 {_shape_str((B, 1))}: the next token id of each of the {B} sequence(s). "
+                                  f"Prompts are fed one token per prediction too.")
+    for f in spec.description.output:
+        if f.name == "logits":
+            f.shortDescription = (f"float32 {_shape_str((B, 1, cfg.vocab_size))}: next-token logits"
+                                  + (f" (soft-capped at {cfg.output_logit_soft_cap:g})"
+                                     if cfg.output_logit_soft_cap else "") + ".")
+    by_name = {s["input"]: s for s in contract["states"]}
+    roles = {s.name: s.role for s in graph.state_contract(B)}
+    for f in spec.description.state:
+        s = by_name.get(f.name)
+        if s is None:
+            continue
+        f.shortDescription = (f"{ROLE_TEXT[roles[s['name']]]} of block {s['name'].split('.')[1]} "
+                              f"({s['name']}), fp16 {_shape_str(s['shape'])}. Zeros = empty context.")
+
+
+# -- writing the package -----------------------------------------------------------------------
+def _tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        h.update(p.relative_to(path).as_posix().encode() if p != path else b"")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(pkg: Path) -> None:
+    """Rewrite ``Manifest.json`` with item identifiers derived from each item's content (coremltools
+    writes random UUIDs), keeping its structure."""
+    mpath = pkg / "Manifest.json"
+    manifest = json.loads(mpath.read_text())
+    items = manifest["itemInfoEntries"]
+    root_old = manifest.get("rootModelIdentifier")
+    new_items, root_new = {}, None
+    for old_id, info in items.items():
+        digest = _tree_digest(pkg / "Data" / info["path"])
+        new_id = str(uuid.uuid5(_MANIFEST_NS, f"{info['path']}:{digest}")).upper()
+        new_items[new_id] = info
+        if old_id == root_old:
+            root_new = new_id
+    manifest["itemInfoEntries"] = dict(sorted(new_items.items()))
+    if root_new is not None:
+        manifest["rootModelIdentifier"] = root_new
+    mpath.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+
+
+def write_package(mlmodel, spec, dest: Path) -> None:
+    """The package coremltools made (weights), our spec (serialised deterministically), our manifest."""
+    shutil.copytree(mlmodel.package_path, dest)
+    (dest.joinpath(*SPEC_PATH)).write_bytes(spec.SerializeToString(deterministic=True))
+    write_manifest(dest)
+
+
+def count_ops(spec) -> dict:
+    """Ops of the saved program's main function: total non-const ops per step and counts per type."""
+    fn = spec.mlProgram.functions["main"]
+    block = fn.block_specializations[fn.opset]
+    types: dict = {}
+    for op in block.operations:
+        types[op.type] = types.get(op.type, 0) + 1
+    consts = types.get("const", 0)
+    return {"ops_per_step": sum(types.values()) - consts, "consts": consts, "op_types": dict(sorted(types.items()))}
+
+
+def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> Artifact:
+    from .swift import swift_snippet
+
+    out_path = Path(out_path)
+    precision = check_options(options)
+    if out_path.suffix != ".mlpackage":
+        raise UnsupportedError(f"{out_path}: a Core ML package path must end in .mlpackage")
+    check_output_path(out_path, options.force)  # fail before the build
+    swift_path = swift_path_for(out_path) if options.swift else None
+    if swift_path is not None:
+        check_output_path(swift_path, options.force)
+    contract = contract_for(graph, options)
+    prog, ctx = build_program(graph, precision, options.batch_size)
+    weight_bytes = ctx.weight_bytes
+    del ctx
+    mlmodel = convert(prog)
+    del prog
+    spec = mlmodel._spec  # the converted spec; described and written below (coremltools' own save
+    describe(spec, graph, contract, options)  # would write random manifest UUIDs)
+    stats = count_ops(spec)
+    stats["weight_bytes"] = weight_bytes
+    with atomic_output(out_path, options.force) as tmp:
+        write_package(mlmodel, spec, tmp)
+    if swift_path is not None:
+        with atomic_output(swift_path, options.force) as tmp:
+            tmp.write_text(swift_snippet(contract, out_path.name))
+    return Artifact(out_path, TARGET, options.precision, contract, swift_path, stats)
+
+
+__all__ = ["Artifact", "CoreMLOptions", "COMPUTE_UNITS", "TARGET", "build_program", "contract_for",
+           "count_ops", "emit", "precision_policy", "swift_path_for"]

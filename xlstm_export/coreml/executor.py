@@ -1,0 +1,227 @@
+"""A Linux executor for a SAVED Core ML package: validation without a Mac.
+
+    .mlpackage on disk --MLModel(skip_model_load)--> spec + weights dir
+                      --milproto.load.load--> MIL Program (coremltools' own reader; weights from weight.bin)
+                      --op by op, in program order--> logits, updated states
+
+Each op runs through coremltools' own numpy semantics, the ``value_inference`` its op class defines
+(what coremltools uses for constant folding). Written here by hand, because coremltools has no
+``value_inference`` for them:
+
+* ``read_state``            returns a copy of the state's current value (fp16);
+* ``coreml_update_state``   (on disk: ``write_state`` + ``read_state``; the reader merges them back)
+                            stores its value as the state's new value and returns it;
+* ``silu``                  ``x * sigmoid(x)``.
+
+Any other op without a ``value_inference`` is reported by name (``ExecutorError``), never skipped.
+
+Dtype discipline: every op's result is rounded to the dtype the program declares for its output, so an
+op the program runs in fp16 produces fp16 values (numpy computes fp16 elementwise ops in fp16 and
+accumulates fp16 matmuls/reductions in fp32, as Core ML's GPU/ANE kernels do); states are fp16 buffers.
+Where coremltools' numpy code computes wider (``layer_norm``, ``gelu`` go through float64) the value is
+rounded at the op boundary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from ..errors import ArtifactError, XlstmExportError
+
+
+class ExecutorError(XlstmExportError):
+    """The saved program cannot be executed op by op (an op type without numpy semantics, a shape or
+    dtype that differs from what the program declares)."""
+
+    exit_code = 1
+
+
+class _Val:
+    """Stands in for a builtin value on a Var (``Var.val`` reads ``_sym_val.val``)."""
+
+    __slots__ = ("val",)
+
+    def __init__(self, val):
+        self.val = val
+
+
+def _np_dtype(var) -> Optional[np.dtype]:
+    from coremltools.converters.mil.mil import types
+
+    if types.is_tensor(var.sym_type) or types.is_scalar(var.sym_type) or types.is_state(var.sym_type):
+        return np.dtype(types.nptype_from_builtin(var.dtype))
+    return None
+
+
+def load_program(path: str | os.PathLike):
+    """The MIL program of the package at ``path``, read back from disk with coremltools' reader."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    path = Path(path)
+    try:
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+    except Exception as e:  # coremltools raises bare Exceptions for unreadable packages
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{path}: not a readable Core ML package ({first})") from None
+    spec = model.get_spec()
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise ArtifactError(f"{path}: not an ML Program package (model type {spec.WhichOneof('Type')!r})")
+    prog = load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
+    return prog, spec
+
+
+class ProgramExecutor:
+    """Runs the ``main`` function of a saved package's program; owns its state buffers."""
+
+    def __init__(self, path: str | os.PathLike):
+        from coremltools.converters.mil.mil import types
+
+        self.path = Path(path)
+        self.prog, self.spec = load_program(self.path)
+        func = self.prog.functions["main"]
+        self.func = func
+        self.ops = list(func.operations)
+        self.input_vars = {n: v for n, v in func.inputs.items() if not types.is_state(v.sym_type)}
+        self.state_vars = {n: v for n, v in func.inputs.items() if types.is_state(v.sym_type)}
+        self.output_vars = list(func.outputs)
+        for op in self.ops:
+            if op.op_type == "const":
+                _python_bool(op.outputs[0])
+            if op.blocks:
+                raise ExecutorError(f"{self.path}: op {op.name} ({op.op_type}) has nested blocks; control flow "
+                                    f"is not supported by this executor")
+            if op.op_type != "const" and op.op_type not in HANDWRITTEN and not _has_value_inference(op):
+                raise ExecutorError(f"{self.path}: op {op.name}: type {op.op_type!r} has no numpy semantics "
+                                    f"in coremltools (no value_inference) and none is written here; add one to "
+                                    f"xlstm_export/coreml/executor.py HANDWRITTEN")
+        self.states: Dict[str, np.ndarray] = {}
+        self.reset_states()
+
+    # -- states ------------------------------------------------------------------------------
+    def state_spec(self, name: str):
+        v = self.state_vars[name]
+        return tuple(int(d) for d in v.shape), _np_dtype(v)
+
+    def reset_states(self) -> None:
+        """All zeros: what ``makeState()`` gives on a device (the empty context)."""
+        self.states = {n: np.zeros(*self.state_spec(n)) for n in self.state_vars}
+
+    def set_state(self, name: str, value: np.ndarray) -> None:
+        shape, dtype = self.state_spec(name)
+        value = np.asarray(value)
+        if tuple(value.shape) != shape:
+            raise ExecutorError(f"{self.path}: state {name}: expected shape {shape}, got {tuple(value.shape)}")
+        self.states[name] = value.astype(dtype)
+
+    # -- running -----------------------------------------------------------------------------
+    def predict(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """One call of the program: ``feeds`` are its tensor inputs; states are read and updated in place."""
+        env: Dict[int, object] = {}
+        for name, var in self.input_vars.items():
+            if name not in feeds:
+                raise ExecutorError(f"{self.path}: input {name!r} is missing")
+            env[id(var)] = self._coerce(np.asarray(feeds[name]), var, f"input {name}")
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            for op in self.ops:
+                if op.op_type == "const":
+                    continue  # consts carry their value (read from weight.bin by the loader)
+                fn = HANDWRITTEN.get(op.op_type)
+                vals = fn(self, op, env) if fn is not None else self._value_inference(op, env)
+                if not isinstance(vals, (tuple, list)):
+                    vals = (vals,)
+                for out, v in zip(op.outputs, vals):
+                    env[id(out)] = self._coerce(v, out, f"op {op.name} ({op.op_type})")
+        return {v.name: np.asarray(self._get(env, v)) for v in self.output_vars}
+
+    def _get(self, env: Dict[int, object], var):
+        if id(var) in env:
+            return env[id(var)]
+        if var.val is not None:
+            return var.val
+        raise ExecutorError(f"{self.path}: value of {var.name} is not computed before its use")
+
+    def _value_inference(self, op, env):
+        """Run coremltools' numpy semantics of ``op`` with our values bound to its input vars."""
+        bound = []
+        try:
+            for v in op.get_flattened_inputs():
+                if v.op is not None and v.op.op_type == "const":
+                    continue
+                val = self._get(env, v)
+                if isinstance(val, np.ndarray) and val.ndim == 0 and val.dtype == np.bool_:
+                    val = bool(val)  # numpy 2 0-d bools trip coremltools' scalar checks
+                bound.append((v, v._sym_val))
+                v._sym_val = _Val(val)
+            out = op.value_inference()
+        finally:
+            for v, old in bound:
+                v._sym_val = old
+        if out is None or (isinstance(out, (tuple, list)) and any(o is None for o in out)):
+            raise ExecutorError(f"{self.path}: op {op.name} ({op.op_type}): value_inference gave no value")
+        return out
+
+    def _coerce(self, value, var, where: str) -> np.ndarray:
+        dtype = _np_dtype(var)
+        arr = np.asarray(value)
+        if dtype is not None and arr.dtype != dtype:
+            arr = arr.astype(dtype)
+        want = tuple(int(d) for d in var.shape)
+        if tuple(arr.shape) != want:
+            raise ExecutorError(f"{self.path}: {where}: shape {tuple(arr.shape)}, the program declares {want}")
+        return arr
+
+    # -- introspection ---------------------------------------------------------------------------
+    def op_counts(self) -> Dict[str, int]:
+        counts: Dict[str, int] = {}
+        for op in self.ops:
+            counts[op.op_type] = counts.get(op.op_type, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def _has_value_inference(op) -> bool:
+    from coremltools.converters.mil.mil.operation import Operation
+
+    return type(op).value_inference is not Operation.value_inference
+
+
+def _python_bool(var) -> None:
+    """A 0-d numpy bool const (``keep_dims``...) as a Python bool: numpy 2 rejects np.bool where
+    coremltools' numpy code passes it as an int-like flag."""
+    val = var.val
+    if isinstance(val, (np.bool_, np.ndarray)) and np.ndim(val) == 0 and np.asarray(val).dtype == np.bool_:
+        var._sym_val = _Val(bool(val))
+
+
+def _read_state(ex: ProgramExecutor, op, env):
+    return ex.states[op.input.name].copy()
+
+
+def _update_state(ex: ProgramExecutor, op, env):
+    name = op.state.name
+    shape, dtype = ex.state_spec(name)
+    value = np.asarray(ex._get(env, op.value))
+    if value.dtype != dtype or tuple(value.shape) != shape:
+        raise ExecutorError(f"{ex.path}: op {op.name}: writes {value.dtype} {tuple(value.shape)} into state "
+                            f"{name} declared {dtype} {shape}")
+    ex.states[name] = value.copy()
+    return value
+
+
+def _silu(ex: ProgramExecutor, op, env):
+    x = np.asarray(ex._get(env, op.x))
+    return x * (1 / (1 + np.exp(-x)))
+
+
+HANDWRITTEN: Dict[str, Callable] = {
+    "read_state": _read_state,
+    "coreml_update_state": _update_state,
+    "silu": _silu,
+}
+
+
+__all__ = ["ExecutorError", "HANDWRITTEN", "ProgramExecutor", "load_program"]
