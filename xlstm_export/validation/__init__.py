@@ -1,0 +1,24 @@
+"""Validation: runners per artifact kind, the comparison against the reference, one tolerance table,
+reports (JSON, Markdown, HTML).
+
+    from xlstm_export.validation import validate_artifact
+    result = validate_artifact("model.pt", graph, report_dir="model.pt.report")
+    result.raise_if_failed()
+
+Adding a target's runner: one entry in ``registry.FACTORIES`` (and its suffix in ``registry.SUFFIXES``).
+Heavy libraries (torch, onnxruntime, coremltools) are imported only by the runners that need them.
+"""
+
+from .compare import compare, judge, localise, make_prompts, step_metrics, where_line
+from .contract import check_contract, parse_contract, state_slots
+from .registry import FACTORIES, SUFFIXES, detect_kind, open_artifact
+from .runner import Runner
+from .tolerances import TOLERANCES, Tolerance, tolerance_for
+from .validate import ValidationResult, run_validation, validate_artifact, validate_export
+
+__all__ = [
+    "compare", "judge", "localise", "make_prompts", "step_metrics", "where_line", "check_contract",
+    "parse_contract", "state_slots", "FACTORIES", "SUFFIXES", "detect_kind", "open_artifact", "Runner",
+    "TOLERANCES", "Tolerance", "tolerance_for", "ValidationResult", "run_validation", "validate_artifact",
+    "validate_export",
+]

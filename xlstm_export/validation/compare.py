@@ -1,0 +1,257 @@
+"""The comparison every validation runs: an artifact's runner against the reference's, figures only.
+
+For each prompt (several, seeded, within the vocabulary; the example task's prompts when given):
+
+    step 0      prefill: the whole prompt (token by token when the artifact takes one token per call)
+    step 1..N   decode: feed the *reference's* greedy token to both (teacher forcing, so an early
+                near-tie flip does not make later steps compare different contexts)
+
+Per step and prompt: max abs error of the logits, max rel error (``max|d| / max|ref|``), PSNR
+(``10 log10(max|ref|^2 / mse)``), cosine similarity, and whether the argmax agrees (the prefill: the
+fraction of positions). Per prompt: greedy agreement, the fraction of the N+1 greedy picks (after the
+prefill and after each step) where the artifact's own argmax is the reference's.
+To say *where* a difference starts: each state's error after the prefill and at the end (contract
+order, so the first diverging state names the first block that went wrong), and when both runners
+expose ``parameters()``, every weight that differs.
+
+``compare`` only measures. ``judge`` applies a tolerance; ``localise`` turns the figures into one line.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..graphs import Graph
+from .runner import Runner
+from .tolerances import Tolerance
+
+STEP_METRICS = ("max_abs", "max_rel", "psnr", "cosine", "argmax_agreement")
+
+
+def make_prompts(vocab_size: int, num: int = 3, length: int = 12, seed: int = 0,
+                 extra: Sequence[Sequence[int]] = ()) -> List[np.ndarray]:
+    """``extra`` prompts first (e.g. the example task's), then ``num`` seeded uniform ones."""
+    out = [np.asarray(p, dtype=np.int64) for p in extra]
+    for i, p in enumerate(out):
+        if p.ndim != 1 or p.size == 0 or p.min() < 0 or p.max() >= vocab_size:
+            raise ValueError(f"prompt {i}: expected a non-empty list of token ids in [0, {vocab_size}), "
+                             f"got {p.tolist()}")
+    rng = np.random.default_rng(seed)
+    out += [rng.integers(0, vocab_size, size=length, dtype=np.int64) for _ in range(num)]
+    return out
+
+
+def step_metrics(art: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
+    """Figures of one step's logits (..., V); the argmax agreement is over all positions."""
+    a = art.astype(np.float64)
+    r = ref.astype(np.float64)
+    peak = float(np.abs(r).max())
+    agree = float(np.mean(np.argmax(art, axis=-1) == np.argmax(ref, axis=-1)))
+    if not np.isfinite(a).all():
+        return {"max_abs": math.inf, "max_rel": math.inf, "psnr": -math.inf, "cosine": 0.0,
+                "argmax_agreement": agree, "nonfinite": int(a.size - np.isfinite(a).sum())}
+    d = a - r
+    max_abs = float(np.abs(d).max())
+    mse = float(np.mean(d * d))
+    na, nr = float(np.linalg.norm(a)), float(np.linalg.norm(r))
+    return {
+        "max_abs": max_abs,
+        "max_rel": max_abs / peak if peak > 0 else (0.0 if max_abs == 0 else math.inf),
+        "psnr": math.inf if mse == 0 else (10 * math.log10(peak * peak / mse) if peak > 0 else -math.inf),
+        "cosine": float(np.dot(a.ravel(), r.ravel()) / (na * nr)) if na > 0 and nr > 0 else float(na == nr),
+        "argmax_agreement": agree,
+    }
+
+
+def _error(a: np.ndarray, r: np.ndarray) -> Dict[str, float]:
+    if not np.isfinite(a).all():
+        return {"max_abs": math.inf, "max_rel": math.inf}
+    d = float(np.abs(a.astype(np.float64) - r.astype(np.float64)).max()) if a.size else 0.0
+    peak = float(np.abs(r).max()) if r.size else 0.0
+    return {"max_abs": d, "max_rel": d / peak if peak > 0 else (0.0 if d == 0 else math.inf)}
+
+
+def _run(runner: Runner, ids: np.ndarray, states: List[np.ndarray]):
+    """One call, or several when the runner takes at most ``max_tokens_per_call`` tokens."""
+    k = runner.max_tokens_per_call
+    if not k or ids.shape[1] <= k:
+        return runner.run(ids, states)
+    parts = []
+    for s in range(0, ids.shape[1], k):
+        logits, states = runner.run(ids[:, s:s + k], states)
+        parts.append(logits)
+    return np.concatenate(parts, axis=1), states
+
+
+def _merge_state_errors(acc: Dict[str, Dict[str, float]], key: str, errs: Dict[str, float]) -> None:
+    cur = acc.setdefault(key, {"max_abs": 0.0, "max_rel": 0.0})
+    for m in ("max_abs", "max_rel"):
+        cur[m] = max(cur[m], errs[m])
+
+
+def compare(reference: Runner, artifact: Runner, graph: Graph, prompts: Sequence[np.ndarray],
+            steps: int) -> dict:
+    """Run both runners over ``prompts`` (prefill + ``steps`` teacher-forced decode steps); figures only.
+
+    Both runners must have the same ``batch_size``; prompts are batched by length in groups of it (a
+    short group is padded with repeats, which are not scored).
+    """
+    if reference.batch_size != artifact.batch_size:
+        raise ValueError(f"batch sizes differ: reference {reference.batch_size}, artifact {artifact.batch_size}")
+    B = artifact.batch_size
+    specs = graph.state_contract(B)
+    results: List[Optional[dict]] = [None] * len(prompts)
+    state_err: Dict[str, Dict[str, Dict[str, float]]] = {s.name: {} for s in specs}
+
+    by_len: Dict[int, List[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    groups = [idx[g:g + B] for idx in by_len.values() for g in range(0, len(idx), B)]
+
+    for group in groups:
+        rows = group + [group[0]] * (B - len(group))
+        ids = np.stack([prompts[i] for i in rows])  # (B, T)
+        ref_logits, ref_states = _run(reference, ids, reference.init_states())
+        art_logits, art_states = _run(artifact, ids, artifact.init_states())
+        per_row: List[dict] = [{"steps": [], "reference_tokens": [], "artifact_tokens": []} for _ in group]
+        for r, res in enumerate(per_row):
+            m = step_metrics(art_logits[r], ref_logits[r])
+            peak = float(np.abs(ref_logits[r]).max()) or 1.0
+            pos_rel = np.abs(art_logits[r].astype(np.float64) - ref_logits[r]).max(-1) / peak  # (T,)
+            res["steps"].append({"step": 0, "kind": "prefill", "tokens": int(ids.shape[1]), **m,
+                                 "position_max_rel": [float(x) for x in pos_rel]})
+        for spec, a, r in zip(specs, art_states, ref_states):
+            _merge_state_errors(state_err[spec.name], "after_prefill", _error(a, r))
+
+        for step in range(1, steps + 2):
+            ref_tok = np.argmax(ref_logits[:, -1], axis=-1)  # (B,)
+            art_tok = np.argmax(art_logits[:, -1], axis=-1)
+            for r, res in enumerate(per_row):
+                res["reference_tokens"].append(int(ref_tok[r]))
+                res["artifact_tokens"].append(int(art_tok[r]))
+            if step > steps:
+                break
+            feed = ref_tok.astype(np.int64)[:, None]  # (B, 1) teacher forcing with the reference's pick
+            ref_logits, ref_states = _run(reference, feed, ref_states)
+            art_logits, art_states = _run(artifact, feed, art_states)
+            for r, res in enumerate(per_row):
+                res["steps"].append({"step": step, "kind": "decode", "tokens": 1,
+                                     **step_metrics(art_logits[r], ref_logits[r])})
+        for spec, a, r in zip(specs, art_states, ref_states):
+            _merge_state_errors(state_err[spec.name], "final", _error(a, r))
+
+        for r, res in enumerate(per_row):
+            agree = [x == y for x, y in zip(res["artifact_tokens"], res["reference_tokens"])]
+            res["greedy_agreement"] = float(np.mean(agree))
+            res["ids"] = [int(x) for x in prompts[group[r]]]
+            res["index"] = group[r]
+            results[group[r]] = res
+
+    states = [{"name": s.name, "block": s.block, "role": s.role, **state_err[s.name]} for s in specs]
+    out = {"prompts": results, "states": states, "parameters": compare_parameters(reference, artifact)}
+    out["summary"] = summarise(out)
+    return out
+
+
+def compare_parameters(reference: Runner, artifact: Runner) -> Optional[dict]:
+    """Every weight both runners expose, by name (None when either does not expose them)."""
+    get_r, get_a = getattr(reference, "parameters", None), getattr(artifact, "parameters", None)
+    if not callable(get_r) or not callable(get_a):
+        return None
+    pr, pa = get_r(), get_a()
+    rows = []
+    for name in sorted(set(pr) & set(pa)):
+        a, r = pa[name], pr[name]
+        if a.shape != r.shape:
+            rows.append({"name": name, "max_abs": math.inf, "max_rel": math.inf,
+                         "note": f"shape {list(a.shape)} vs reference {list(r.shape)}"})
+        else:
+            rows.append({"name": name, **_error(a, r)})
+    return {"compared": len(rows), "only_in_artifact": sorted(set(pa) - set(pr)),
+            "only_in_reference": sorted(set(pr) - set(pa)),
+            "tensors": sorted(rows, key=lambda x: (-x["max_rel"], x["name"]))}
+
+
+def summarise(cmp: dict) -> dict:
+    steps = [s for p in cmp["prompts"] for s in p["steps"]]
+    return {
+        "max_abs": max(s["max_abs"] for s in steps),
+        "max_rel": max(s["max_rel"] for s in steps),
+        "min_psnr": min(s["psnr"] for s in steps),
+        "min_cosine": min(s["cosine"] for s in steps),
+        "greedy_agreement": float(np.mean([p["greedy_agreement"] for p in cmp["prompts"]])),
+        "min_greedy_agreement": min(p["greedy_agreement"] for p in cmp["prompts"]),
+        "greedy_picks": sum(len(p["reference_tokens"]) for p in cmp["prompts"]),
+        "greedy_agreeing": sum(sum(x == y for x, y in zip(p["artifact_tokens"], p["reference_tokens"]))
+                               for p in cmp["prompts"]),
+    }
+
+
+def judge(cmp: dict, tol: Tolerance) -> List[dict]:
+    """Every figure outside ``tol``, in (step, prompt) order: the first is where it starts."""
+    fails: List[dict] = []
+    for p in cmp["prompts"]:
+        for s in p["steps"]:
+            where = {"prompt": p["index"], "step": s["step"], "kind": s["kind"]}
+            if s.get("nonfinite"):
+                fails.append({**where, "metric": "nonfinite", "value": s["nonfinite"], "limit": 0})
+            if not s["max_rel"] <= tol.max_rel:
+                f = {**where, "metric": "max_rel", "value": s["max_rel"], "limit": tol.max_rel}
+                if s["kind"] == "prefill":
+                    bad = [t for t, x in enumerate(s["position_max_rel"]) if not x <= tol.max_rel]
+                    f["position"] = bad[0] if bad else None
+                fails.append(f)
+            if not s["cosine"] >= tol.min_cosine:
+                fails.append({**where, "metric": "cosine", "value": s["cosine"], "limit": tol.min_cosine})
+        if not p["greedy_agreement"] >= tol.min_greedy_agreement:
+            first = next(i for i, (x, y) in enumerate(zip(p["artifact_tokens"], p["reference_tokens"])) if x != y)
+            fails.append({"prompt": p["index"], "step": first, "kind": "greedy", "metric": "greedy_agreement",
+                          "value": p["greedy_agreement"], "limit": tol.min_greedy_agreement,
+                          "first_disagreement": first})
+    return sorted(fails, key=lambda f: (f["step"], f["prompt"]))
+
+
+def localise(cmp: dict, fails: List[dict], tol: Tolerance) -> dict:
+    """Where the difference starts: first failing figure, first diverging state, differing weights."""
+    loc: dict = {"first_failure": fails[0] if fails else None}
+    diverging = [s for s in cmp["states"] if not s.get("after_prefill", {}).get("max_rel", 0.0) <= tol.state_rel]
+    diverging_final = [s for s in cmp["states"] if not s.get("final", {}).get("max_rel", 0.0) <= tol.state_rel]
+    first = (diverging or diverging_final or [None])[0]
+    loc["first_diverging_state"] = None if first is None else {
+        "name": first["name"], "block": first["block"],
+        "max_rel": max(first.get("after_prefill", {}).get("max_rel", 0.0), first.get("final", {}).get("max_rel", 0.0))}
+    params = cmp.get("parameters")
+    loc["differing_parameters"] = None if params is None else [
+        t for t in params["tensors"] if not t["max_rel"] <= tol.param_rel][:10]
+    return loc
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2e}" if isinstance(x, float) and math.isfinite(x) else str(x)
+
+
+def where_line(loc: dict) -> str:
+    """One line naming the place: step and prompt, state, tensor."""
+    parts = []
+    f = loc.get("first_failure")
+    if f:
+        at = "prefill" if f["kind"] == "prefill" else ("greedy pick" if f["kind"] == "greedy" else "decode step")
+        pos = f" position {f['position']}" if f.get("position") is not None else ""
+        step = "" if f["kind"] == "prefill" else f" {f['step']}"
+        parts.append(f"first out of tolerance: prompt {f['prompt']}, {at}{step}{pos} "
+                     f"({f['metric']} {_fmt(f['value'])} vs limit {_fmt(f['limit'])})")
+    s = loc.get("first_diverging_state")
+    if s:
+        parts.append(f"first diverging state: {s['name']} (block {s['block']}, rel {_fmt(s['max_rel'])})")
+    elif f:
+        parts.append("no state diverges: the difference is after the last state update (a last block's "
+                     "output projection/FFN, out_norm or lm_head)")
+    params = loc.get("differing_parameters")
+    if params:
+        names = ", ".join(f"{t['name']} (rel {_fmt(t['max_rel'])})" for t in params[:3])
+        more = f" and {len(params) - 3} more" if len(params) > 3 else ""
+        parts.append(f"differing weights: {names}{more}")
+    return "; ".join(parts)

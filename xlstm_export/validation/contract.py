@@ -1,0 +1,120 @@
+"""Reading an artifact's ``xlstm_export.io`` contract back and checking it against a checkpoint's graph.
+
+Every runner calls :func:`parse_contract` on the JSON it finds in its artifact (TorchScript extra file,
+ONNX ``metadata_props``, Core ML user metadata), then :func:`check_contract` with the graph of the
+checkpoint it is validated against, and maps states through :func:`state_slots`. A mismatch is an
+:class:`~xlstm_export.errors.ArtifactError` (exit 2): the artifact was not exported from this checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from ..errors import ArtifactError
+from ..graphs import Graph
+from ..graphs.io import IO_FORMAT, IO_KEY
+
+__all__ = ["IO_KEY", "StateSlot", "parse_contract", "check_contract", "state_slots", "profile_diff"]
+
+
+@dataclass(frozen=True)
+class StateSlot:
+    """Where one contract state (graph order) enters and leaves the artifact."""
+
+    name: str  # canonical, e.g. "blocks.1.slstm.state"
+    shape: tuple  # with the artifact's batch size
+    dtype: str  # as stored in the artifact ("float32", "float16")
+    input: str  # input name / state name / "states[3]"
+    output: Optional[str]  # None for Core ML (states are updated in place)
+
+
+def parse_contract(text: str | bytes | None, where: str) -> dict:
+    """The contract JSON -> dict, checked for the fields every runner needs."""
+    if text is None or (isinstance(text, (str, bytes)) and not text.strip()):
+        raise ArtifactError(f"{where}: no {IO_KEY!r} contract in the artifact; it was not written by "
+                            f"xlstm-export (re-export it with this tool)")
+    try:
+        c = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{where}: the {IO_KEY!r} contract is not valid JSON ({e})") from None
+    if not isinstance(c, dict):
+        raise ArtifactError(f"{where}: the {IO_KEY!r} contract must be a JSON object, got {type(c).__name__}")
+    if c.get("format") != IO_FORMAT:
+        raise ArtifactError(f"{where}: contract format must be {IO_FORMAT!r}, got {c.get('format')!r}")
+    for key, typ in (("inputs", list), ("outputs", list), ("states", list), ("profile", dict)):
+        if not isinstance(c.get(key), typ):
+            raise ArtifactError(f"{where}: contract field {key!r} must be a JSON {typ.__name__}, "
+                                f"got {type(c.get(key)).__name__}")
+    for i, s in enumerate(c["states"]):
+        if not isinstance(s, dict) or not all(k in s for k in ("name", "shape", "dtype", "input", "output")):
+            raise ArtifactError(f"{where}: contract states[{i}] must have name, shape, dtype, input, output")
+    return c
+
+
+def _short(v: Any, n: int = 60) -> str:
+    s = json.dumps(v, sort_keys=True)
+    return s if len(s) <= n else s[:n - 3] + "..."
+
+
+def profile_diff(a: Any, b: Any, path: str = "profile", limit: int = 4) -> List[str]:
+    """The first ``limit`` differences between two JSON values (``a`` = artifact, ``b`` = checkpoint),
+    plain fields before nested ones, so the most telling (family, vocab_size, ...) come first."""
+    out: List[str] = []
+
+    def walk(x: Any, y: Any, p: str) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys = sorted(set(x) | set(y), key=lambda k: (isinstance(x.get(k, y.get(k)), (dict, list)), k))
+            for k in keys:
+                if k not in x:
+                    out.append(f"{p}.{k}: missing in the artifact, checkpoint has {_short(y[k])}")
+                elif k not in y:
+                    out.append(f"{p}.{k}: artifact has {_short(x[k])}, missing in the checkpoint")
+                else:
+                    walk(x[k], y[k], f"{p}.{k}")
+        elif isinstance(x, list) and isinstance(y, list):
+            if len(x) != len(y):
+                out.append(f"{p}: artifact has {len(x)} entries, checkpoint {len(y)}")
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{p}[{i}]")
+        elif x != y:
+            out.append(f"{p}: artifact {_short(x)}, checkpoint {_short(y)}")
+
+    walk(a, b, path)
+    return out
+
+
+def check_contract(contract: dict, graph: Graph, where: str) -> None:
+    """Raise ArtifactError unless the artifact's profile is the checkpoint graph's profile."""
+    expected = json.loads(json.dumps(graph.to_profile(informational=False)))
+    diffs = profile_diff(contract["profile"], expected, limit=5)
+    if diffs:
+        shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
+        raise ArtifactError(f"{where}: the artifact was exported from a different model than "
+                            f"{graph.source or 'the checkpoint'}: " + shown
+                            + " (validate it against the checkpoint it was exported from)")
+
+
+def state_slots(contract: dict, graph: Graph, where: str) -> List[StateSlot]:
+    """The artifact's states in the graph's contract order (what runners exchange)."""
+    by_name = {s["name"]: s for s in contract["states"]}
+    want = [s.name for s in graph.state_contract(1)]
+    missing = [n for n in want if n not in by_name]
+    extra = [n for n in by_name if n not in set(want)]
+    if missing or extra or len(by_name) != len(contract["states"]):
+        raise ArtifactError(f"{where}: the contract's states do not match the checkpoint's state contract "
+                            f"(missing {missing}, unexpected {extra})")
+    return [StateSlot(n, tuple(by_name[n]["shape"]), by_name[n]["dtype"], by_name[n]["input"],
+                      by_name[n]["output"]) for n in want]
+
+
+def contract_batch_size(contract: dict, where: str) -> int:
+    """The batch size the artifact was exported for (``input_ids`` shape[0]; 1 when dynamic)."""
+    ids = next((i for i in contract["inputs"] if i.get("name") == "input_ids"), None)
+    if ids is None:
+        raise ArtifactError(f"{where}: the contract has no 'input_ids' input")
+    b = ids["shape"][0] if ids.get("shape") else None
+    return int(b) if isinstance(b, int) and b > 0 else 1

@@ -1,0 +1,112 @@
+"""Validate an artifact against the reference of its checkpoint: collect, write the report, then judge.
+
+    result = validate_artifact("model.pt", graph, report_dir="model.pt.report")
+    print(result.summary_line())
+    result.raise_if_failed()          # ParityError (exit 1) naming where it goes wrong
+
+Export commands call :func:`validate_export` (the same, printing the one-line summary).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from ..errors import ParityError
+from ..graphs import Graph
+from .compare import _fmt, compare, judge, localise, make_prompts, where_line
+from .registry import open_artifact
+from .report import REPORT_FORMAT, write_report
+from .runner import Runner
+from .tolerances import tolerance_for
+
+DEFAULT_STEPS = 10
+DEFAULT_PROMPTS = 3
+DEFAULT_PROMPT_LEN = 12
+
+
+@dataclass
+class ValidationResult:
+    report: dict
+    paths: List[Path] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+    def summary_line(self) -> str:
+        r, s, t = self.report, self.report["summary"], self.report["tolerance"]
+        a = r["artifact"]
+        n = len(r["prompts"])
+        line = (f"validation {'PASS' if self.passed else 'FAIL'}: {a['kind']} {a['precision']} vs reference, "
+                f"{n} prompt{'s' if n != 1 else ''} x (prefill + {r['settings']['steps']} steps): "
+                f"max rel {_fmt(s['max_rel'])} (tol {t['max_rel']:g}), min cosine {s['min_cosine']:.6f}, "
+                f"greedy {s['greedy_agreeing']}/{s['greedy_picks']}")
+        if self.paths:
+            line += f"; report {self.paths[0].parent}"
+        return line
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            where = f" (report: {self.paths[1]})" if len(self.paths) > 1 else ""
+            raise ParityError(f"{self.report['artifact']['path']}: outside the "
+                              f"{self.report['tolerance']['target']}/{self.report['tolerance']['precision']} "
+                              f"tolerance: {where_line(self.report['localisation'])}{where}")
+
+
+def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS,
+                   num_prompts: int = DEFAULT_PROMPTS, prompt_len: int = DEFAULT_PROMPT_LEN, seed: int = 0,
+                   extra_prompts: Sequence[Sequence[int]] = (), report_dir: Optional[str | os.PathLike] = None,
+                   artifact_path: str = "", reference: Optional[Runner] = None) -> ValidationResult:
+    """Compare ``artifact`` (an open runner) with the reference of ``graph``; write the report if asked."""
+    from .reference_runner import ReferenceRunner
+
+    if steps < 0 or num_prompts < 0 or prompt_len < 1 or (num_prompts == 0 and not extra_prompts):
+        raise ValueError("validation needs steps >= 0, prompt_len >= 1 and at least one prompt")
+    tol = tolerance_for(artifact.kind, artifact.precision)
+    reference = reference or ReferenceRunner(graph, artifact.batch_size)
+    prompts = make_prompts(graph.config.vocab_size, num_prompts, prompt_len, seed, extra_prompts)
+    cmp = compare(reference, artifact, graph, prompts, steps)
+    fails = judge(cmp, tol)
+    report = {
+        "format": REPORT_FORMAT,
+        "passed": not fails,
+        "artifact": {"path": str(artifact_path), "kind": artifact.kind, "precision": artifact.precision,
+                     "batch_size": artifact.batch_size, "max_tokens_per_call": artifact.max_tokens_per_call},
+        "checkpoint": graph.source,
+        "settings": {"steps": steps, "num_prompts": num_prompts, "prompt_len": prompt_len, "seed": seed,
+                     "extra_prompts": len(extra_prompts), "teacher_forcing": True},
+        "tolerance": {"target": artifact.kind, "precision": artifact.precision, **tol.to_json()},
+        "summary": cmp["summary"],
+        "failures": fails,
+        "localisation": localise(cmp, fails, tol),
+        "prompts": cmp["prompts"],
+        "states": cmp["states"],
+        "parameters": cmp["parameters"],
+    }
+    paths = write_report(report, report_dir) if report_dir is not None else []
+    return ValidationResult(report, paths)
+
+
+def validate_artifact(path: str | os.PathLike, graph: Graph, *, batch_size: Optional[int] = None,
+                      **kwargs) -> ValidationResult:
+    """Open the artifact at ``path`` (kind from its suffix), check its contract against ``graph``, compare.
+
+    ``kwargs`` go to :func:`run_validation` (steps, num_prompts, prompt_len, seed, extra_prompts,
+    report_dir). Raises ArtifactError (exit 2) for a missing/foreign artifact; never raises on parity:
+    call ``raise_if_failed()`` after using the report.
+    """
+    opts = {} if batch_size is None else {"batch_size": batch_size}
+    runner = open_artifact(path, graph, **opts)
+    return run_validation(runner, graph, artifact_path=str(path), **kwargs)
+
+
+def validate_export(path: str | os.PathLike, graph: Graph, echo: Callable[[str], None] = print,
+                    **kwargs) -> ValidationResult:
+    """What export commands run after writing an artifact: validate, print one line, raise on failure."""
+    result = validate_artifact(path, graph, **kwargs)
+    echo(result.summary_line())
+    result.raise_if_failed()
+    return result
