@@ -126,5 +126,73 @@ def inspect(checkpoint: str, fmt: str | None, as_json: bool) -> None:
                f"weight bytes: {graph.weight_bytes:,} ({_human(graph.weight_bytes, 'B')})")
 
 
+def validate_options(f: Callable) -> Callable:
+    """``--validate/--no-validate --report DIR --steps N`` for export commands (validate by default)."""
+    f = click.option("--steps", type=click.IntRange(min=0), default=10, show_default=True,
+                     help="Greedy decode steps after the prefill, per prompt.")(f)
+    f = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+                     help="Write report.json/.md/.html of the validation here.")(f)
+    f = click.option("--validate/--no-validate", "do_validate", default=True, show_default=True,
+                     help="Compare the artifact with the reference after writing it (exit 1 outside tolerance).")(f)
+    return f
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@checkpoint_options
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for report.json/.md/.html (default: ARTIFACT.report next to the artifact).")
+@click.option("--steps", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Greedy decode steps after the prefill, per prompt.")
+@click.option("--prompts", "num_prompts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Seeded random prompts (plus the example task's, when the checkpoint has a train_log.json).")
+@click.option("--prompt-len", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Batch size to run at (default: the artifact's).")
+def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | None, steps: int,
+             num_prompts: int, prompt_len: int, seed: int, batch_size: int | None) -> None:
+    """Compare ARTIFACT with the reference model of its checkpoint: prefill + greedy decode on several
+    prompts. Exit 0 within tolerance, 1 outside it (after writing the report), 2 on bad input."""
+    from pathlib import Path
+
+    from .frontends import load_checkpoint
+    from .validation import validate_artifact
+    from .validation.prompts import task_prompts
+
+    graph = load_checkpoint(checkpoint, format=fmt)
+    path = Path(artifact)
+    result = validate_artifact(path, graph, batch_size=batch_size, steps=steps, num_prompts=num_prompts,
+                               prompt_len=prompt_len, seed=seed, extra_prompts=task_prompts(checkpoint),
+                               report_dir=report_dir or path.with_name(path.name + ".report"))
+    click.echo(result.summary_line())
+    result.raise_if_failed()
+
+
+@main.command()
+@checkpoint_options
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="The TorchScript file to write (.pt).")
+@click.option("--precision", type=click.Choice(("fp32", "fp16", "bf16")), default="fp32", show_default=True,
+              help="Weight precision; states and cell math stay fp32.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size recorded in the I/O contract (the module itself takes any).")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@validate_options
+def torchscript(checkpoint: str, fmt: str | None, out: str, precision: str, batch_size: int, force: bool,
+                do_validate: bool, report_dir: str | None, steps: int) -> None:
+    """Export a scripted module: forward, init_states, forward_with_states, generate_greedy."""
+    from .frontends import load_checkpoint
+    from .torchscript import TorchScriptOptions, emit
+
+    graph = load_checkpoint(checkpoint, format=fmt)
+    art = emit(graph, TorchScriptOptions(precision=precision, batch_size=batch_size, force=force), out)
+    click.echo(f"wrote {art.path} (torchscript, {precision}, {len(art.contract['states'])} states)")
+    if do_validate:
+        from .validation import validate_export
+
+        validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="xlstm-export")

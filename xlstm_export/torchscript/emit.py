@@ -23,7 +23,12 @@ Python ``set``, which changes with the interpreter's string hash seed. So the ar
 and re-written record by record with torch's own zip writer: without the debug records (what is lost:
 original-source line numbers in TorchScript runtime error messages) and with each run of ``Final``
 constant declarations sorted by name (declaration order has no meaning). Same graph and options -> same
-bytes, in any process, wherever the tool is installed.
+bytes from a fresh interpreter (every ``xlstm-export torchscript`` run), whatever its hash seed and
+wherever the tool is installed. Not across emits *within one process*: TorchScript's process-wide type
+registry gives a module class scripted again with other attributes a mangled name
+(``Linear`` -> ``___torch_mangle_13.Linear``), so an emit after other scripting in the same process names
+(and groups) its classes differently -- an equivalent module, other bytes. Clearing that registry
+(``torch._C._jit_clear_class_registry``) crashes modules scripted earlier, so the emitter does not.
 """
 
 from __future__ import annotations

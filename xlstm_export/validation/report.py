@@ -86,9 +86,14 @@ def _summary_rows(r: dict) -> List[List[str]]:
         ["max rel error", _fmt(s["max_rel"]), f"<= {t['max_rel']:g}"],
         ["min PSNR (dB)", f"{s['min_psnr']:.1f}" if math.isfinite(s["min_psnr"]) else str(s["min_psnr"]), ""],
         ["min cosine", f"{s['min_cosine']:.8f}", f">= {t['min_cosine']}"],
-        ["greedy agreement", f"{s['greedy_agreeing']}/{s['greedy_picks']} (min per prompt "
-                             f"{s['min_greedy_agreement']:.2f})", f">= {t['min_greedy_agreement']:g} per prompt"],
+        ["greedy agreement", f"{s['greedy_agreeing']}/{s['greedy_picks']} ({_near_ties(r)} flips on near-ties)",
+         f">= {t['min_greedy_agreement']:g} per prompt, near-ties (margin <= {t['tie_margin']:g}) not counted"],
     ]
+
+
+def _near_ties(r: dict) -> int:
+    tie = r["tolerance"]["tie_margin"]
+    return sum(1 for p in r["prompts"] for mg in p["pick_margins"] if 0 < mg <= tie)
 
 
 def _md_table(head: List[str], rows: List[List[str]]) -> List[str]:

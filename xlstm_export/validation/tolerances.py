@@ -5,7 +5,10 @@ Figures are per comparison step (the prefill, or one decode step) and per prompt
 * ``max_rel``: ``max |artifact - reference| / max |reference|`` over the step's logits;
 * ``min_cosine``: cosine similarity of the step's logits (flattened);
 * ``min_greedy_agreement``: per prompt, the fraction of greedy picks (argmax after the prefill and after
-  each decode step; the decode is teacher-forced with the reference's tokens) equal to the reference's;
+  each decode step; the decode is teacher-forced with the reference's tokens) equal to the reference's,
+  not counting flips on near-ties: picks the reference prefers by at most ``tie_margin`` x max|logits|
+  (with few picks per prompt, one flip on a tie would otherwise fail a healthy fp16 artifact: measured,
+  a margin of 2e-4 flipped under fp16 weights with max rel error 1.2e-3);
 * ``state_rel``: a state whose ``max |d| / max |ref|`` exceeds it is reported as diverging (used to say
   *where* a failure starts, not to judge);
 * ``param_rel``: same, for an artifact's weights against the reference's (runners that expose them).
@@ -26,6 +29,7 @@ class Tolerance:
     max_rel: float
     min_cosine: float
     min_greedy_agreement: float
+    tie_margin: float
     state_rel: float
     param_rel: float
     why: str
@@ -35,21 +39,26 @@ class Tolerance:
 
 
 # fp32 artifacts compute the reference's math in fp32: only op order / fused kernels differ (~1e-6).
-_FP32 = Tolerance(max_rel=1e-4, min_cosine=0.99999, min_greedy_agreement=1.0, state_rel=1e-4, param_rel=1e-6,
-                  why="fp32 everywhere: differences are summation order only (measured ~1e-6); "
-                      "1e-4 is the issue's bound, greedy picks must all agree")
+_FP32 = Tolerance(max_rel=1e-4, min_cosine=0.99999, min_greedy_agreement=1.0, tie_margin=2e-4, state_rel=1e-4,
+                  param_rel=1e-6,
+                  why="fp32 everywhere: differences are summation order only (measured <= 1e-6); "
+                      "1e-4 is the issue's bound; every greedy pick must agree unless the reference's "
+                      "margin is within 2x that bound")
 # fp16 weights (and Core ML's fp16 activations/states): ~3 significant digits per op, compounding over
 # blocks and steps. Near-ties may flip a greedy pick: at most 1 in 10 per prompt.
-_FP16 = Tolerance(max_rel=3e-2, min_cosine=0.999, min_greedy_agreement=0.9, state_rel=3e-2, param_rel=1e-3,
+_FP16 = Tolerance(max_rel=3e-2, min_cosine=0.999, min_greedy_agreement=0.9, tie_margin=3e-3, state_rel=3e-2,
+                  param_rel=1e-3,
                   why="fp16 weights/activations: ~1e-3 per op, compounding over blocks and steps; "
-                      "greedy may flip on near-ties (>= 90% must agree)")
+                      ">= 90% of greedy picks agree, flips on margins <= 3e-3 not counted")
 # bf16 has 8 bits of mantissa (vs fp16's 11): ~8x the fp16 rounding error.
-_BF16 = Tolerance(max_rel=1e-1, min_cosine=0.99, min_greedy_agreement=0.8, state_rel=1e-1, param_rel=8e-3,
-                  why="bf16 weights: 8-bit mantissa, ~8x fp16's rounding; greedy >= 80%")
+_BF16 = Tolerance(max_rel=1e-1, min_cosine=0.99, min_greedy_agreement=0.8, tie_margin=2e-2, state_rel=1e-1,
+                  param_rel=8e-3,
+                  why="bf16 weights: 8-bit mantissa, ~8x fp16's rounding; >= 80% of greedy picks agree, "
+                      "flips on margins <= 2e-2 not counted")
 
 TOLERANCES: Dict[Tuple[str, str], Tolerance] = {
     ("reference", "fp32"): Tolerance(max_rel=1e-5, min_cosine=0.999999, min_greedy_agreement=1.0,
-                                     state_rel=1e-5, param_rel=0.0,
+                                     tie_margin=2e-5, state_rel=1e-5, param_rel=0.0,
                                      why="the reference against itself (other kernel form or device)"),
     ("torchscript", "fp32"): _FP32,
     ("torchscript", "fp16"): _FP16,
