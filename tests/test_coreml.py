@@ -1,0 +1,272 @@
+"""Core ML target: packages of upstream-made fixtures, read back from disk and executed op by op.
+
+Each package is built once per module. Parity runs the SAVED package (``CoreMLRunner`` -> executor over the
+program coremltools reads back from disk) against the fp32 reference: a prompt fed one token per call,
+then greedy decode steps, states carried across calls.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xlstm_export.coreml.emit import CoreMLOptions, contract_for, emit
+from xlstm_export.coreml.lower import LOWERINGS, core_ml_name
+from xlstm_export.coreml.runner import CoreMLRunner, read_contract
+from xlstm_export.errors import ArtifactError, OutputError, UnsupportedError
+from xlstm_export.frontends import load_checkpoint
+from xlstm_export.graphs.io import IO_KEY
+from xlstm_export.reference import build_model
+from xlstm_export.registry import BLOCK_KEYS
+from xlstm_export.validation.contract import check_contract
+
+FIXTURES = ("hf", "large", "hybrid", "hybrid_slstm_only")
+FP16_MAX_REL = 3e-2  # the tolerance table's fp16 entry (validation/tolerances.py)
+PROMPT_LEN, DECODE_STEPS = 10, 8
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def packages(checkpoint_factory, tmp_path_factory):
+    """name -> (graph, package path, Artifact), each exported once (fp16, batch 1)."""
+    root = tmp_path_factory.mktemp("coreml")
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            graph = load_checkpoint(checkpoint_factory(name))
+            path = root / f"{name}.mlpackage"
+            art = emit(graph, CoreMLOptions(precision="fp16"), path)
+            built[name] = (graph, path, art)
+        return built[name]
+
+    return get
+
+
+def _rel(a: np.ndarray, r: np.ndarray) -> float:
+    return float(np.abs(a - r).max() / np.abs(r).max())
+
+
+def _compare(graph, runner, prompt: np.ndarray, steps: int):
+    """Prompt one token per call, then ``steps`` greedy steps teacher-forced with the reference's tokens.
+    Returns per-step rel errors and the fraction of greedy picks that agree."""
+    ref = build_model(graph)
+    B = prompt.shape[0]
+    with torch.no_grad():
+        r_logits, r_states = ref.forward_with_states(torch.from_numpy(prompt), ref.init_states(B))
+    states = runner.init_states()
+    a_last = None
+    for t in range(prompt.shape[1]):
+        a_last, states = runner.run(prompt[:, t:t + 1], states)
+    rels = [_rel(a_last[:, -1], r_logits[:, -1].numpy())]
+    agree = [bool((a_last[:, -1].argmax(-1) == r_logits[:, -1].numpy().argmax(-1)).all())]
+    nxt = r_logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+    for _ in range(steps):
+        with torch.no_grad():
+            r_logits, r_states = ref.forward_with_states(nxt, r_states)
+        a_logits, states = runner.run(nxt.numpy(), states)
+        rels.append(_rel(a_logits[:, -1], r_logits[:, -1].numpy()))
+        agree.append(bool((a_logits[:, -1].argmax(-1) == r_logits[:, -1].numpy().argmax(-1)).all()))
+        nxt = r_logits[:, -1].argmax(-1, keepdim=True)
+    return rels, float(np.mean(agree)), states, [s.numpy() for s in r_states]
+
+
+def test_every_block_kind_has_a_lowering():
+    assert LOWERINGS.keys() == sorted(BLOCK_KEYS)
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_package_declares_fp16_states_of_the_contract(packages, name):
+    import coremltools as ct
+    from coremltools.proto import FeatureTypes_pb2 as ft
+
+    graph, path, art = packages(name)
+    model = ct.models.MLModel(str(path), skip_model_load=True)  # loads back with coremltools
+    spec = model.get_spec()
+    assert spec.WhichOneof("Type") == "mlProgram" and spec.specificationVersion >= 9  # iOS18
+    (inp,), (out,) = spec.description.input, spec.description.output
+    assert inp.name == "input_ids" and list(inp.type.multiArrayType.shape) == [1, 1]
+    assert inp.type.multiArrayType.dataType == ft.ArrayFeatureType.INT32
+    assert out.name == "logits" and list(out.type.multiArrayType.shape) == [1, 1, graph.config.vocab_size]
+    declared = {s.name: s.type for s in spec.description.state}
+    contract = graph.state_contract(1)
+    assert list(declared) == [core_ml_name(s.name) for s in contract]
+    for s in contract:
+        t = declared[core_ml_name(s.name)]
+        assert t.WhichOneof("Type") == "stateType"
+        assert t.stateType.arrayType.dataType == ft.ArrayFeatureType.FLOAT16
+        assert tuple(t.stateType.arrayType.shape) == s.shape
+    # the saved program reads and writes every state, each write once
+    fn = spec.mlProgram.functions["main"]
+    ops = fn.block_specializations[fn.opset].operations
+    written = [o.inputs["input"].arguments[0].name for o in ops if o.type == "write_state"]
+    read = {o.inputs["input"].arguments[0].name for o in ops if o.type == "read_state"}
+    assert sorted(written) == sorted(declared) and read == set(declared)
+    assert art.stats["op_types"]["write_state"] == len(contract)
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_metadata_for_xcode(packages, name):
+    graph, path, _ = packages(name)
+    contract, spec = read_contract(path)
+    md = spec.description.metadata
+    assert md.author and md.license and md.versionString and md.shortDescription
+    assert "com.github.apple.coremltools.conversion_date" not in md.userDefined
+    check_contract(contract, graph, str(path))  # the io contract names this checkpoint's model
+    assert contract == json.loads(json.dumps(contract_for(graph, CoreMLOptions())))
+    assert [s["input"] for s in contract["states"]] == [core_ml_name(s.name) for s in graph.state_contract(1)]
+    assert all(s["output"] is None and s["dtype"] == "float16" for s in contract["states"])
+    features = list(spec.description.input) + list(spec.description.output) + list(spec.description.state)
+    assert all(f.shortDescription for f in features), [f.name for f in features if not f.shortDescription]
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_saved_package_matches_reference(packages, name):
+    graph, path, _ = packages(name)
+    runner = CoreMLRunner(path, graph, backend="executor")
+    assert runner.max_tokens_per_call == 1 and runner.precision == "fp16"
+    prompt = np.random.default_rng(1).integers(0, graph.config.vocab_size, size=(1, PROMPT_LEN))
+    rels, agree, states, ref_states = _compare(graph, runner, prompt, DECODE_STEPS)
+    assert max(rels) <= FP16_MAX_REL, rels
+    assert agree == 1.0
+    for a, r, s in zip(states, ref_states, graph.state_contract(1)):
+        assert a.shape == r.shape == s.shape
+        assert _rel(a, r) < 3e-2, s.name
+
+
+def test_states_are_the_reference_contract(packages):
+    """States handed in from the reference (rounded to fp16) continue the sequence: same layout, same meaning."""
+    graph, path, _ = packages("hybrid")
+    ref = build_model(graph)
+    ids = np.random.default_rng(2).integers(0, graph.config.vocab_size, size=(1, 12))
+    with torch.no_grad():
+        _, mid = ref.forward_with_states(torch.from_numpy(ids[:, :11]), ref.init_states(1))
+        want, _ = ref.forward_with_states(torch.from_numpy(ids[:, 11:]), mid)
+    runner = CoreMLRunner(path, graph, backend="executor")
+    got, _ = runner.run(ids[:, 11:], [s.numpy() for s in mid])
+    assert _rel(got, want.numpy()) < 1e-2
+
+
+def test_states_carry_across_calls(packages):
+    graph, path, _ = packages("hf")
+    runner = CoreMLRunner(path, graph, backend="executor")
+    ids = np.array([[5, 17, 3, 5]])
+    zero = runner.init_states()
+    a, s1 = runner.run(ids[:, :1], zero)
+    b, s2 = runner.run(ids[:, :1], s1)  # same token, the context differs
+    assert not np.allclose(a, b)
+    assert all(np.abs(x).max() > 0 for x in s1) and any(not np.array_equal(x, y) for x, y in zip(s1, s2))
+    again, _ = runner.run(ids[:, :1], zero)  # zeros are the empty context again
+    np.testing.assert_array_equal(again, a)
+    whole, s_whole = runner.run(ids, zero)  # several tokens in one call == one per call
+    parts, s = [], zero
+    for t in range(ids.shape[1]):
+        lg, s = runner.run(ids[:, t:t + 1], s)
+        parts.append(lg)
+    np.testing.assert_array_equal(whole, np.concatenate(parts, axis=1))
+    for x, y in zip(s_whole, s):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_executor_reads_the_package_from_disk(packages, tmp_path):
+    graph, path, _ = packages("large")
+    copy = tmp_path / "copy.mlpackage"
+    shutil.copytree(path, copy)
+    ids = np.array([[1, 2, 3]])
+    good, _ = CoreMLRunner(copy, graph, backend="executor").run(ids, CoreMLRunner(copy, graph).init_states())
+    _, spec = read_contract(copy)
+    fn = spec.mlProgram.functions["main"]
+    const = next(o for o in fn.block_specializations[fn.opset].operations
+                 if o.type == "const" and o.outputs[0].name == "lm_head_weight")
+    offset = const.attributes["val"].blobFileValue.offset  # its blob: 64 bytes of metadata, then the data
+    weights = copy / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    raw = bytearray(weights.read_bytes())
+    raw[offset + 64: offset + 64 + 2048] = bytes(2048)  # zero the first 1024 fp16 values of lm_head
+    weights.write_bytes(bytes(raw))
+    bad, _ = CoreMLRunner(copy, graph, backend="executor").run(ids, CoreMLRunner(copy, graph).init_states())
+    assert not np.allclose(good, bad)
+
+
+def test_export_is_byte_reproducible(packages, checkpoint_factory, tmp_path):
+    graph, path, _ = packages("hybrid")
+    again = tmp_path / "again.mlpackage"
+    emit(load_checkpoint(checkpoint_factory("hybrid")), CoreMLOptions(precision="fp16"), again)
+    files = sorted(p.relative_to(path) for p in path.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert len(files) == 3  # Manifest.json, model.mlmodel, weight.bin
+    for f in files:
+        assert (path / f).read_bytes() == (again / f).read_bytes(), f
+    manifest = json.loads((path / "Manifest.json").read_text())
+    assert manifest["rootModelIdentifier"] in manifest["itemInfoEntries"]
+
+
+def test_swift_snippet_names_the_package_features(packages):
+    graph, path, art = packages("hybrid")
+    assert art.swift_path == path.with_suffix(".swift") and art.swift_path.exists()
+    text = art.swift_path.read_text()
+    _, spec = read_contract(path)
+    for f in list(spec.description.input) + list(spec.description.output) + list(spec.description.state):
+        assert f'"{f.name}"' in text or f" {f.name} " in text, f.name
+    for needle in ("import CoreML", "makeState()", "prediction(from: input, using: state)",
+                   '"input_ids"', '"logits"', "withMultiArray(for:"):
+        assert needle in text, needle
+
+
+def test_batch_and_fp32_package(checkpoint_factory, tmp_path):
+    graph = load_checkpoint(checkpoint_factory("large"))
+    path = tmp_path / "b2.mlpackage"
+    art = emit(graph, CoreMLOptions(precision="fp32", batch_size=2, swift=False), path)
+    assert art.swift_path is None and not path.with_suffix(".swift").exists()
+    runner = CoreMLRunner(path, graph, backend="executor")
+    assert runner.batch_size == 2 and runner.precision == "fp32"
+    prompt = np.random.default_rng(3).integers(0, graph.config.vocab_size, size=(2, 6))
+    rels, agree, _, _ = _compare(graph, runner, prompt, 4)
+    assert max(rels) < 5e-3 and agree == 1.0  # fp32 compute; only the fp16 state storage rounds
+    with pytest.raises(UnsupportedError, match="batch size 2"):
+        CoreMLRunner(path, graph, batch_size=1)
+
+
+def test_output_is_atomic_and_options_are_checked(packages, checkpoint_factory, tmp_path):
+    graph, path, _ = packages("hf")
+    with pytest.raises(OutputError, match="already exists"):
+        emit(graph, CoreMLOptions(), path)
+    with pytest.raises(UnsupportedError, match="precision"):
+        emit(graph, CoreMLOptions(precision="int4"), tmp_path / "x.mlpackage")
+    with pytest.raises(UnsupportedError, match="batch size"):
+        emit(graph, CoreMLOptions(batch_size=0), tmp_path / "x.mlpackage")
+    with pytest.raises(UnsupportedError, match=".mlpackage"):
+        emit(graph, CoreMLOptions(), tmp_path / "x.mlmodel")
+    assert not list(tmp_path.iterdir())
+    other = load_checkpoint(checkpoint_factory("large"))
+    with pytest.raises(ArtifactError, match="different model"):
+        CoreMLRunner(path, other)
+
+
+@pytest.mark.parametrize("example", ["hf-recall", "hybrid-copy"])
+def test_trained_example_greedy_64_tokens(example, tmp_path):
+    """On the trained examples the package's greedy continuation equals the reference's for 64 tokens."""
+    from xlstm_export.validation.prompts import task_prompts
+
+    ckpt = EXAMPLES / example
+    if not (ckpt / "train_log.json").exists():
+        pytest.skip(f"{ckpt} is not trained yet (examples/train_examples.py)")
+    graph = load_checkpoint(ckpt)
+    path = tmp_path / f"{example}.mlpackage"
+    emit(graph, CoreMLOptions(precision="fp16", swift=False), path)
+    runner = CoreMLRunner(path, graph, backend="executor")
+    for seq in task_prompts(ckpt, 2):
+        prompt = np.array([seq[: len(seq) // 2]], dtype=np.int64)
+        with torch.no_grad():
+            want = build_model(graph).generate_greedy(torch.from_numpy(prompt), 64)[0].tolist()
+        logits, states = runner.run(prompt, runner.init_states())
+        got = []
+        for _ in range(64):
+            nxt = int(logits[0, -1].argmax())
+            got.append(nxt)
+            logits, states = runner.run(np.array([[nxt]]), states)
+        assert got == want

@@ -1,0 +1,107 @@
+"""The measurement behind the Core ML precision choice (``lower.PRECISIONS["fp16"]``).
+
+    python -m xlstm_export.coreml.measure --checkpoint CKPT [--tokens 256] [--policies fp16,fp16-all,...]
+
+For each precision policy: export the package, execute it FROM DISK with the executor token by token
+over a seeded random sequence (or the example task's), and compare every step's logits and the final
+states with the fp32 reference. Prints one JSON object per policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from ..graphs import Graph
+
+POLICIES = ("fp32", "fp16", "fp16-noround", "fp16-stream16", "fp16-all")
+
+
+def reference_run(graph: Graph, ids: np.ndarray):
+    """Logits (B, T, V) and final states of the fp32 reference over ``ids``."""
+    import torch
+
+    from ..reference import build_model
+
+    model = build_model(graph, device="cpu")
+    with torch.no_grad():
+        logits, states = model.forward_with_states(torch.from_numpy(ids), model.init_states(ids.shape[0]))
+    return logits.numpy(), [s.numpy() for s in states], [s.name for s in graph.state_contract(ids.shape[0])]
+
+
+def measure_policy(graph: Graph, policy: str, ids: np.ndarray, ref_logits: np.ndarray, ref_states,
+                   workdir: Path) -> Dict:
+    from .emit import CoreMLOptions, emit
+    from .runner import CoreMLRunner
+
+    path = workdir / f"{policy}.mlpackage"
+    emit(graph, CoreMLOptions(precision=policy, batch_size=ids.shape[0], force=True, swift=False), path)
+    runner = CoreMLRunner(path, graph, backend="executor")
+    states = runner.init_states()
+    logits = []
+    t0 = time.perf_counter()
+    for t in range(ids.shape[1]):
+        lg, states = runner.run(ids[:, t:t + 1], states)
+        logits.append(lg)
+    dt = time.perf_counter() - t0
+    got = np.concatenate(logits, axis=1)
+    rel = np.abs(got - ref_logits).max(axis=(0, 2)) / np.abs(ref_logits).max(axis=(0, 2))  # per step
+    agree = float((got.argmax(-1) == ref_logits.argmax(-1)).mean())
+    state_err = {}
+    for name, a, r in zip(runner.state_names, states, ref_states):
+        role = name.rsplit(".", 1)[-1]
+        e = float(np.abs(a - r).max() / max(np.abs(r).max(), 1e-30))
+        state_err[role] = max(state_err.get(role, 0.0), e)
+    n = len(rel)
+    return {"policy": policy, "tokens": int(ids.shape[1]), "max_rel": float(rel.max()),
+            "max_rel_first_quarter": float(rel[: max(1, n // 4)].max()),
+            "max_rel_last_quarter": float(rel[-max(1, n // 4):].max()),
+            "mean_rel": float(rel.mean()), "greedy_agreement": agree,
+            "state_rel_by_role": {k: round(v, 6) for k, v in sorted(state_err.items())},
+            "executor_ms_per_step": round(1e3 * dt / ids.shape[1], 2)}
+
+
+def measure(graph: Graph, ids: np.ndarray, policies: Sequence[str] = POLICIES,
+            workdir: Optional[Path] = None) -> list:
+    ref_logits, ref_states, _ = reference_run(graph, ids)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wd = Path(workdir or tmp)
+        for p in policies:
+            out.append(measure_policy(graph, p, ids, ref_logits, ref_states, wd))
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from ..frontends import load_checkpoint
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--task", action="store_true", help="use the example's task sequence (train_log.json)")
+    a = ap.parse_args(argv)
+    graph = load_checkpoint(a.checkpoint)
+    if a.task:
+        from ..validation.prompts import task_prompts
+
+        first = task_prompts(a.checkpoint, 1)
+        if not first:
+            raise SystemExit(f"{a.checkpoint}: no train_log.json naming a task")
+        seqs = task_prompts(a.checkpoint, -(-a.tokens // len(first[0])))  # back to back, one long sequence
+        ids = np.array([sum(seqs, [])[: a.tokens]], dtype=np.int64)
+    else:
+        ids = np.random.default_rng(a.seed).integers(0, graph.config.vocab_size, size=(1, a.tokens))
+    for r in measure(graph, ids, a.policies.split(",")):
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

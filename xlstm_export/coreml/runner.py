@@ -1,0 +1,154 @@
+"""Validation runner over a saved ``.mlpackage``.
+
+On macOS with the Core ML framework: the real runtime (``MLModel.predict`` with an ``MLState``).
+Elsewhere: :class:`~xlstm_export.coreml.executor.ProgramExecutor`, which reads the package back from disk
+and runs its MIL program op by op with coremltools' numpy op semantics.
+
+The package is a single decode step (``max_tokens_per_call = 1``): ``run`` feeds a prompt one token per
+call. States cross the :class:`~xlstm_export.validation.runner.Runner` interface as float32 numpy arrays
+in contract order (the package stores them fp16, so they are rounded on the way in); the I/O contract in
+the package's metadata maps each canonical state name to its Core ML state name.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import ArtifactError, UnsupportedError
+from ..graphs import Graph
+from ..validation.contract import IO_KEY, check_contract, parse_contract, state_slots
+
+BACKENDS = ("auto", "coreml", "executor")
+
+
+def read_contract(path: Path) -> Tuple[dict, object]:
+    """The package's I/O contract (from its user-defined metadata) and its spec."""
+    import coremltools as ct
+
+    try:
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+    except Exception as e:  # coremltools raises bare Exceptions for unreadable packages
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{path}: not a readable Core ML package ({first})") from None
+    spec = model.get_spec()
+    text = spec.description.metadata.userDefined.get(IO_KEY)
+    return parse_contract(text, str(path)), spec
+
+
+def coreml_runtime_available() -> bool:
+    """True on macOS where coremltools can load models into the Core ML framework."""
+    if platform.system() != "Darwin":
+        return False
+    try:
+        from coremltools.libcoremlpython import _MLModelProxy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class CoreMLRunner:
+    kind = "coreml"
+    max_tokens_per_call: Optional[int] = 1
+
+    def __init__(self, path: str | Path, graph: Optional[Graph] = None, batch_size: Optional[int] = None,
+                 backend: str = "auto", compute_units: Optional[str] = None):
+        self.path = Path(path)
+        where = str(self.path)
+        if backend not in BACKENDS:
+            raise UnsupportedError(f"coreml runner: backend must be one of {BACKENDS}, got {backend!r}")
+        self.contract, spec = read_contract(self.path)
+        if graph is not None:
+            check_contract(self.contract, graph, where)
+            slots = state_slots(self.contract, graph, where)
+            self.state_names = [s.name for s in slots]
+            self.core_ml_names = [str(s.input) for s in slots]
+            self.state_shapes = [tuple(s.shape) for s in slots]
+        else:
+            self.state_names = [s["name"] for s in self.contract["states"]]
+            self.core_ml_names = [str(s["input"]) for s in self.contract["states"]]
+            self.state_shapes = [tuple(s["shape"]) for s in self.contract["states"]]
+        declared = {f.name for f in spec.description.state}
+        missing = [n for n in self.core_ml_names if n not in declared]
+        if missing:
+            raise ArtifactError(f"{where}: the contract names states {missing} that the package does not declare "
+                                f"(declared: {sorted(declared)})")
+        ids = next(i for i in self.contract["inputs"] if i["name"] == "input_ids")
+        self.batch_size = int(ids["shape"][0])
+        if batch_size is not None and int(batch_size) != self.batch_size:
+            raise UnsupportedError(f"{where}: the package was exported for batch size {self.batch_size} (Core ML "
+                                   f"states have a fixed shape); got batch size {batch_size}")
+        self.precision = str(self.contract.get("precision", "fp16"))
+        self.vocab_size = int(self.contract["outputs"][0]["shape"][-1])
+        if backend == "auto":
+            backend = "coreml" if coreml_runtime_available() else "executor"
+        self.backend = backend
+        units = compute_units or spec.description.metadata.userDefined.get("xlstm_export.compute_units", "all")
+        if backend == "coreml":
+            import coremltools as ct
+
+            cu = {"all": ct.ComputeUnit.ALL, "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU,
+                  "cpu_only": ct.ComputeUnit.CPU_ONLY, "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE}[units]
+            self._model = ct.models.MLModel(str(self.path), compute_units=cu)
+            self._state = None
+            self._last: Optional[List[np.ndarray]] = None
+        else:
+            from .executor import ProgramExecutor
+
+            self._executor = ProgramExecutor(self.path)
+        self.compute_units = units
+
+    def init_states(self) -> List[np.ndarray]:
+        return [np.zeros(s, dtype=np.float32) for s in self.state_shapes]
+
+    def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or ids.shape[0] != self.batch_size:
+            raise UnsupportedError(f"{self.path}: input_ids must be ({self.batch_size}, T), got {ids.shape}")
+        if len(states) != len(self.state_names):
+            raise UnsupportedError(f"{self.path}: expected {len(self.state_names)} states, got {len(states)}")
+        self._load_states(states)
+        logits = []
+        for t in range(ids.shape[1]):
+            feed = {"input_ids": ids[:, t:t + 1].astype(np.int32)}
+            logits.append(self._predict(feed).astype(np.float32).reshape(self.batch_size, 1, self.vocab_size))
+        new = self._read_states()
+        return np.concatenate(logits, axis=1), new
+
+    # -- backends ---------------------------------------------------------------------------
+    def _load_states(self, states: List[np.ndarray]) -> None:
+        if self.backend == "executor":
+            for name, value in zip(self.core_ml_names, states):
+                self._executor.set_state(name, value)
+            return
+        if self._state is not None and self._last is not None and all(a is b for a, b in zip(states, self._last)):
+            return  # the states we returned last time: the MLState already holds them
+        self._state = self._model.make_state()
+        for name, value in zip(self.core_ml_names, states):
+            self._state.write_state(name, np.ascontiguousarray(value, dtype=np.float16))
+
+    def _predict(self, feed) -> np.ndarray:
+        if self.backend == "executor":
+            return self._executor.predict(feed)["logits"]
+        return np.asarray(self._model.predict(feed, state=self._state)["logits"])
+
+    def _read_states(self) -> List[np.ndarray]:
+        if self.backend == "executor":
+            raw = [self._executor.states[n] for n in self.core_ml_names]
+        else:
+            raw = [self._state.read_state(n) for n in self.core_ml_names]
+        out = [np.asarray(o, dtype=np.float32).reshape(s) for o, s in zip(raw, self.state_shapes)]
+        if self.backend != "executor":
+            self._last = out
+        return out
+
+
+def open_runner(path: str | Path, graph: Graph, **opts) -> CoreMLRunner:
+    """The validation registry's factory for ``.mlpackage`` artifacts."""
+    return CoreMLRunner(path, graph, **opts)
+
+
+__all__ = ["BACKENDS", "CoreMLRunner", "coreml_runtime_available", "open_runner", "read_contract"]
