@@ -238,7 +238,7 @@ def localise(cmp: dict, fails: List[dict], tol: Tolerance) -> dict:
     return loc
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
     return f"{x:.2e}" if isinstance(x, float) and math.isfinite(x) else str(x)
 
 
@@ -251,16 +251,16 @@ def where_line(loc: dict) -> str:
         pos = f" position {f['position']}" if f.get("position") is not None else ""
         step = "" if f["kind"] == "prefill" else f" {f['step']}"
         parts.append(f"first out of tolerance: prompt {f['prompt']}, {at}{step}{pos} "
-                     f"({f['metric']} {_fmt(f['value'])} vs limit {_fmt(f['limit'])})")
+                     f"({f['metric']} {fmt(f['value'])} vs limit {fmt(f['limit'])})")
     s = loc.get("first_diverging_state")
     if s:
-        parts.append(f"first diverging state: {s['name']} (block {s['block']}, rel {_fmt(s['max_rel'])})")
+        parts.append(f"first diverging state: {s['name']} (block {s['block']}, rel {fmt(s['max_rel'])})")
     elif f:
         parts.append("no state diverges: the difference is after the last state update (a last block's "
                      "output projection/FFN, out_norm or lm_head)")
     params = loc.get("differing_parameters")
     if params:
-        names = ", ".join(f"{t['name']} (rel {_fmt(t['max_rel'])})" for t in params[:3])
+        names = ", ".join(f"{t['name']} (rel {fmt(t['max_rel'])})" for t in params[:3])
         more = f" and {len(params) - 3} more" if len(params) > 3 else ""
         parts.append(f"differing weights: {names}{more}")
     return "; ".join(parts)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, List
 
 from ..outputs import atomic_output
-from .compare import _fmt, where_line
+from .compare import fmt, where_line
 
 REPORT_FORMAT = "xlstm-export-validation/1"
 FILES = ("report.json", "report.md", "report.html")
@@ -82,8 +82,8 @@ def _per_step(r: dict) -> List[dict]:
 def _summary_rows(r: dict) -> List[List[str]]:
     s, t = r["summary"], r["tolerance"]
     return [
-        ["max abs error", _fmt(s["max_abs"]), ""],
-        ["max rel error", _fmt(s["max_rel"]), f"<= {t['max_rel']:g}"],
+        ["max abs error", fmt(s["max_abs"]), ""],
+        ["max rel error", fmt(s["max_rel"]), f"<= {t['max_rel']:g}"],
         ["min PSNR (dB)", f"{s['min_psnr']:.1f}" if math.isfinite(s["min_psnr"]) else str(s["min_psnr"]), ""],
         ["min cosine", f"{s['min_cosine']:.8f}", f">= {t['min_cosine']}"],
         ["greedy agreement", f"{s['greedy_agreeing']}/{s['greedy_picks']} ({_near_ties(r)} flips on near-ties)",
@@ -106,29 +106,29 @@ def _tables(r: dict) -> List[tuple]:
     """(title, head, rows) of every table, shared by Markdown and HTML."""
     tables = [("Summary", ["figure", "value", "limit"], _summary_rows(r))]
     if r["failures"]:
-        rows = [[f["prompt"], f["step"], f["kind"], f["metric"], _fmt(f["value"]), _fmt(f["limit"]),
+        rows = [[f["prompt"], f["step"], f["kind"], f["metric"], fmt(f["value"]), fmt(f["limit"]),
                  f.get("position", "")] for f in r["failures"][:25]]
         title = f"Failures ({len(r['failures'])}{', first 25' if len(r['failures']) > 25 else ''})"
         tables.append((title, ["prompt", "step", "kind", "metric", "value", "limit", "position"], rows))
     tables.append(("Per step (worst over prompts)", ["step", "kind", "max abs", "max rel", "PSNR dB", "cosine",
                                                      "argmax agreement"],
-                   [[x["step"], x["kind"], _fmt(x["max_abs"]), _fmt(x["max_rel"]),
+                   [[x["step"], x["kind"], fmt(x["max_abs"]), fmt(x["max_rel"]),
                      f"{x['psnr']:.1f}" if math.isfinite(x["psnr"]) else str(x["psnr"]),
                      f"{x['cosine']:.8f}", f"{x['argmax']:.2f}"] for x in _per_step(r)]))
     tables.append(("Per prompt", ["prompt", "ids", "max rel", "greedy agreement", "reference tokens",
                                   "artifact tokens"],
-                   [[p["index"], " ".join(map(str, p["ids"])), _fmt(max(s["max_rel"] for s in p["steps"])),
+                   [[p["index"], " ".join(map(str, p["ids"])), fmt(max(s["max_rel"] for s in p["steps"])),
                      f"{p['greedy_agreement']:.2f}", " ".join(map(str, p["reference_tokens"])),
                      " ".join(map(str, p["artifact_tokens"]))] for p in r["prompts"]]))
     tables.append(("States (max over prompts; contract order)", ["state", "block", "rel after prefill",
                                                                  "rel at end", "abs at end"],
-                   [[s["name"], s["block"], _fmt(s["after_prefill"]["max_rel"]), _fmt(s["final"]["max_rel"]),
-                     _fmt(s["final"]["max_abs"])] for s in r["states"]]))
+                   [[s["name"], s["block"], fmt(s["after_prefill"]["max_rel"]), fmt(s["final"]["max_rel"]),
+                     fmt(s["final"]["max_abs"])] for s in r["states"]]))
     params = r.get("parameters")
     if params is not None:
         worst = params["tensors"][:10]
         tables.append((f"Weights ({params['compared']} compared; worst 10)", ["tensor", "max abs", "max rel"],
-                       [[t["name"], _fmt(t["max_abs"]), _fmt(t["max_rel"])] for t in worst]))
+                       [[t["name"], fmt(t["max_abs"]), fmt(t["max_rel"])] for t in worst]))
     return tables
 
 

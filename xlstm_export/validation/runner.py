@@ -4,6 +4,11 @@ A runner wraps one artifact (or the reference) at a fixed batch size. States are
 in the graph's state-contract order (``graph.state_contract``), zeros being the empty context.
 ``max_tokens_per_call`` is 1 for single-step artifacts (ONNX step graph, Core ML): the comparison
 then feeds a prompt one token at a time.
+
+Optional: ``parameters() -> dict[str, np.ndarray]`` (weights by name, float32). When both the reference's
+runner and an artifact's have it (the TorchScript runner does), a failed validation names the weights
+that differ. ``open_artifact`` factories in ``registry.py`` build runners; each checks the artifact's
+``xlstm_export.io`` contract against the graph first (``contract.check_contract``).
 """
 
 from __future__ import annotations

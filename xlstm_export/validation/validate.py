@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ..errors import ParityError
 from ..graphs import Graph
-from .compare import _fmt, compare, judge, localise, make_prompts, where_line
+from .compare import fmt, compare, judge, localise, make_prompts, where_line
 from .registry import open_artifact
 from .report import REPORT_FORMAT, write_report
 from .runner import Runner
@@ -42,7 +42,7 @@ class ValidationResult:
         n = len(r["prompts"])
         line = (f"validation {'PASS' if self.passed else 'FAIL'}: {a['kind']} {a['precision']} vs reference, "
                 f"{n} prompt{'s' if n != 1 else ''} x (prefill + {r['settings']['steps']} steps): "
-                f"max rel {_fmt(s['max_rel'])} (tol {t['max_rel']:g}), min cosine {s['min_cosine']:.6f}, "
+                f"max rel {fmt(s['max_rel'])} (tol {t['max_rel']:g}), min cosine {s['min_cosine']:.6f}, "
                 f"greedy {s['greedy_agreeing']}/{s['greedy_picks']}")
         if self.paths:
             line += f"; report {self.paths[0].parent}"
