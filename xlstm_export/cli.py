@@ -194,5 +194,37 @@ def torchscript(checkpoint: str, fmt: str | None, out: str, precision: str, batc
         validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
 
 
+@main.command("onnx")
+@checkpoint_options
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="The ONNX file to write (.onnx; weights of 2 GB or more go to OUTPUT.data beside it).")
+@click.option("--scan", is_flag=True,
+              help="The Scan sequence graph (input_ids (B, T), T dynamic) instead of the one-token decode step.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Static batch size of the graph.")
+@click.option("--precision", type=click.Choice(("fp32", "fp16")), default="fp32", show_default=True,
+              help="Weights and activations; the recurrent cells and states stay fp32.")
+@click.option("--opset", type=click.IntRange(min=13, max=26), default=18, show_default=True,
+              help="ONNX opset (ORT 1.31 loads <= 26).")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@validate_options
+def onnx_command(checkpoint: str, fmt: str | None, out: str, scan: bool, batch_size: int, precision: str,
+                 opset: int, force: bool, do_validate: bool, report_dir: str | None, steps: int) -> None:
+    """Export an ONNX graph for ONNX Runtime: the decode step (Core ML EP: one partition) or --scan."""
+    from .frontends import load_checkpoint
+    from .onnx import OnnxOptions, emit
+
+    graph = load_checkpoint(checkpoint, format=fmt)
+    art = emit(graph, OnnxOptions(scan=scan, batch_size=batch_size, precision=precision, opset=opset,
+                                  force=force), out)
+    extra = f" + {art.files[1].name}" if len(art.files) > 1 else ""
+    click.echo(f"wrote {art.path}{extra} ({art.kind}, {precision}, batch {batch_size}, opset {opset}, "
+               f"{art.stats['nodes']} nodes, {len(art.contract['states'])} states, {art.stats['seconds']:.1f}s)")
+    if do_validate:
+        from .validation import validate_export
+
+        validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="xlstm-export")

@@ -56,19 +56,24 @@ class Ctx:
         """A checkpoint tensor as float32 (checked finite), read now."""
         return load_weight(self.graph.weights[name])
 
-    def param(self, name: str, offset: float = 0.0, dtype: Optional[int] = None) -> str:
-        """A checkpoint tensor as stored (plus ``offset``, folded in fp32 like the reference's 1 + w)."""
+    def param(self, name: str, offset: float = 0.0, dtype: Optional[int] = None,
+              shape: Optional[Sequence[int]] = None) -> str:
+        """A checkpoint tensor as stored (plus ``offset``, folded in fp32 like the reference's 1 + w),
+        optionally viewed as ``shape`` (e.g. a (D,) head-norm weight as (NH, D/NH))."""
         h = self.graph.weights[name]
         elem = self.act if dtype is None else dtype
         key = name if offset == 0.0 else f"{name}+{offset:g}"
+        dims = tuple(h.shape) if shape is None else tuple(shape)
+        if shape is not None:
+            key += ".heads"
 
         def make() -> np.ndarray:
             a = self.load(name)
             if offset != 0.0:
                 a = a + np.float32(offset)
-            return a.astype(NP_DTYPE[elem])
+            return a.reshape(dims).astype(NP_DTYPE[elem])
 
-        return self.weight(key, h.shape, make, elem, [h.source])
+        return self.weight(key, dims, make, elem, [h.source])
 
     def param_t(self, name: str, dtype: Optional[int] = None) -> str:
         """A Linear weight ``(out, in)`` transposed to ``(in, out)`` for ``MatMul(x, W)``."""
@@ -103,23 +108,15 @@ class Ctx:
         var = b.reduce_mean(b.mul(xf, xf, f"{name}.square"), [-1], True, f"{name}.var")
         std = b.sqrt(b.add(var, b.const(spec.eps, F32), f"{name}.var_eps"), f"{name}.std")
         y = b.cast(b.div(xf, std, f"{name}.normed"), out, f"{name}.cast")
-        w = self.param(f"{prefix}.weight", offset=spec.weight_offset, dtype=out)
+        heads = None
         if num_heads > 1:
-            w = self._heads_view(w, num_heads, out)
+            d = self.graph.weights[f"{prefix}.weight"].shape[0]
+            heads = (num_heads, d // num_heads)
+        w = self.param(f"{prefix}.weight", offset=spec.weight_offset, dtype=out, shape=heads)
         y = b.mul(y, w, name if not spec.bias else f"{name}.scale")
         if spec.bias:
-            bias = self.param(f"{prefix}.bias", dtype=out)
-            if num_heads > 1:
-                bias = self._heads_view(bias, num_heads, out)
-            y = b.add(y, bias, name)
+            y = b.add(y, self.param(f"{prefix}.bias", dtype=out, shape=heads), name)
         return y
-
-    def _heads_view(self, init: str, num_heads: int, elem: int) -> str:
-        """A (D,) norm parameter as (NH, D/NH): a second initializer (a few KB), no Reshape node."""
-        src = next(i for i in self.b.model.initializers if i.name == init)
-        (d,) = src.dims
-        return self.weight(f"{init}.heads", (num_heads, d // num_heads),
-                           lambda: src.materialize().reshape(num_heads, d // num_heads), elem)
 
     def activation(self, x: str, kind: str, name: str) -> str:
         b = self.b
