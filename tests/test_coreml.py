@@ -270,3 +270,21 @@ def test_trained_example_greedy_64_tokens(example, tmp_path):
             got.append(nxt)
             logits, states = runner.run(np.array([[nxt]]), states)
         assert got == want
+
+
+def test_cli_coreml_exports_and_validates(checkpoint_factory, tmp_path):
+    from click.testing import CliRunner
+
+    from xlstm_export.cli import main
+
+    ckpt = str(checkpoint_factory("hybrid_slstm_only"))
+    out = tmp_path / "m.mlpackage"
+    res = CliRunner().invoke(main, ["coreml", "--checkpoint", ckpt, "-o", str(out), "--steps", "3",
+                                    "--compute-units", "cpu_and_gpu", "--report", str(tmp_path / "report")])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "validation PASS: coreml fp16" in res.output
+    assert out.is_dir() and (tmp_path / "m.swift").is_file() and (tmp_path / "report" / "report.json").is_file()
+    _, spec = read_contract(out)
+    assert spec.description.metadata.userDefined["xlstm_export.compute_units"] == "cpu_and_gpu"
+    again = CliRunner().invoke(main, ["coreml", "--checkpoint", ckpt, "-o", str(out), "--no-validate"])
+    assert again.exit_code == 2 and "already exists" in again.output

@@ -226,5 +226,36 @@ def onnx_command(checkpoint: str, fmt: str | None, out: str, scan: bool, batch_s
         validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
 
 
+@main.command()
+@checkpoint_options
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
+              help="The Core ML package to write (.mlpackage); the Swift snippet goes next to it (.swift).")
+@click.option("--precision", type=click.Choice(("fp16", "fp32")), default="fp16", show_default=True,
+              help="fp16: fp16 weights and matmuls, fp32 residual stream and cell math; fp32: all fp32. "
+                   "States are fp16 either way (Core ML).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fixed batch size (Core ML states have a fixed shape).")
+@click.option("--compute-units", type=click.Choice(("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")),
+              default="all", show_default=True,
+              help="Recorded in the package metadata; what validation on macOS runs on.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@validate_options
+def coreml(checkpoint: str, fmt: str | None, out: str, precision: str, batch_size: int, compute_units: str,
+           force: bool, do_validate: bool, report_dir: str | None, steps: int) -> None:
+    """Export a stateful Core ML decode step (.mlpackage, iOS 18 / macOS 15) and its Swift snippet."""
+    from .coreml import CoreMLOptions, emit
+    from .frontends import load_checkpoint
+
+    graph = load_checkpoint(checkpoint, format=fmt)
+    art = emit(graph, CoreMLOptions(precision=precision, batch_size=batch_size, compute_units=compute_units,
+                                    force=force), out)
+    click.echo(f"wrote {art.path} (coreml, {precision}, batch {batch_size}, {len(art.contract['states'])} fp16 "
+               f"states, {art.stats['ops_per_step']} ops per step) and {art.swift_path}")
+    if do_validate:
+        from .validation import validate_export
+
+        validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="xlstm-export")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ._ct import ct as _ct
 from .. import __version__
 from ..errors import UnsupportedError
 from ..graphs import Graph
@@ -112,7 +113,7 @@ def swift_path_for(out_path: Path) -> Path:
 # -- building the program ----------------------------------------------------------------------
 def build_program(graph: Graph, precision: Precision, batch_size: int):
     """The MIL program of one decode step (``Program`` with function ``main``) and the lowering context."""
-    import coremltools as ct
+    ct = _ct()
     from coremltools.converters.mil.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, Program, types
 
@@ -135,7 +136,7 @@ def build_program(graph: Graph, precision: Precision, batch_size: int):
 
 def convert(prog):
     """coremltools' default MIL passes + serialisation (no fp16 rewrite: dtypes are explicit)."""
-    import coremltools as ct
+    ct = _ct()
 
     with contextlib.redirect_stderr(io.StringIO()):  # coremltools' per-pass progress bars
         return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,

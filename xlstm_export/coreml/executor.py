@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from ._ct import ct as _ct
 from ..errors import ArtifactError, XlstmExportError
 
 
@@ -59,7 +60,7 @@ def _np_dtype(var) -> Optional[np.dtype]:
 
 def load_program(path: str | os.PathLike):
     """The MIL program of the package at ``path``, read back from disk with coremltools' reader."""
-    import coremltools as ct
+    ct = _ct()
     from coremltools.converters.mil.frontend.milproto.load import load
 
     path = Path(path)

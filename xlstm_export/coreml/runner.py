@@ -18,6 +18,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ._ct import ct as _ct
 from ..errors import ArtifactError, UnsupportedError
 from ..graphs import Graph
 from ..validation.contract import IO_KEY, check_contract, parse_contract, state_slots
@@ -27,7 +28,7 @@ BACKENDS = ("auto", "coreml", "executor")
 
 def read_contract(path: Path) -> Tuple[dict, object]:
     """The package's I/O contract (from its user-defined metadata) and its spec."""
-    import coremltools as ct
+    ct = _ct()
 
     try:
         model = ct.models.MLModel(str(path), skip_model_load=True)
@@ -88,7 +89,7 @@ class CoreMLRunner:
         self.backend = backend
         units = compute_units or spec.description.metadata.userDefined.get("xlstm_export.compute_units", "all")
         if backend == "coreml":
-            import coremltools as ct
+            ct = _ct()
 
             cu = {"all": ct.ComputeUnit.ALL, "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU,
                   "cpu_only": ct.ComputeUnit.CPU_ONLY, "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE}[units]
