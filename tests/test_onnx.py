@@ -401,3 +401,11 @@ def test_cli_writes_and_validates(checkpoint_factory, tmp_path):
     assert res.exit_code == 2 and "--force" in res.output
     res = CliRunner().invoke(main, args[:-4] + ["--no-validate", "--force", "--opset", "30"])
     assert res.exit_code == 2
+
+
+def test_fp16_states_option_is_all_fp16(exported, references, graphs):
+    """The measured alternative (not the default): cells and states fp16 too; the contract says so."""
+    runner = OnnxRunner(exported("hybrid", precision="fp16", fp16_states=True).path, graphs("hybrid"))
+    assert {s["dtype"] for s in runner.contract["states"]} == {"float16"}
+    err, _, _, _ = session(runner, references("hybrid"), 97)
+    assert err <= FP16_TOL

@@ -71,7 +71,7 @@ class Ctx:
             a = self.load(name)
             if offset != 0.0:
                 a = a + np.float32(offset)
-            return a.reshape(dims).astype(NP_DTYPE[elem])
+            return a.reshape(dims).astype(NP_DTYPE[elem], copy=False)
 
         return self.weight(key, dims, make, elem, [h.source])
 
@@ -80,7 +80,7 @@ class Ctx:
         h = self.graph.weights[name]
         elem = self.act if dtype is None else dtype
         return self.weight(f"{name}.T", (h.shape[1], h.shape[0]),
-                           lambda: np.ascontiguousarray(self.load(name).T).astype(NP_DTYPE[elem]), elem,
+                           lambda: self.load(name).T.astype(NP_DTYPE[elem], order="C"), elem,
                            [h.source])
 
     # -- layers --------------------------------------------------------------------------------
@@ -142,6 +142,10 @@ class Ctx:
                  ) -> str:
         """Block-diagonal linear, several weights fused along each block's output.
 
+        "batched" is the default, by measurement (hybrid E=512, 4 blocks, step graph, ORT CPU, 1 thread):
+        30 MB and 3.8 ms/step, against 74 MB and 6.5 ms/step for "dense" (qkv blocks of 4 make the dense
+        matrices mostly zeros); both are one Core ML EP partition (MatMul either way).
+
         x reshapes to (B, nb*bi); each weight is stored (nb, bo, bi) (headwise q/k/v, sLSTM gate weights
         and recurrent kernels); y (B, nb, 1, G*bo), G = len(weight_names),
         ``y[b, h, 0, g*bo + o] = sum_i x[b, h*bi + i] W_g[h, o, i]``:
@@ -161,7 +165,7 @@ class Ctx:
             return np.concatenate([np.transpose(self.load(n), (0, 2, 1)) for n in weight_names], axis=2)
 
         if self.headwise_form == "batched":
-            w = self.weight(f"{key}.heads", (nb, bi, G * bo), lambda: fused().astype(npd), elem,
+            w = self.weight(f"{key}.heads", (nb, bi, G * bo), lambda: fused().astype(npd, copy=False), elem,
                             [h.source for h in hs])
             xh = b.reshape(x, [B, nb, 1, bi], f"{name}.in")
             return b.matmul(xh, w, name)
@@ -183,7 +187,7 @@ class Ctx:
 
         def make() -> np.ndarray:
             per = [self.load(n).reshape(NH, 1, DH) for n in names]
-            return np.concatenate(per, axis=2).astype(NP_DTYPE[self.cell])
+            return np.concatenate(per, axis=2).astype(NP_DTYPE[self.cell], copy=False)
 
         return self.weight("+".join(names) + ".heads", (NH, 1, 4 * DH), make, self.cell, [h.source for h in hs])
 
@@ -269,7 +273,7 @@ def head(ctx: Ctx, x: str) -> str:
             suffix = "" if len(blocks) == 1 else f".{j}"
             rows = h if len(blocks) == 1 else h.rows(f"lm_head.weight[{s}:{e}]", s, e)
             w = ctx.weight(f"lm_head.weight.T{suffix}", (E, e - s),
-                           lambda rows=rows: np.ascontiguousarray(load_weight(rows).T).astype(NP_DTYPE[ctx.act]),
+                           lambda rows=rows: load_weight(rows).T.astype(NP_DTYPE[ctx.act], order="C"),
                            ctx.act, [h.source])
             y = b.cast(b.matmul(x, w, f"lm_head{suffix}"), F32, f"lm_head{suffix}.f32")
             if cfg.output_logit_soft_cap:
