@@ -126,6 +126,47 @@ def inspect(checkpoint: str, fmt: str | None, as_json: bool) -> None:
                f"weight bytes: {graph.weight_bytes:,} ({_human(graph.weight_bytes, 'B')})")
 
 
+@main.command()
+@checkpoint_options
+@click.option("--prompt-ids", required=True, help="Comma-separated token ids, e.g. 1,2,3.")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=16, show_default=True)
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), default="auto", show_default=True,
+              help="Where the reference runs (auto: mps, then cuda, then cpu).")
+@click.option("--dtype", type=click.Choice(("float32", "bfloat16", "float16")), default="float32",
+              show_default=True, help="Weight precision of the reference (cell math stays fp32).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"tokens": [...]} (the new tokens only).')
+def generate(checkpoint: str, fmt: str | None, prompt_ids: str, max_new_tokens: int, device: str, dtype: str,
+             as_json: bool) -> None:
+    """Greedy continuation of a prompt with the PyTorch reference model."""
+    from .errors import ConfigError
+
+    try:
+        ids = [int(t) for t in prompt_ids.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise ConfigError(f"--prompt-ids: expected comma-separated integers, got {prompt_ids!r}") from None
+    if not ids:
+        raise ConfigError("--prompt-ids: expected at least one token id, got none")
+    import torch
+
+    from .frontends import load_checkpoint
+    from .reference import build_model, resolve_device
+
+    graph = load_checkpoint(checkpoint, format=fmt)
+    V = graph.config.vocab_size
+    bad = [t for t in ids if not 0 <= t < V]
+    if bad:
+        raise ConfigError(f"--prompt-ids: token ids must be in [0, {V}) for this checkpoint, got {bad}")
+    dev = resolve_device(device)
+    model = build_model(graph, device=dev, dtype=dtype)
+    with torch.no_grad():
+        new = model.generate_greedy(torch.tensor([ids], dtype=torch.long, device=dev), max_new_tokens)
+    tokens = new[0].tolist()
+    if as_json:
+        click.echo(json.dumps({"tokens": tokens}))
+    else:
+        click.echo(f"prompt: {ids}\nnew tokens ({dev}): {tokens}")
+
+
 def validate_options(f: Callable) -> Callable:
     """``--validate/--no-validate --report DIR --steps N`` for export commands (validate by default)."""
     f = click.option("--steps", type=click.IntRange(min=0), default=10, show_default=True,

@@ -34,7 +34,7 @@ class _Weights:
         if offset == 0.0 and dtype is None and key in self._cache:
             return self._cache[key]  # tied weights stay one parameter
         arr = h.load()
-        t = torch.from_numpy(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # memory-mapped: copy once
         if offset != 0.0:
             t = t + offset  # folded in fp32, as upstream computes 1 + weight
         p = nn.Parameter(t.to(device=self.device, dtype=dtype or self.dtype), requires_grad=False)
