@@ -123,6 +123,17 @@ def test_fp32_matches_reference_with_states_carried(exported, references, graphs
     assert state_err <= FP32_TOL
 
 
+@pytest.mark.parametrize("name", ["hf_sharded", "hf_fused", "large_bias", "hybrid_mlstm_only", "hybrid_pt",
+                                  "hybrid_cuda_layout"])
+def test_every_other_format_step_graph_matches_reference(exported, references, graphs, name):
+    """The remaining checkpoint formats / variants (shards, fused weights, biases without out_norm, tied
+    weights from a .pt state dict, the cuda sLSTM layout, mLSTM only): the step graph, states carried."""
+    runner = OnnxRunner(exported(name).path, graphs(name))
+    err, state_err, _, _ = session(runner, references(name), graphs(name).config.vocab_size)
+    print(f"\n[{name} step fp32] max rel logits {err:.2e}, final states {state_err:.2e}")
+    assert err <= FP32_TOL and state_err <= FP32_TOL
+
+
 @pytest.mark.parametrize("name", FIXTURES)
 def test_matches_upstream_logits(exported, references, graphs, upstream_factory, name):
     """The step graph, fed token by token, against upstream's own full forward over the same tokens."""
