@@ -1,0 +1,95 @@
+"""One export in its own process, for the export-cost figures (``common.run_measured`` watches it).
+
+    python benchmarks/export_child.py --checkpoint CKPT --target onnx|onnx-scan|coreml|torchscript \
+        --precision fp32|fp16 --out PATH [--external-data]
+
+Imports the target's emitter, notes the RSS after the imports (the baseline any export pays), loads the
+checkpoint (headers only) and calls the emitter, as ``xlstm-export <target>`` does without validation.
+Prints one JSON line: the peak RSS since exec (``VmHWM``; not ``ru_maxrss``, which Linux carries over
+from the forking parent), seconds (load + emit), baseline RSS, the artifact's weight bytes and size on disk,
+and for Core ML the MIL ops per decode step counted in the saved package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def rss_now(key: str = "VmRSS") -> int:
+    """This process's RSS (``VmRSS``) or its peak since exec (``VmHWM``), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--target", required=True, choices=("onnx", "onnx-scan", "coreml", "torchscript"))
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--external-data", action="store_true")
+    a = ap.parse_args()
+    out = Path(a.out)
+    t_import = time.perf_counter()
+    from xlstm_export.frontends import load_checkpoint
+
+    if a.target == "coreml":
+        from xlstm_export.coreml.emit import CoreMLOptions, emit
+
+        options = CoreMLOptions(precision=a.precision, force=True, swift=False)
+    elif a.target == "torchscript":
+        import torch  # noqa: F401  (the emitter imports it lazily; count it in the baseline)
+
+        from xlstm_export.torchscript import TorchScriptOptions, emit
+
+        options = TorchScriptOptions(precision=a.precision, force=True)
+    else:
+        from xlstm_export.onnx import OnnxOptions, emit
+
+        options = OnnxOptions(scan=a.target == "onnx-scan", precision=a.precision, force=True,
+                              external_data=True if a.external_data else None)
+    baseline = rss_now()
+    print(f"[child] {a.target} {a.precision}: imports {time.perf_counter() - t_import:.1f}s, "
+          f"RSS {baseline / 2**20:.0f} MiB; exporting {a.checkpoint} -> {out}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    graph = load_checkpoint(a.checkpoint)
+    art = emit(graph, options, out)
+    seconds = time.perf_counter() - t0
+    stats = dict(getattr(art, "stats", None) or {})
+    weight_bytes = stats.get("weight_bytes")
+    if weight_bytes is None:  # TorchScript: the scripted module's tensors, in the chosen precision
+        weight_bytes = graph.num_params * {"fp32": 4, "fp16": 2, "bf16": 2}[a.precision]
+    result = {"target": a.target, "precision": a.precision, "seconds": round(seconds, 2),
+              "baseline_rss_bytes": baseline, "weight_bytes": int(weight_bytes),
+              "artifact_bytes": size_on_disk(out), "params": graph.num_params,
+              "checkpoint_weight_bytes": graph.weight_bytes, "files": [str(p) for p in getattr(art, "files", ())]}
+    if a.target == "coreml":
+        import coremltools as ct
+
+        from xlstm_export.coreml.emit import count_ops
+
+        ops = count_ops(ct.models.MLModel(str(out), skip_model_load=True).get_spec())
+        result.update(ops_per_step=ops["ops_per_step"], consts=ops["consts"], op_types=ops["op_types"],
+                      blocks=len(graph.blocks))
+    if a.target.startswith("onnx"):
+        result["nodes"] = stats.get("nodes")
+    result["vmhwm_bytes"] = rss_now("VmHWM")
+    print(f"[child] done in {seconds:.1f}s", file=sys.stderr, flush=True)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

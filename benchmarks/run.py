@@ -1,0 +1,154 @@
+"""Speed and memory of the exported artifacts against what users run today; writes RESULTS.md.
+
+    python benchmarks/run.py --out benchmarks/RESULTS.md            # what `make bench` runs (< 20 min)
+    python benchmarks/run.py --out benchmarks/RESULTS.md --with-7b  # + the xLSTM-7B-shaped export (long)
+
+Sections (every figure of a section from this one run; all raw figures also in ``results.json`` beside
+the output):
+
+1. export cost per target, each export in its own process: wall time, peak RSS vs the artifact's
+   weight bytes; Core ML MIL ops per decode step (``export_child.py``, ``common.run_measured``);
+2. decode-step latency at batch 1: ONNX (ORT CPU EP), TorchScript, our eager reference, upstream's
+   eager step (``speed.py``), as ratios to upstream; at ``--threads`` (default: the usable cores) and
+   at 1 thread (torch and ORT alike);
+3. prefill of 512 tokens: the ONNX Scan graph vs the reference's chunkwise form (and upstream's);
+4. with ``--with-7b``: an xLSTM-7B-shaped transformers checkpoint (its real config, generated bf16
+   weights) exported to ONNX fp16 with external data and to Core ML fp16 (``big7b.py``).
+
+Without ``--with-7b`` the 7B section of an earlier ``--with-7b`` run (``results-7b.json``) is carried
+into RESULTS.md, marked with the date and commit of that run.
+
+Configs: ``tiny`` (the ``hf`` test fixture's scale), ``100m`` (transformers xLSTM, hidden 768, 12 blocks,
+4 heads, vocab 8192: ~100M parameters), ``hybrid`` (the ``hybrid`` fixture: xlstm xLSTMLMModel with
+mLSTM + sLSTM blocks). Random weights; speed does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import (PY, REPO, CONFIGS, GiB, build_hf_checkpoint, build_hybrid_checkpoint, log,  # noqa: E402
+                    machine_info, run_measured)
+
+TARGETS = (("torchscript", "fp32"), ("onnx", "fp32"), ("onnx-scan", "fp32"), ("coreml", "fp16"))
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "onnx-scan": ".scan.onnx", "coreml": ".mlpackage"}
+# per config: (decode warmup, decode repeats, prefill warmup, prefill repeats, step-loop prefill repeats)
+REPEATS = {"tiny": (20, 200, 2, 10, 3), "hybrid": (20, 200, 2, 10, 3), "100m": (10, 100, 1, 5, 2)}
+QUICK_REPEATS = (2, 5, 1, 2, 1)
+
+
+def export_cost(name: str, ckpt: Path, work: Path, targets=TARGETS) -> dict:
+    """Each target exported in its own process: time, peak RSS, weight bytes, ops."""
+    out = {}
+    for target, precision in targets:
+        path = work / f"{name}-{precision}{SUFFIX[target]}"
+        log(f"export {name} -> {target} {precision} (subprocess)")
+        r = run_measured([PY, str(HERE / "export_child.py"), "--checkpoint", str(ckpt), "--target", target,
+                          "--precision", precision, "--out", str(path)], anon_cap=int(18 * GiB))
+        if r["rc"] != 0 or r["result"] is None:
+            raise RuntimeError(f"export {name} {target} failed (rc {r['rc']}, {r['killed']}):\n"
+                               + "\n".join(r["stderr_tail"]))
+        res = r.pop("result")
+        r.pop("stderr_tail")
+        out[f"{target}"] = {**res, **r, "path": str(path)}
+        log(f"  {r['wall_s']:.1f}s wall ({res['seconds']:.1f}s load+emit), peak RSS "
+            f"{r['peak_rss_bytes'] / 2**20:.0f} MiB, weights {res['weight_bytes'] / 2**20:.1f} MiB")
+    return out
+
+
+def config_info(graph, kind: str, ckpt: Path) -> dict:
+    c = graph.config
+    b0 = graph.blocks[0]
+    shape = (f"hidden {c.embedding_dim}, {len(graph.blocks)} blocks "
+             f"({'/'.join(sorted({b.kind for b in graph.blocks}))}), {b0.num_heads} heads, vocab {c.vocab_size}")
+    return {"format": {"hf": "transformers xLSTMForCausalLM", "hybrid": "xlstm xLSTMLMModel"}[kind],
+            "family": c.family, "params": graph.num_params, "checkpoint_weight_bytes": graph.weight_bytes,
+            "shape": shape, "checkpoint": str(ckpt)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/xlstm-export-bench"),
+                    help="checkpoints and artifacts (deleted at the end unless --keep)")
+    ap.add_argument("--configs", default="tiny,hybrid,100m")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="torch threads and ORT intra-op threads (default: the usable cores)")
+    ap.add_argument("--with-7b", action="store_true", help="also the xLSTM-7B-shaped export (long; ~45 GB disk)")
+    ap.add_argument("--only-7b", action="store_true", help="only the 7B section (re-renders RESULTS.md)")
+    ap.add_argument("--quick", action="store_true", help="few repeats (a smoke run; figures not for RESULTS.md)")
+    ap.add_argument("--keep", action="store_true", help="keep --work")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from report import render  # noqa: E402
+
+    json_path = a.out.with_name("results.json")
+    json_7b = a.out.with_name("results-7b.json")
+    command = "python benchmarks/run.py --out " + os.path.relpath(a.out, REPO) + (" --with-7b" if a.with_7b else "")
+    results = {"machine": machine_info(), "command": command, "load_average_start": os.getloadavg(),
+               "settings": {"torch_threads": torch.get_num_threads(), "ort_intra_op_threads": a.threads,
+                            "ort_inter_op_threads": 1, "quick": a.quick}}
+    a.work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    if a.only_7b:
+        if not json_path.exists():
+            ap.error(f"--only-7b re-renders {json_path}, which does not exist; run without it first")
+        results = json.loads(json_path.read_text())
+    else:
+        from xlstm_export.frontends import load_checkpoint
+
+        import speed
+
+        results.update(configs={}, export={}, decode={}, prefill={})
+        for name in [c for c in a.configs.split(",") if c]:
+            kind = "hybrid" if name == "hybrid" else "hf"
+            log(f"== {name}: building the checkpoint")
+            ckpt = build_hybrid_checkpoint(a.work) if kind == "hybrid" else build_hf_checkpoint(name, a.work)
+            graph = load_checkpoint(ckpt)
+            results["configs"][name] = config_info(graph, kind, ckpt)
+            results["export"][name] = export_cost(name, ckpt, a.work)
+            arts = {t: Path(v["path"]) for t, v in results["export"][name].items()}
+            dw, dr, pw, pr, ps = QUICK_REPEATS if a.quick else REPEATS[name]
+            for th in sorted({a.threads, 1}, reverse=True):
+                log(f"== {name}: decode-step latency, {th} thread(s) ({dw} warm-up + {dr} timed steps each)")
+                torch.set_num_threads(th)
+                key = name if th == a.threads else f"{name}, 1 thread"
+                results["decode"][key] = speed.decode_latency(kind, ckpt, graph, arts, th, dw, dr)
+            torch.set_num_threads(a.threads)
+            log(f"== {name}: prefill of {speed.PREFILL_TOKENS} tokens")
+            results["prefill"][name] = speed.prefill_latency(kind, ckpt, graph, arts, a.threads, pw, pr,
+                                                             step_repeats=ps)
+            for v in results["export"][name].values():
+                p = Path(v["path"])
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        results["seconds"] = round(time.perf_counter() - t_start, 1)
+        results["load_average_end"] = os.getloadavg()
+    if a.with_7b or a.only_7b:
+        import big7b
+
+        seven = big7b.run(a.work / "7b", machine=results["machine"], command=command)
+        json_7b.write_text(json.dumps(seven, indent=1) + "\n")
+    seven = json.loads(json_7b.read_text()) if json_7b.exists() else None
+    if not a.only_7b:
+        json_path.write_text(json.dumps(results, indent=1) + "\n")
+    a.out.write_text(render(results, seven))
+    log(f"wrote {a.out} and {json_path} in {time.perf_counter() - t_start:.0f}s")
+    if not a.keep:
+        shutil.rmtree(a.work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,352 @@
+"""The whole mission on the bundled examples: export, validate, score the task, one summary table.
+
+    python -m xlstm_export.demo --out demo-out          # what `make demo` runs
+    python -m xlstm_export.demo --out /tmp/d --examples hf-recall --targets onnx --samples 8
+
+For each trained example checkpoint (``examples/hf-recall``: transformers ``xLSTMForCausalLM`` on
+in-context recall; ``examples/hybrid-copy``: xlstm ``xLSTMLMModel`` with mLSTM + sLSTM blocks on
+selective copying) and each target::
+
+    checkpoint --load_checkpoint--> graph --emit (in-process)--> demo-out/<example>/<target>/model.*
+        --validate_artifact (reference, seeded + task prompts)--> demo-out/<example>/<target>/report/
+        --task accuracy: the artifact alone on held-out task sequences (single-step artifacts are fed
+          one token per call)--> one row of the summary table
+
+Targets: ``coreml`` (stateful MLProgram, fp16; run on Linux by the package executor), ``onnx`` (decode
+step graph on ONNX Runtime's CPU EP), ``onnx-scan`` (the Scan sequence graph), ``torchscript``.
+
+The table goes to stdout and to ``<out>/summary.md`` / ``summary.json``; progress lines go to stderr.
+Exit status 0 when every artifact is within its validation tolerance and scores the task within
+``ACCURACY_SLACK`` of the reference model on the same sequences; 1 otherwise (every row is still
+printed); 2 on bad arguments. Rerunning replaces the demo's own previous outputs: ``<out>`` carries a
+marker file, and a non-empty folder without it is refused unless ``--force`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = REPO / "examples"
+EXAMPLES = ("hf-recall", "hybrid-copy")
+TARGETS = ("coreml", "onnx", "onnx-scan", "torchscript")
+FILENAMES = {"coreml": "model.mlpackage", "onnx": "model.onnx", "onnx-scan": "model.onnx",
+             "torchscript": "model.pt"}
+MARKER = ".xlstm-export-demo"
+DEFAULT_SAMPLES = 32
+ACCURACY_SLACK = 0.02  # an artifact's task accuracy may trail the reference's by at most this much
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Row:
+    example: str
+    target: str
+    file: str = ""
+    size_bytes: int = 0
+    precision: str = ""
+    export_seconds: float = float("nan")
+    validation: str = "not run"  # PASS / FAIL / ERROR
+    max_rel: float = float("nan")
+    tolerance: float = float("nan")
+    greedy_agreeing: int = 0
+    greedy_picks: int = 0
+    task_accuracy: float = float("nan")
+    reference_accuracy: float = float("nan")
+    task_calls: int = 0  # artifact calls spent on the task accuracy
+    seconds: Dict[str, float] = field(default_factory=dict)  # validate / accuracy wall time
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (self.validation == "PASS" and not self.error
+                and self.task_accuracy >= self.reference_accuracy - ACCURACY_SLACK)
+
+
+# -- the example's task ---------------------------------------------------------------------------
+def example_task(checkpoint: Path) -> dict:
+    """The ``task`` and ``eval`` sections of the example's ``train_log.json``."""
+    from .errors import ConfigError
+
+    p = checkpoint / "train_log.json"
+    if not p.is_file():
+        raise ConfigError(f"{p}: missing; every bundled example carries the train_log.json naming its task")
+    info = json.loads(p.read_text(encoding="utf-8"))
+    return {"task": info["task"], "eval_seed": int(info.get("eval", {}).get("seed", 7)),
+            "trained_accuracy": info.get("held_out_accuracy")}
+
+
+def task_samples(task: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` held-out sequences of the task: the eval seed, which no training batch uses."""
+    from . import tasks
+
+    if task["name"] == "in_context_recall":
+        return tasks.in_context_recall(n, task["seq_len"], task["vocab_size"], seed, num_keys=task.get("num_keys"))
+    if task["name"] == "selective_copying":
+        return tasks.selective_copying(n, task["seq_len"], task["num_tokens_to_copy"], task["vocab_size"], seed)
+    from .errors import UnsupportedError
+
+    raise UnsupportedError(f"demo: no generator for the task {task['name']!r}")
+
+
+def reference_accuracy(graph, ids: np.ndarray, targets: np.ndarray) -> float:
+    import torch
+
+    from . import tasks
+    from .reference import build_model
+
+    model = build_model(graph, device="cpu")
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(ids))
+    return tasks.accuracy(logits.numpy(), targets)
+
+
+def artifact_accuracy(runner, ids: np.ndarray, targets: np.ndarray, progress: Callable[[str], None]) -> tuple:
+    """Task accuracy of an open runner (batch 1), one sequence at a time from an empty state."""
+    from . import tasks
+
+    preds = np.empty_like(ids)
+    per_call = runner.max_tokens_per_call or ids.shape[1]
+    calls = 0
+    t0 = time.perf_counter()
+    every = max(1, len(ids) // 4)
+    for i in range(len(ids)):
+        logits, _ = runner.run(ids[i:i + 1], runner.init_states())
+        preds[i] = logits[0].argmax(-1)
+        calls += -(-ids.shape[1] // per_call)
+        if (i + 1) % every == 0 and i + 1 < len(ids):
+            progress(f"task accuracy: {i + 1}/{len(ids)} sequences ({time.perf_counter() - t0:.1f}s)")
+    return tasks.accuracy(preds, targets), calls
+
+
+# -- one target -----------------------------------------------------------------------------------
+def export(target: str, graph, out_path: Path):
+    """Emit ``target`` through its emitter (in-process). Returns the emitter's Artifact."""
+    if target == "coreml":
+        from .coreml.emit import CoreMLOptions, emit
+
+        return emit(graph, CoreMLOptions(precision="fp16", force=True), out_path)
+    if target in ("onnx", "onnx-scan"):
+        from .onnx import OnnxOptions, emit
+
+        return emit(graph, OnnxOptions(scan=target == "onnx-scan", force=True), out_path)
+    if target == "torchscript":
+        from .torchscript import TorchScriptOptions, emit
+
+        return emit(graph, TorchScriptOptions(force=True), out_path)
+    raise ValueError(target)
+
+
+def artifact_bytes(path: Path) -> int:
+    """Bytes on disk: the file, the package folder, plus an ONNX external-data file beside it."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    total = path.stat().st_size
+    data = path.with_name(path.name + ".data")
+    return total + (data.stat().st_size if data.exists() else 0)
+
+
+def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: Path, samples: tuple,
+               ref_acc: float, steps: int) -> Row:
+    from .errors import XlstmExportError
+    from .validation import open_artifact, validate_artifact
+    from .validation.prompts import task_prompts
+
+    row = Row(example, target, reference_accuracy=ref_acc)
+    say = lambda msg: log(f"{example}/{target}: {msg}")  # noqa: E731
+    if target_dir.exists():
+        shutil.rmtree(target_dir)  # the demo's own output from an earlier run
+    target_dir.mkdir(parents=True)
+    out_path = target_dir / FILENAMES[target]
+    try:
+        say("exporting ...")
+        t0 = time.perf_counter()
+        art = export(target, graph, out_path)
+        row.export_seconds = time.perf_counter() - t0
+        row.file = str(out_path)
+        row.size_bytes = artifact_bytes(out_path)
+        row.precision = art.precision
+        say(f"wrote {out_path} ({row.size_bytes / 1e6:.2f} MB) in {row.export_seconds:.2f}s")
+
+        say(f"validating against the reference (seeded + task prompts, prefill + {steps} greedy steps) ...")
+        t0 = time.perf_counter()
+        res = validate_artifact(out_path, graph, steps=steps, extra_prompts=task_prompts(checkpoint),
+                                report_dir=target_dir / "report")
+        row.seconds["validate"] = round(time.perf_counter() - t0, 2)
+        s = res.report["summary"]
+        row.validation = "PASS" if res.passed else "FAIL"
+        row.max_rel, row.tolerance = float(s["max_rel"]), float(res.report["tolerance"]["max_rel"])
+        row.greedy_agreeing, row.greedy_picks = int(s["greedy_agreeing"]), int(s["greedy_picks"])
+        say(res.summary_line())
+
+        ids, targets = samples
+        runner = open_artifact(out_path, graph)
+        single = runner.max_tokens_per_call == 1
+        say(f"task accuracy on {len(ids)} held-out sequences of {ids.shape[1]} tokens"
+            + (" (single-step artifact: one token per call)" if single else "") + " ...")
+        t0 = time.perf_counter()
+        row.task_accuracy, row.task_calls = artifact_accuracy(runner, ids, targets, say)
+        row.seconds["accuracy"] = round(time.perf_counter() - t0, 2)
+        say(f"task accuracy {row.task_accuracy:.4f} (reference {ref_acc:.4f}) in {row.seconds['accuracy']:.1f}s")
+    except XlstmExportError as e:
+        row.validation = row.validation if row.validation != "not run" else "ERROR"
+        row.error = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        say(f"error: {row.error}")
+    except Exception as e:  # a bug: keep going with the other targets, show where it happened
+        row.validation = "ERROR"
+        row.error = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        traceback.print_exc(file=sys.stderr)
+        say(f"error: {row.error}")
+    return row
+
+
+# -- the table ------------------------------------------------------------------------------------
+COLUMNS = ("example", "target", "file", "size", "max rel err (tol)", "greedy agreement", "task accuracy (ref)",
+           "export time", "result")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def row_cells(r: Row, out: Path) -> List[str]:
+    def rel(p: str) -> str:
+        try:
+            return str(Path(p).relative_to(out.parent)) if p else "-"
+        except ValueError:
+            return p
+
+    ok = "ok" if r.ok else ("FAIL" if not r.error else "ERROR")
+    return [
+        r.example, r.target, rel(r.file), _size(r.size_bytes) if r.file else "-",
+        f"{r.max_rel:.2e} ({r.tolerance:g})" if r.max_rel == r.max_rel else "-",
+        f"{r.greedy_agreeing}/{r.greedy_picks}" if r.greedy_picks else "-",
+        f"{r.task_accuracy:.3f} ({r.reference_accuracy:.3f})" if r.task_accuracy == r.task_accuracy else "-",
+        f"{r.export_seconds:.2f} s" if r.export_seconds == r.export_seconds else "-",
+        ok,
+    ]
+
+
+def table(rows: Sequence[Row], out: Path, markdown: bool = False) -> str:
+    cells = [list(COLUMNS)] + [row_cells(r, out) for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(c) + " |" for c in cells]
+        lines.insert(1, "|" + "---|" * len(COLUMNS))
+        return "\n".join(lines)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- output folder --------------------------------------------------------------------------------
+def prepare_out(out: Path, force: bool) -> None:
+    from .errors import OutputError
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
+        raise OutputError(f"{out}: a non-empty folder the demo did not make (no {MARKER} in it); "
+                          f"choose another --out or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by python -m xlstm_export.demo; rerunning it replaces this folder's content\n")
+
+
+# -- main -----------------------------------------------------------------------------------------
+def run_demo(out: Path, examples: Sequence[str] = EXAMPLES, targets: Sequence[str] = TARGETS,
+             samples: int = DEFAULT_SAMPLES, steps: int = 10, examples_dir: Path = EXAMPLES_DIR,
+             force: bool = False) -> dict:
+    """Run the demo; returns the summary (also written to ``out/summary.json``)."""
+    from .frontends import load_checkpoint
+
+    prepare_out(out, force)
+    t_start = time.perf_counter()
+    rows: List[Row] = []
+    headers: Dict[str, dict] = {}
+    for example in examples:
+        ckpt = examples_dir / example
+        log(f"{example}: loading {ckpt}")
+        graph = load_checkpoint(ckpt)
+        info = example_task(ckpt)
+        ids, labels = task_samples(info["task"], samples, info["eval_seed"])
+        ref_acc = reference_accuracy(graph, ids, labels)
+        headers[example] = {
+            "checkpoint": str(ckpt), "family": graph.config.family, "params": graph.num_params,
+            "blocks": [b.kind for b in graph.blocks], "task": info["task"], "samples": samples,
+            "eval_seed": info["eval_seed"], "reference_accuracy": ref_acc,
+            "trained_accuracy": info["trained_accuracy"],
+        }
+        log(f"{example}: {graph.config.family} family, {graph.num_params:,} parameters, blocks "
+            f"{'/'.join(b.kind for b in graph.blocks)}; task {info['task']['name']}; reference accuracy "
+            f"{ref_acc:.4f} on {samples} held-out sequences (seed {info['eval_seed']})")
+        for target in targets:
+            rows.append(run_target(example, target, graph, ckpt, out / example / target, (ids, labels),
+                                   ref_acc, steps))
+    summary = {"passed": all(r.ok for r in rows), "seconds": round(time.perf_counter() - t_start, 1),
+               "accuracy_slack": ACCURACY_SLACK, "examples": headers, "rows": [asdict(r) for r in rows]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    md = [f"# xlstm-export demo ({'PASS' if summary['passed'] else 'FAIL'})", ""]
+    for name, h in headers.items():
+        md.append(f"- **{name}**: {h['checkpoint']} ({h['family']} family, {h['params']:,} parameters), task "
+                  f"`{h['task']['name']}`; reference accuracy {h['reference_accuracy']:.4f} on {h['samples']} "
+                  f"held-out sequences (seed {h['eval_seed']})")
+    md += ["", table(rows, out, markdown=True), ""]
+    md += [f"- {r.example}/{r.target}: {r.error}" for r in rows if r.error]
+    (out / "summary.md").write_text("\n".join(md) + "\n")
+    summary["table"] = table(rows, out)
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m xlstm_export.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
+    ap.add_argument("--examples", default=",".join(EXAMPLES), help=f"comma-separated, of {EXAMPLES}")
+    ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {TARGETS}")
+    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="held-out task sequences to score")
+    ap.add_argument("--steps", type=int, default=10, help="greedy decode steps per validation prompt")
+    ap.add_argument("--examples-dir", type=Path, default=EXAMPLES_DIR, help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true",
+                    help="one example, the ONNX step target, 8 sequences (what tests/test_demo.py runs)")
+    ap.add_argument("--force", action="store_true", help="use --out even if the demo did not make it")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.examples, a.targets, a.samples, a.steps = EXAMPLES[0], "onnx", 8, 4
+    examples = [e for e in a.examples.split(",") if e]
+    targets = [t for t in a.targets.split(",") if t]
+    bad = [t for t in targets if t not in TARGETS]
+    if bad or not targets or not examples or a.samples < 1 or a.steps < 0:
+        ap.error(f"targets must be among {TARGETS} (got {bad or targets}); samples >= 1; steps >= 0")
+
+    from .errors import XlstmExportError
+
+    try:
+        summary = run_demo(a.out, examples, targets, a.samples, a.steps, a.examples_dir, a.force)
+    except XlstmExportError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return e.exit_code
+    print(f"\nxlstm-export demo: {len(examples)} example(s) x {len(targets)} target(s) in {summary['seconds']:.0f}s "
+          f"(task accuracy on {a.samples} held-out sequences each; reference in parentheses)\n")
+    print(summary["table"])
+    print(f"\nreports: {a.out}/<example>/<target>/report/report.md; summary: {a.out}/summary.md")
+    if not summary["passed"]:
+        print("demo FAILED: see the rows not marked ok", file=sys.stderr)
+        return 1
+    print("demo passed: every artifact within tolerance and on par with the reference on its task")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
