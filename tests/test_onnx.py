@@ -220,8 +220,8 @@ def test_step_graph_ops_and_static_shapes(exported, name):
             assert len(shapes[i]) <= 5
 
 
-def test_every_initializer_is_used(exported):
-    for art in (exported("hybrid"), exported("hybrid", scan=True)):
+def test_every_initializer_is_used_and_names_are_plain(exported):
+    for art in (exported("hybrid"), exported("hybrid", scan=True, precision="fp16"), exported("hf")):
         m = onnx.load(str(art.path))
         used = set()
 
@@ -235,6 +235,9 @@ def test_every_initializer_is_used(exported):
         walk(m.graph)
         unused = [i.name for i in m.graph.initializer if i.name not in used]
         assert not unused, unused
+        names = used | {i.name for i in m.graph.initializer} | {n.name for n in m.graph.node}
+        odd = sorted(n for n in names if not re.fullmatch(r"[A-Za-z0-9_.]+", n))
+        assert not odd, odd  # plain names only (they become Core ML / MIL names)
 
 
 # -- LM head split -------------------------------------------------------------------------------

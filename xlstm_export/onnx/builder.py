@@ -124,11 +124,12 @@ class ModelState:
 
 
 def _fmt(v) -> str:
+    """A value for a constant's name, in [A-Za-z0-9.] only: -1 -> m1, 1e-05 -> 1em05."""
     if isinstance(v, float):
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return f"{v:.7g}"
-    return str(v)
+        text = ("inf" if v > 0 else "minf") if math.isinf(v) else f"{v:.7g}"
+    else:
+        text = str(v)
+    return text.replace("-", "m").replace("+", "p")
 
 
 def _elem_of(dtype: np.dtype) -> int:

@@ -62,7 +62,7 @@ class Ctx:
         optionally viewed as ``shape`` (e.g. a (D,) head-norm weight as (NH, D/NH))."""
         h = self.graph.weights[name]
         elem = self.act if dtype is None else dtype
-        key = name if offset == 0.0 else f"{name}+{offset:g}"
+        key = name if offset == 0.0 else f"{name}.plus{offset:g}".replace("-", "m")
         dims = tuple(h.shape) if shape is None else tuple(shape)
         if shape is not None:
             key += ".heads"
@@ -181,7 +181,7 @@ class Ctx:
         y = b.matmul(b.reshape(x, [B, nb * bi], f"{name}.in"), w, f"{name}.dense")
         return b.reshape(y, [B, nb, 1, G * bo], name)
 
-    def slstm_bias(self, names: Sequence[str], NH: int, DH: int) -> str:
+    def slstm_bias(self, key: str, names: Sequence[str], NH: int, DH: int) -> str:
         """The four gate biases (E,) each, as (NH, 1, 4 DH) gate-major per head, in the cell dtype."""
         hs = [self.graph.weights[n] for n in names]
 
@@ -189,7 +189,7 @@ class Ctx:
             per = [self.load(n).reshape(NH, 1, DH) for n in names]
             return np.concatenate(per, axis=2).astype(NP_DTYPE[self.cell], copy=False)
 
-        return self.weight("+".join(names) + ".heads", (NH, 1, 4 * DH), make, self.cell, [h.source for h in hs])
+        return self.weight(f"{key}.heads", (NH, 1, 4 * DH), make, self.cell, [h.source for h in hs])
 
     def conv_step(self, x: str, ring: str, prefix: str, kernel: int, dim: int) -> Tuple[str, str]:
         """Depthwise causal conv, one step, over the ring of the last K inputs (oldest first).

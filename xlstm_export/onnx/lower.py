@@ -158,7 +158,7 @@ def lower_slstm(ctx: Ctx, index: int, block: SLSTMBlock, x: str, states: List[st
         y_prev, c, n, m = b.split(st, [1, 1, 1, 1], 0, "state")  # each (1, B, E)
         ry = ctx.headwise(y_prev, f"{p}.recurrent", [f"{g}.recurrent" for g in (gi, gf, gz, go)], "ry",
                           elem=ctx.cell)  # (B, NH, 1, 4DH), fp32 like the reference's R
-        raw = b.add(b.add(wx, ry, "raw"), ctx.slstm_bias([f"{g}.bias" for g in (gi, gf, gz, go)], NH, DH),
+        raw = b.add(b.add(wx, ry, "raw"), ctx.slstm_bias(f"{p}.bias", [f"{g}.bias" for g in (gi, gf, gz, go)], NH, DH),
                     "raw.bias")  # (B, NH, 1, 4DH)
         i_raw, f_raw, z_raw, o_raw = (b.reshape(t, [1, B, E], f"{g}_raw")
                                       for t, g in zip(b.split(raw, [DH] * 4, -1, "gates"), SLSTM_GATES))
