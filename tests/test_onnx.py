@@ -423,3 +423,17 @@ def test_fp16_states_option_is_all_fp16(exported, references, graphs):
     assert {s["dtype"] for s in runner.contract["states"]} == {"float16"}
     err, _, _, _ = session(runner, references("hybrid"), 97)
     assert err <= FP16_TOL
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["step", "scan"])
+def test_onnx_reference_evaluator_agrees(exported, references, scan):
+    """A second ONNX implementation (onnx.reference) runs the same graph to the same logits."""
+    from onnx.reference import ReferenceEvaluator
+
+    art = exported("hybrid", scan=scan)
+    ids = prompt_ids(97)[:, : 4 if scan else 1]
+    feeds = {"input_ids": ids, **{s["input"]: np.zeros(s["shape"], np.float32) for s in art.contract["states"]}}
+    got = ReferenceEvaluator(str(art.path)).run(["logits"], feeds)[0]
+    with torch.no_grad():
+        want = references("hybrid")(torch.from_numpy(ids)).numpy()
+    assert rel(got, want) <= FP32_TOL
