@@ -115,6 +115,7 @@ def session(runner: OnnxRunner, ref, vocab: int):
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fp32_matches_reference_with_states_carried(exported, references, graphs, name, scan):
     art = exported(name, scan=scan)
+    onnx.checker.check_model(str(art.path), full_check=True)
     runner = OnnxRunner(art.path, graphs(name))
     assert runner.max_tokens_per_call == (None if scan else 1)
     err, state_err, _, _ = session(runner, references(name), graphs(name).config.vocab_size)
