@@ -39,7 +39,9 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
 
 def bf16_to_float32(raw_u16: np.ndarray) -> np.ndarray:
     """Widen bfloat16 bit patterns (uint16) to float32 exactly."""
-    return (raw_u16.astype(np.uint32) << 16).view(np.float32)
+    wide = raw_u16.astype(np.uint32)
+    wide <<= 16  # in place: one fp32-sized buffer, not two
+    return wide.view(np.float32)
 
 
 def float32_to_bf16_bits(arr: np.ndarray) -> np.ndarray:
@@ -74,6 +76,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: safetensors header is nested too deeply to be a tensor index "
+                              f"(corrupt or not a safetensors file)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header must be a JSON object, got {type(header).__name__}")
     data_start = 8 + n
@@ -91,6 +96,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
             raise CheckpointError(f"{where}: header entry must have exactly dtype, shape, data_offsets; "
                                   f"got {info!r}")
         tag = info["dtype"]
+        if not isinstance(tag, str):
+            raise CheckpointError(f"{where}: dtype must be a string such as 'F32', got {tag!r}")
         if tag not in _DTYPES:
             if tag in _KNOWN_UNSUPPORTED:
                 raise CheckpointError(f"{where}: dtype {tag} is not supported (supported: {sorted(_DTYPES)})")
