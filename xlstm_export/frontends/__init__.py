@@ -7,6 +7,7 @@ the graph reads only safetensors headers (or a state dict's pickle), never tenso
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -49,6 +50,8 @@ def read_json(path: Path) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read ({e})") from None
 
@@ -62,6 +65,8 @@ def read_yaml(path: Path) -> Any:
     except yaml.YAMLError as e:
         first = " ".join(str(e).split())
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read ({e})") from None
 
@@ -86,11 +91,18 @@ def field(d: dict, key: str, types, where: str, default: Any = _MISSING, *, opti
     if v is None and optional:
         return None
     if types is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:
+            raise ConfigError(f"{where}: field {key!r} must be a finite number, got {v!r}") from None
     ok = isinstance(v, types) and not (isinstance(v, bool) and types in (int, float))
     if not ok:
         tname = getattr(types, "__name__", None) or "/".join(t.__name__ for t in types)
         raise ConfigError(f"{where}: field {key!r} must be {tname}{' or null' if optional else ''}, got {v!r}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{where}: field {key!r} must be a finite number, got {v!r}")
+    if isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63:
+        raise ConfigError(f"{where}: field {key!r} is out of range (a 64-bit integer), got {v}")
     return v
 
 

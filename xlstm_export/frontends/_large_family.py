@@ -6,6 +6,7 @@ Both store ``backbone.blocks.{i}.{norm_mlstm, mlstm_layer.*, norm_ffn, ffn.*}``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,7 +39,17 @@ class LargeDims:
     tie_weights: bool = False
 
 
+def positive_dims(where: str, **dims: float) -> None:
+    """Sizes a config implies (products of its fields): finite and positive, else a ConfigError."""
+    for what, v in dims.items():
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{where}: {what.replace('__', ' x ')} = {v!r} must be a positive size; "
+                              f"check those fields")
+
+
 def large_block(d: LargeDims, where: str) -> MLSTMBlock:
+    if d.num_heads <= 0:
+        raise ConfigError(f"{where}: field 'num_heads' must be positive, got {d.num_heads}")
     if d.qk_dim % d.num_heads or d.v_dim % d.num_heads:
         raise ConfigError(f"{where}: num_heads {d.num_heads} must divide the q/k dim {d.qk_dim} and the v dim "
                           f"{d.v_dim}")

@@ -14,7 +14,7 @@ from ..errors import CheckpointError, ConfigError, UnsupportedError
 from ..graphs import Graph, NormSpec
 from . import field, read_config, read_json
 from ._large_family import (FUSED_BLOCK_TABLE, SINGLE_BLOCK_TABLE, LargeDims, large_block, model_config,
-                            model_rules, round_up_to_next_multiple_of)
+                            model_rules, positive_dims, round_up_to_next_multiple_of)
 from ._table import apply_rules, build_graph
 from .safetensors_io import open_safetensors
 
@@ -75,6 +75,11 @@ def hf_dims(cfg: dict, where: str, has_lm_head: bool) -> tuple[LargeDims, str]:
     nh = field(cfg, "num_heads", int, where, 8)
     qkf = field(cfg, "qk_dim_factor", float, where, 0.5)
     vf = field(cfg, "v_dim_factor", float, where, 1.0)
+    ffn_f = field(cfg, "ffn_proj_factor", float, where, 2.667)
+    mult = field(cfg, "ffn_round_up_to_multiple_of", int, where, 64)
+    positive_dims(where, hidden_size=hidden, num_heads=nh, ffn_round_up_to_multiple_of=mult,
+                  hidden_size__qk_dim_factor=hidden * qkf, hidden_size__v_dim_factor=hidden * vf,
+                  hidden_size__ffn_proj_factor=hidden * ffn_f)
     qk_lin, v_lin = int(hidden * qkf), int(hidden * vf)
     qk_cache, v_cache = round_up_to_next_multiple_of(hidden * qkf, 64), round_up_to_next_multiple_of(hidden * vf, 64)
     if qk_lin != qk_cache or v_lin != v_cache:
@@ -85,8 +90,7 @@ def hf_dims(cfg: dict, where: str, has_lm_head: bool) -> tuple[LargeDims, str]:
     eps_n = field(cfg, "norm_eps", float, where, 1e-6)
     use_bias = field(cfg, "use_bias", bool, where, False)
     force = field(cfg, "norm_reduction_force_float32", bool, where, True)
-    up = round_up_to_next_multiple_of(hidden * field(cfg, "ffn_proj_factor", float, where, 2.667),
-                                      field(cfg, "ffn_round_up_to_multiple_of", int, where, 64))
+    up = round_up_to_next_multiple_of(hidden * ffn_f, mult)
     weight_mode = field(cfg, "weight_mode", str, where, "single")
     if weight_mode not in ("single", "fused"):
         raise ConfigError(f"{where}: field 'weight_mode' must be 'single' or 'fused', got {weight_mode!r}")

@@ -80,6 +80,8 @@ def proj_up_dim(cfg: dict, E: int, where: str, default_factor: float) -> int:
     if mult <= 0:
         raise ConfigError(f"{where}: field 'round_proj_up_to_multiple_of' must be positive, got {mult}")
     m = factor * E / mult
+    if not math.isfinite(m):
+        raise ConfigError(f"{where}: proj_factor {factor} x embedding_dim {E} is not a finite size")
     return int((math.ceil(m) if up else math.floor(m)) * mult)
 
 

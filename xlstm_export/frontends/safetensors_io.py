@@ -196,7 +196,7 @@ def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
         reason = found.group(1) if found else text[:160]
         raise CheckpointError(f"{path}: refused to unpickle: it needs more than plain weights ({reason}), so "
                               f"it was refused and not run; only weights_only=True state dicts are loaded") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # anything else torch.load raises on a corrupt file (RuntimeError, EOFError, KeyError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable torch state dict ({first})") from None
     if isinstance(obj, dict) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "model") \

@@ -14,7 +14,7 @@ from ..errors import CheckpointError, ConfigError
 from ..graphs import Graph, NormSpec
 from . import field, read_config
 from ._large_family import (SINGLE_BLOCK_TABLE, LargeDims, large_block, model_config, model_rules,
-                            round_up_to_next_multiple_of)
+                            positive_dims, round_up_to_next_multiple_of)
 from ._table import apply_rules, build_graph
 from .safetensors_io import open_safetensors
 
@@ -68,13 +68,16 @@ def load_large(d: Path, file: Optional[Path] = None) -> Graph:
     eps_n = field(cfg, "norm_eps", float, where, 1e-6)
     force = field(cfg, "norm_reduction_force_float32", bool, where, True)
     add_out_norm = field(cfg, "add_out_norm", bool, where, True)
+    qkf = field(cfg, "qk_dim_factor", float, where, 0.5)
+    vf = field(cfg, "v_dim_factor", float, where, 1.0)
+    ffn_f = field(cfg, "ffn_proj_factor", float, where, 2.6667)
+    mult = field(cfg, "ffn_round_up_to_multiple_of", int, where, 64)
+    positive_dims(where, ffn_round_up_to_multiple_of=mult, embedding_dim__qk_dim_factor=E * qkf,
+                  embedding_dim__v_dim_factor=E * vf, embedding_dim__ffn_proj_factor=E * ffn_f)
     ckpt = open_large_weights(d, file)
     dims = LargeDims(
         vocab_size=V, embedding_dim=E, num_heads=nh, num_blocks=nb,
-        qk_dim=int(E * field(cfg, "qk_dim_factor", float, where, 0.5)),
-        v_dim=int(E * field(cfg, "v_dim_factor", float, where, 1.0)),
-        up_dim=round_up_to_next_multiple_of(E * field(cfg, "ffn_proj_factor", float, where, 2.6667),
-                                            field(cfg, "ffn_round_up_to_multiple_of", int, where, 64)),
+        qk_dim=int(E * qkf), v_dim=int(E * vf), up_dim=round_up_to_next_multiple_of(E * ffn_f, mult),
         use_bias=use_bias, norm_eps=eps_n, force_float32=force, eps=field(cfg, "eps", float, where, 1e-6),
         gate_soft_cap=field(cfg, "gate_soft_cap", float, where, 15.0, optional=True),
         output_logit_soft_cap=field(cfg, "output_logit_soft_cap", float, where, 30.0, optional=True),

@@ -176,7 +176,7 @@ def block_from_json(d: Any, i: int) -> BlockSpec:
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected an object, got {type(d).__name__}")
     kind = d.get("kind")
-    cls = {"mlstm": MLSTMBlock, "slstm": SLSTMBlock}.get(kind)
+    cls = {"mlstm": MLSTMBlock, "slstm": SLSTMBlock}.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ConfigError(f"{where}: field 'kind' must be 'mlstm' or 'slstm', got {kind!r}")
     d = _strict(d, {f.name for f in dataclasses.fields(cls)} | {"kind", "form"}, where)
