@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..graphs import Graph, WeightHandle, WeightStore
 from ..graphs.spec import BlockSpec, ModelConfig
 
@@ -125,11 +125,16 @@ def apply_rules(ckpt: dict[str, WeightHandle], rules: Sequence[Rule], blocks: Se
 
 
 def build_graph(config: ModelConfig, blocks: tuple[BlockSpec, ...], ckpt: dict[str, WeightHandle],
-                mapped: Mapped, source: str, ignore: Sequence[str] = ()) -> Graph:
-    """One error listing every missing / misshaped / unexpected tensor; else the validated graph."""
+                mapped: Mapped, source: str, ignore: Sequence[str] = (),
+                config_source: Optional[str] = None) -> Graph:
+    """One error listing every missing / misshaped / unexpected tensor; else the validated graph.
+    An inconsistent config is a ConfigError that names ``config_source`` (the config file)."""
     from ..graphs.graph import validate_config
 
-    validate_config(config, blocks)
+    try:
+        validate_config(config, blocks)
+    except ConfigError as e:
+        raise ConfigError(f"{config_source or source}: {e}") from None
     graph = Graph(config=config, blocks=blocks, weights=WeightStore(mapped.handles), source=source)
     expected = graph.expected_weights()
     missing = list(mapped.missing)

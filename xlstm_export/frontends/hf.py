@@ -124,4 +124,4 @@ def load_hf(d: Path, file: Optional[Path] = None) -> Graph:
     blocks = (block,) * dims.num_blocks
     table = FUSED_BLOCK_TABLE if weight_mode == "fused" else SINGLE_BLOCK_TABLE
     mapped = apply_rules(ckpt, model_rules("backbone.embeddings.weight", dims), blocks, lambda b: table)
-    return build_graph(model_config(dims), blocks, ckpt, mapped, source=str(d))
+    return build_graph(model_config(dims), blocks, ckpt, mapped, source=str(d), config_source=str(cfg_path))

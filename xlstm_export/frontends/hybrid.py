@@ -345,4 +345,4 @@ def load_hybrid(d: Path, file: Optional[Path] = None) -> Graph:
             if isinstance(b, SLSTMBlock):
                 n = f"blocks.{i}.slstm.head_norm.weight"
                 mapped.handles[n] = constant(n, np.zeros(E, np.float32), "<group_norm_weight: false>")
-    return build_graph(config, blocks, ckpt, mapped, source=str(d))
+    return build_graph(config, blocks, ckpt, mapped, source=str(d), config_source=str(cfg_path))

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ..errors import CheckpointError, OutputError
+from ..errors import CheckpointError, ConfigError, OutputError
 from ..graphs import Graph, config_from_profile
 from . import read_json
 from ._table import Mapped, build_graph
@@ -23,7 +23,12 @@ def load_profile(d: Path, file: Optional[Path] = None) -> Graph:
     prof_path = file if file is not None and file.suffix == ".json" else d / PROFILE
     if not prof_path.exists():
         raise CheckpointError(f"{d}: {PROFILE} is missing (expected an xlstm-export profile checkpoint)")
-    config, blocks = config_from_profile(read_json(prof_path), str(prof_path))
+    try:
+        config, blocks = config_from_profile(read_json(prof_path), str(prof_path))
+    except ConfigError as e:  # the schedule's own checks name the block, not the file
+        if str(e).startswith(str(prof_path)):
+            raise
+        raise ConfigError(f"{prof_path}: {e}") from None
     weights = file if file is not None and file.suffix == ".safetensors" else d / WEIGHTS
     if not weights.exists():
         raise CheckpointError(f"{d}: {WEIGHTS} is missing next to {PROFILE}")

@@ -86,4 +86,4 @@ def load_large(d: Path, file: Optional[Path] = None) -> Graph:
     block = large_block(dims, where)
     blocks = (block,) * nb
     mapped = apply_rules(ckpt, model_rules("embedding.weight", dims), blocks, lambda b: SINGLE_BLOCK_TABLE)
-    return build_graph(model_config(dims), blocks, ckpt, mapped, source=str(d))
+    return build_graph(model_config(dims), blocks, ckpt, mapped, source=str(d), config_source=str(cfg_path))
