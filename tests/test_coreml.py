@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from xlstm_export.coreml.emit import CoreMLOptions, contract_for, emit
-from xlstm_export.coreml.lower import LOWERINGS, core_ml_name
+from xlstm_export.coreml.lower import LOWERINGS, PRECISIONS, core_ml_name, stored_states
 from xlstm_export.coreml.runner import CoreMLRunner, read_contract
 from xlstm_export.errors import ArtifactError, OutputError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
@@ -95,19 +95,24 @@ def test_package_declares_fp16_states_of_the_contract(packages, name):
     assert out.name == "logits" and list(out.type.multiArrayType.shape) == [1, 1, graph.config.vocab_size]
     declared = {s.name: s.type for s in spec.description.state}
     contract = graph.state_contract(1)
-    assert list(declared) == [core_ml_name(s.name) for s in contract]
+    stored = stored_states(graph, 1, PRECISIONS["fp16"])  # the contract's, + low parts of split states
+    assert list(declared) == [cm for _, cm, _, _ in stored]
+    assert [cm for _, cm, _, of in stored if of is None] == [core_ml_name(s.name) for s in contract]
     for s in contract:
         t = declared[core_ml_name(s.name)]
         assert t.WhichOneof("Type") == "stateType"
         assert t.stateType.arrayType.dataType == ft.ArrayFeatureType.FLOAT16
         assert tuple(t.stateType.arrayType.shape) == s.shape
+    for key, cm, shape, of in stored:  # every stored state: fp16, the shape of the state it is part of
+        assert declared[cm].stateType.arrayType.dataType == ft.ArrayFeatureType.FLOAT16
+        assert tuple(declared[cm].stateType.arrayType.shape) == shape
     # the saved program reads and writes every state, each write once
     fn = spec.mlProgram.functions["main"]
     ops = fn.block_specializations[fn.opset].operations
     written = [o.inputs["input"].arguments[0].name for o in ops if o.type == "write_state"]
     read = {o.inputs["input"].arguments[0].name for o in ops if o.type == "read_state"}
     assert sorted(written) == sorted(declared) and read == set(declared)
-    assert art.stats["op_types"]["write_state"] == len(contract)
+    assert art.stats["op_types"]["write_state"] == len(stored)
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -121,6 +126,9 @@ def test_metadata_for_xcode(packages, name):
     assert contract == json.loads(json.dumps(contract_for(graph, CoreMLOptions())))
     assert [s["input"] for s in contract["states"]] == [core_ml_name(s.name) for s in graph.state_contract(1)]
     assert all(s["output"] is None and s["dtype"] == "float16" for s in contract["states"])
+    parts = {s["part_of"]: s["input"] for s in contract["extra_states"]}  # low parts of split states
+    assert parts == {s.name: core_ml_name(s.name) + "_lo" for s in graph.state_contract(1)
+                     if s.role in PRECISIONS["fp16"].split}
     features = list(spec.description.input) + list(spec.description.output) + list(spec.description.state)
     assert all(f.shortDescription for f in features), [f.name for f in features if not f.shortDescription]
 

@@ -40,7 +40,7 @@ from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
 from ..outputs import atomic_output, check_output_path
-from .lower import EXPERIMENTAL, PRECISIONS, LowerCtx, Precision, core_ml_name, lower_model
+from .lower import EXPERIMENTAL, LOW_SCALE, PRECISIONS, LowerCtx, Precision, core_ml_name, lower_model, stored_states
 
 TARGET = "coreml"
 COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
@@ -99,11 +99,21 @@ def check_options(options: CoreMLOptions) -> Precision:
 
 
 def contract_for(graph: Graph, options: CoreMLOptions) -> dict:
-    """The I/O contract: ``input`` of a state is its Core ML state name, ``output`` is null (updated in place)."""
-    return io_contract(
+    """The I/O contract: ``input`` of a state is its Core ML state name, ``output`` is null (updated in place).
+
+    ``extra_states`` lists the Core ML states that are not contract states: the low parts of states
+    stored split (value of the contract state ``part_of`` = its high part + this one / ``scale``).
+    """
+    contract = io_contract(
         graph, batch_size=options.batch_size, seq_len=1, ids_dtype="int32", logits_dtype="float32",
         state_dtype="float16", state_input=core_ml_name, state_output=lambda n: None, target=TARGET,
         precision=options.precision)
+    contract["extra_states"] = [
+        {"name": key, "part_of": of, "part": "low", "scale": LOW_SCALE, "input": cm, "shape": list(shape),
+         "dtype": "float16"}
+        for key, cm, shape, of in stored_states(graph, options.batch_size, precision_policy(options.precision))
+        if of is not None]
+    return contract
 
 
 def swift_path_for(out_path: Path) -> Path:
@@ -120,12 +130,12 @@ def build_program(graph: Graph, precision: Precision, batch_size: int):
     # coremltools names unnamed ops from global counters; every op here is named, and resetting the
     # counters makes the names of the few ops its passes add the same in every export.
     mb.name_count.clear()
-    contract = graph.state_contract(batch_size)
+    stored = stored_states(graph, batch_size, precision)
     specs = {"input_ids": mb.TensorSpec((batch_size, 1), types.int32)}
-    for s in contract:
-        specs[core_ml_name(s.name)] = mb.StateTensorSpec(tuple(s.shape), types.fp16)
+    for _, cm, shape, _ in stored:
+        specs[cm] = mb.StateTensorSpec(shape, types.fp16)
     with Function(specs, opset_version=ct.target.iOS18) as func:
-        states = {s.name: func.inputs[core_ml_name(s.name)] for s in contract}
+        states = {key: func.inputs[cm] for key, cm, _, _ in stored}
         ctx = LowerCtx(graph, precision, batch_size, states)
         logits = lower_model(ctx, func.inputs["input_ids"])
         func.set_outputs([logits])
@@ -179,13 +189,22 @@ def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None
                                   + (f" (soft-capped at {cfg.output_logit_soft_cap:g})"
                                      if cfg.output_logit_soft_cap else "") + ".")
     by_name = {s["input"]: s for s in contract["states"]}
+    low = {s["input"]: s for s in contract.get("extra_states", [])}
+    low_of = {s["part_of"]: s["input"] for s in low.values()}
     roles = {s.name: s.role for s in graph.state_contract(B)}
     for f in spec.description.state:
-        s = by_name.get(f.name)
-        if s is None:
+        if f.name in by_name:
+            s = by_name[f.name]
+            text = f"{ROLE_TEXT[roles[s['name']]]} of block {s['name'].split('.')[1]} ({s['name']})"
+            if s["name"] in low_of:
+                text += f", high part (value = {f.name} + {low_of[s['name']]} / {LOW_SCALE:g})"
+        elif f.name in low:
+            s = low[f.name]
+            text = (f"low part of {s['part_of']} (value = {core_ml_name(s['part_of'])} + {f.name} / "
+                    f"{LOW_SCALE:g}; fp16 alone loses the recurrence over long sequences)")
+        else:
             continue
-        f.shortDescription = (f"{ROLE_TEXT[roles[s['name']]]} of block {s['name'].split('.')[1]} "
-                              f"({s['name']}), fp16 {_shape_str(s['shape'])}. Zeros = empty context.")
+        f.shortDescription = f"{text}, fp16 {_shape_str(s['shape'])}. Zeros = empty context."
 
 
 # -- writing the package -----------------------------------------------------------------------

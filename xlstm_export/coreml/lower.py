@@ -10,10 +10,15 @@ after the canonical module they compute (``blocks.3.mlstm.q``), so a parity fail
 
 Precision (see :class:`Precision`): weights and the linear / conv / headwise matmuls run in
 ``weights``; the residual stream and norms in ``stream``; gates, exp, the stabilizer m, the cell, the
-normaliser and the sLSTM recurrence in ``cell``. States are always stored fp16 (Core ML requires it);
-with ``round_stabilizer`` the new m is rounded to the fp16 grid *before* it rescales C and n, so the
-stored m is exact and the stored C, n are consistent with it (the cell's outputs do not depend on which
-m stabilises them, only on exp() not overflowing).
+normaliser and the sLSTM recurrence in ``cell``. States are always stored fp16 (Core ML requires it).
+The mLSTM stabilizer m needs more than fp16 can hold: the cell's output depends on m through
+``eps * exp(m)`` in its denominator, and at |m| ~ 8..16 fp16's grid (2^-7) swallows the per-step decrement
+``log sigmoid(f)`` of a forget gate near 1, so a stored fp16 m stops following the reference's m and the
+output drifts (measured: 30% logits error after 1000 steps). With ``m_storage="split"`` the m of an
+mLSTM block is stored as two fp16 states, ``m`` (high part) and ``m_lo`` (the rest), ~22 bits together.
+``"round"`` instead rounds the new m to the fp16 grid *before* it rescales C and n (the stored m is then
+exact and C, n consistent with it, but it cannot follow small decrements); ``"plain"`` just stores it.
+The sLSTM output ``sigmoid(o) c / n`` does not depend on m at all: its m is always rounded.
 """
 
 from __future__ import annotations
@@ -33,35 +38,61 @@ NP_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
 @dataclass(frozen=True)
 class Precision:
-    """Which dtype each part of the step computes in (``"fp16"`` / ``"fp32"``)."""
+    """Which dtype each part of the step computes in (``"fp16"`` / ``"fp32"``), and how states are stored."""
 
     name: str
     weights: str  # weight constants and the matmuls that use them (linear, headwise, conv)
     stream: str  # residual stream, pre-norms, logits soft cap
     cell: str  # gates, exp, stabilizer, C/n update, normaliser, head norm, sLSTM recurrence
-    round_stabilizer: bool  # round m to fp16 before it rescales C, n (m is then stored exactly)
+    split: Tuple[str, ...] = ("m",)  # state roles stored as fp16 high part + fp16 low part (~22 bits)
+    round_m: bool = True  # mLSTM m not split: round it to fp16 before it rescales C and n
 
 
-# The two precisions the CLI offers. "fp16" was chosen by measurement (see README of this package /
-# the report): fp16 weights and matmuls, fp32 stream and cell, m rounded to fp16 inside the step.
+SPLIT_FP16 = ("c", "n", "m", "slstm")  # the conv ring holds fp16 matmul outputs already: exact in fp16
+SPLIT_FP32 = ("c", "n", "m", "conv", "slstm")
+
+# The two precisions the CLI offers, chosen by measurement (``python -m xlstm_export.coreml.measure``;
+# figures in the module docstring): fp16 weights and matmuls, fp32 stream and cell math, recurrent
+# states stored as fp16 high + low parts; or everything fp32 (the states still fp16 pairs).
 PRECISIONS: Dict[str, Precision] = {
-    "fp16": Precision("fp16", weights="fp16", stream="fp32", cell="fp32", round_stabilizer=True),
-    "fp32": Precision("fp32", weights="fp32", stream="fp32", cell="fp32", round_stabilizer=True),
+    "fp16": Precision("fp16", weights="fp16", stream="fp32", cell="fp32", split=SPLIT_FP16),
+    "fp32": Precision("fp32", weights="fp32", stream="fp32", cell="fp32", split=SPLIT_FP32),
 }
-# Alternatives kept for the measurement that chose "fp16" above (``xlstm_export.coreml.emit`` accepts
-# them by name; the CLI does not offer them).
+# The alternatives measured against them (``emit`` accepts these names; the CLI does not offer them).
 EXPERIMENTAL: Dict[str, Precision] = {
-    "fp16-all": Precision("fp16-all", weights="fp16", stream="fp16", cell="fp16", round_stabilizer=False),
-    "fp16-stream16": Precision("fp16-stream16", weights="fp16", stream="fp16", cell="fp32",
-                               round_stabilizer=True),
-    "fp16-noround": Precision("fp16-noround", weights="fp16", stream="fp32", cell="fp32",
-                              round_stabilizer=False),
+    "fp16-split-m": Precision("fp16-split-m", weights="fp16", stream="fp32", cell="fp32", split=("m",)),
+    "fp16-round": Precision("fp16-round", weights="fp16", stream="fp32", cell="fp32", split=(), round_m=True),
+    "fp16-plain": Precision("fp16-plain", weights="fp16", stream="fp32", cell="fp32", split=(), round_m=False),
+    "fp16-stream16": Precision("fp16-stream16", weights="fp16", stream="fp16", cell="fp32", split=SPLIT_FP16),
+    "fp16-all": Precision("fp16-all", weights="fp16", stream="fp16", cell="fp16", split=(), round_m=False),
+    "fp32-split-m": Precision("fp32-split-m", weights="fp32", stream="fp32", cell="fp32", split=("m",)),
+    "fp32-round": Precision("fp32-round", weights="fp32", stream="fp32", cell="fp32", split=(), round_m=True),
 }
+LOW_SUFFIX = ".lo"  # canonical key of the low part of a split state: "blocks.0.mlstm.m.lo"
+# value = high + low / LOW_SCALE. The remainder of an fp16 rounding is at most half an ulp (2^-11 of the
+# high part), so scaling it by 2^11 keeps it as large as the high part at most (no overflow) and out of
+# fp16's subnormal range for states of small magnitude, where an unscaled remainder would lose its bits.
+LOW_SCALE = 2048.0
 
 
 def core_ml_name(canonical: str) -> str:
     """``blocks.3.mlstm.c`` -> ``blocks_3_mlstm_c``: a valid identifier for a Core ML feature name."""
     return canonical.replace(".", "_")
+
+
+def stored_states(graph: Graph, batch_size: int, precision: Precision) -> list:
+    """Every Core ML state of the package, in order: ``(key, Core ML name, shape, part_of)``.
+
+    The contract's states (``part_of`` None), each one stored split followed by its low part
+    (key ``blocks.0.mlstm.m.lo``, ``part_of`` the contract name).
+    """
+    out = []
+    for s in graph.state_contract(batch_size):
+        out.append((s.name, core_ml_name(s.name), tuple(s.shape), None))
+        if s.role in precision.split:
+            key = s.name + LOW_SUFFIX
+            out.append((key, core_ml_name(key), tuple(s.shape), s.name))
+    return out
 
 
 class LowerCtx:
@@ -198,15 +229,34 @@ class LowerCtx:
 
     # -- states -----------------------------------------------------------------------------
     def read_state(self, canonical: str, dtype: str):
-        """The state's current value (fp16 on the device) cast to ``dtype``."""
-        s = self.mb.read_state(input=self.state_vars[canonical], name=self.name(f"{canonical}.read"))
+        """The state's current value (fp16 on the device) cast to ``dtype``; a split state is its high
+        part + its low part (added in fp32)."""
+        mb = self.mb
+        s = mb.read_state(input=self.state_vars[canonical], name=self.name(f"{canonical}.read"))
+        if canonical + LOW_SUFFIX in self.state_vars:
+            lo = mb.read_state(input=self.state_vars[canonical + LOW_SUFFIX], name=self.name(f"{canonical}.read.lo"))
+            lo = mb.mul(x=self.cast(lo, "fp32", f"{canonical}.read.lo32"), y=self.scalar(1.0 / LOW_SCALE, "fp32"),
+                        name=self.name(f"{canonical}.read.lo_unscaled"))
+            s = mb.add(x=self.cast(s, "fp32", f"{canonical}.read.hi32"), y=lo, name=self.name(f"{canonical}.read.joined"))
         return self.cast(s, dtype, f"{canonical}.read.cast")
 
     def write_state(self, canonical: str, value):
-        """Store ``value`` (cast to fp16) as the state's new value."""
-        v = self.cast(value, "fp16", f"{canonical}.new")
-        self.mb.coreml_update_state(state=self.state_vars[canonical], value=v,
-                                    name=self.name(f"{canonical}.write"))
+        """Store ``value`` as the state's new value: cast to fp16, or split into fp16 high part + fp16
+        remainder."""
+        mb = self.mb
+        if canonical + LOW_SUFFIX not in self.state_vars:
+            v = self.cast(value, "fp16", f"{canonical}.new")
+            mb.coreml_update_state(state=self.state_vars[canonical], value=v, name=self.name(f"{canonical}.write"))
+            return
+        value = self.cast(value, "fp32", f"{canonical}.new32")
+        hi = mb.cast(x=value, dtype="fp16", name=self.name(f"{canonical}.new"))
+        rest = mb.sub(x=value, y=mb.cast(x=hi, dtype="fp32", name=self.name(f"{canonical}.new.hi32")),
+                      name=self.name(f"{canonical}.new.rest"))
+        mb.coreml_update_state(state=self.state_vars[canonical], value=hi, name=self.name(f"{canonical}.write"))
+        rest = mb.mul(x=rest, y=self.scalar(LOW_SCALE, "fp32"), name=self.name(f"{canonical}.new.rest_scaled"))
+        lo = mb.cast(x=rest, dtype="fp16", name=self.name(f"{canonical}.new.lo"))
+        mb.coreml_update_state(state=self.state_vars[canonical + LOW_SUFFIX], value=lo,
+                               name=self.name(f"{canonical}.write.lo"))
 
     def conv_step(self, x, prefix: str, state: str, K: int):
         """Causal depthwise conv of one new frame, continuing the ring of the last K inputs.
@@ -243,7 +293,7 @@ class LowerCtx:
         neg_f = mb.mul(x=f, y=self.scalar(-1.0, dt), name=nm(f"{p}.f_neg"))
         fm = mb.sub(x=m, y=mb.softplus(x=neg_f, name=nm(f"{p}.f_softplus")), name=nm(f"{p}.f_log_plus_m"))
         m_new = mb.maximum(x=fm, y=i, name=nm(f"{p}.m_new"))  # (B, NH, 1)
-        if self.p.round_stabilizer and dt != "fp16":
+        if self.p.round_m and "m" not in self.p.split and dt != "fp16":
             m_new = mb.cast(x=mb.cast(x=m_new, dtype="fp16", name=nm(f"{p}.m_new.fp16")), dtype=dt,
                             name=nm(f"{p}.m_new.rounded"))
         f_act = mb.exp(x=mb.sub(x=fm, y=m_new, name=nm(f"{p}.f_log_act")), name=nm(f"{p}.f_act"))  # (B, NH, 1)
@@ -413,7 +463,7 @@ def lower_slstm(ctx: LowerCtx, index: int, block: SLSTMBlock, x):
     neg_f = mb.mul(x=f_raw, y=ctx.scalar(-1.0, dt), name=nm(f"{p}.cell.f_neg"))
     fm = mb.sub(x=m, y=mb.softplus(x=neg_f, name=nm(f"{p}.cell.f_softplus")), name=nm(f"{p}.cell.f_log_plus_m"))
     m_new = mb.maximum(x=i_raw, y=fm, name=nm(f"{p}.cell.m_new"))
-    if ctx.p.round_stabilizer and dt != "fp16":
+    if ctx.p.round_m and "slstm" not in ctx.p.split and dt != "fp16":  # stored m exact, c and n consistent
         m_new = mb.cast(x=mb.cast(x=m_new, dtype="fp16", name=nm(f"{p}.cell.m_new.fp16")), dtype=dt,
                         name=nm(f"{p}.cell.m_new.rounded"))
     i_act = mb.exp(x=mb.sub(x=i_raw, y=m_new, name=nm(f"{p}.cell.i_log_act")), name=nm(f"{p}.cell.i_act"))
@@ -455,4 +505,5 @@ def lower_model(ctx: LowerCtx, input_ids):
     return mb.reshape(x=logits, shape=[B, 1, V], name="logits")  # (B, 1, V)
 
 
-__all__ = ["LOWERINGS", "LowerCtx", "Precision", "PRECISIONS", "EXPERIMENTAL", "core_ml_name", "lower_model"]
+__all__ = ["LOWERINGS", "LowerCtx", "Precision", "PRECISIONS", "EXPERIMENTAL", "LOW_SCALE", "LOW_SUFFIX", "core_ml_name",
+           "lower_model", "stored_states"]

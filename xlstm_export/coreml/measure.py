@@ -20,7 +20,7 @@ import numpy as np
 
 from ..graphs import Graph
 
-POLICIES = ("fp32", "fp16", "fp16-noround", "fp16-stream16", "fp16-all")
+POLICIES = ("fp32", "fp32-split-m", "fp32-round", "fp16", "fp16-split-m", "fp16-round", "fp16-plain", "fp16-stream16", "fp16-all")
 
 
 def reference_run(graph: Graph, ids: np.ndarray):

@@ -72,8 +72,11 @@ class CoreMLRunner:
             self.state_names = [s["name"] for s in self.contract["states"]]
             self.core_ml_names = [str(s["input"]) for s in self.contract["states"]]
             self.state_shapes = [tuple(s["shape"]) for s in self.contract["states"]]
+        # low parts of split states (stabilizer m stored as fp16 high + fp16 low): contract name -> Core ML name
+        self.low_parts = {s["part_of"]: str(s["input"]) for s in self.contract.get("extra_states", [])}
+        self.low_scale = {s["part_of"]: float(s.get("scale", 1.0)) for s in self.contract.get("extra_states", [])}
         declared = {f.name for f in spec.description.state}
-        missing = [n for n in self.core_ml_names if n not in declared]
+        missing = [n for n in self.core_ml_names + list(self.low_parts.values()) if n not in declared]
         if missing:
             raise ArtifactError(f"{where}: the contract names states {missing} that the package does not declare "
                                 f"(declared: {sorted(declared)})")
@@ -120,16 +123,25 @@ class CoreMLRunner:
         return np.concatenate(logits, axis=1), new
 
     # -- backends ---------------------------------------------------------------------------
+    def _stored(self, states: List[np.ndarray]):
+        """Contract states (float32) -> (Core ML name, fp16 value) of every stored state."""
+        for canonical, name, value in zip(self.state_names, self.core_ml_names, states):
+            v = np.asarray(value, dtype=np.float32)
+            hi = v.astype(np.float16)
+            yield name, hi
+            if canonical in self.low_parts:
+                yield self.low_parts[canonical], ((v - hi.astype(np.float32)) * self.low_scale[canonical]).astype(np.float16)
+
     def _load_states(self, states: List[np.ndarray]) -> None:
         if self.backend == "executor":
-            for name, value in zip(self.core_ml_names, states):
+            for name, value in self._stored(states):
                 self._executor.set_state(name, value)
             return
         if self._state is not None and self._last is not None and all(a is b for a, b in zip(states, self._last)):
             return  # the states we returned last time: the MLState already holds them
         self._state = self._model.make_state()
-        for name, value in zip(self.core_ml_names, states):
-            self._state.write_state(name, np.ascontiguousarray(value, dtype=np.float16))
+        for name, value in self._stored(states):
+            self._state.write_state(name, np.ascontiguousarray(value))
 
     def _predict(self, feed) -> np.ndarray:
         if self.backend == "executor":
@@ -137,11 +149,13 @@ class CoreMLRunner:
         return np.asarray(self._model.predict(feed, state=self._state)["logits"])
 
     def _read_states(self) -> List[np.ndarray]:
-        if self.backend == "executor":
-            raw = [self._executor.states[n] for n in self.core_ml_names]
-        else:
-            raw = [self._state.read_state(n) for n in self.core_ml_names]
-        out = [np.asarray(o, dtype=np.float32).reshape(s) for o, s in zip(raw, self.state_shapes)]
+        read = self._executor.states.__getitem__ if self.backend == "executor" else self._state.read_state
+        out = []
+        for canonical, name, shape in zip(self.state_names, self.core_ml_names, self.state_shapes):
+            v = np.asarray(read(name), dtype=np.float32)
+            if canonical in self.low_parts:
+                v = v + np.asarray(read(self.low_parts[canonical]), dtype=np.float32) / self.low_scale[canonical]
+            out.append(v.reshape(shape))
         if self.backend != "executor":
             self._last = out
         return out
