@@ -28,7 +28,7 @@ bench: setup
 	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md
 
 fuzz: setup
-	XLSTM_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+	XLSTM_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -96,6 +96,28 @@ def run_inspect(path: Path, *extra: str) -> None:
             assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
 
 
+@pytest.fixture(scope="module", autouse=True)
+def memory_cap():
+    """A case that allocates without bound (``num_blocks: 2147483647`` once took 16 GB) becomes a MemoryError,
+    i.e. a finding, instead of taking the machine down: the data segment may grow 3 GiB while fuzzing."""
+    try:
+        import resource
+
+        vm_data = next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith("VmData:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        cap = vm_data + 3 * 2**30
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    except (ImportError, OSError, StopIteration, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
 @pytest.fixture(scope="module")
 def workdir():
     d = Path(tempfile.mkdtemp(prefix="xlstm-fuzz-"))
@@ -531,6 +553,36 @@ def test_regression_hybrid_proj_factor_overflow(checkpoint_factory, tmp_path, fa
     cfg["mlstm_block"]["mlstm"]["proj_factor"] = factor  # was OverflowError (math.ceil(inf))
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     _one_line_exit_2(d, "config.yaml", "mlstm_block.mlstm", "proj_factor")
+
+
+@pytest.mark.parametrize("name,cfg_file,edit", [
+    ("hf", "config.json", lambda c: c.update(num_hidden_layers=2**31 - 1, num_blocks=2**31 - 1)),
+    ("large", "config.yaml", lambda c: c.update(num_blocks=2**31 - 1)),
+    ("hybrid", "config.yaml", lambda c: c.update(num_blocks=2**31 - 1)),
+    ("hybrid_slstm_only", "config.yaml", lambda c: c.update(num_blocks=2**31 - 1)),  # slstm_at: all
+])
+def test_regression_absurd_num_blocks_is_refused_at_once(checkpoint_factory, tmp_path, name, cfg_file, edit):
+    """was: a tuple of 2**31 blocks (16 GB, minutes); now one line before anything is built."""
+    import time
+
+    d = _copy(checkpoint_factory, tmp_path, name)
+    p = d / cfg_file
+    cfg = json.loads(p.read_text()) if cfg_file.endswith(".json") else yaml.safe_load(p.read_text())
+    edit(cfg)
+    p.write_text(json.dumps(cfg) if cfg_file.endswith(".json") else yaml.safe_dump(cfg))
+    t0 = time.time()
+    _one_line_exit_2(d, cfg_file, "2147483647", "the checkpoint holds only")
+    assert time.time() - t0 < 5
+
+
+def test_regression_huge_embedding_without_group_norm_weight(checkpoint_factory, tmp_path):
+    """was: np.zeros(embedding_dim) allocated eagerly for group_norm_weight: false (MemoryError for 2**40)."""
+    d = _copy(checkpoint_factory, tmp_path, "hybrid_slstm_only")
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["embedding_dim"] = 2**40
+    cfg["slstm_block"]["slstm"]["group_norm_weight"] = False
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    _one_line_exit_2(d, "weights do not match the config")
 
 
 def test_regression_unhashable_dtype_in_header(tmp_path):

@@ -258,6 +258,15 @@ def _non_positive_vocab(f, t):
     return d, ["config.json", "'vocab_size' must be positive, got -5"], []
 
 
+def _profile_inconsistent(f, t):
+    from xlstm_export.frontends import load_checkpoint
+    from xlstm_export.frontends.profile import save_profile_checkpoint
+
+    d = save_profile_checkpoint(load_checkpoint(f("hybrid")), t / "ck")
+    edit_json(d / "profile.json", lambda p: p["blocks"][1].update(num_heads=3))
+    return d, ["profile.json", "num_heads 3 x head_dim 16 must equal embedding_dim 64"], []
+
+
 def _missing_shard(f, t):
     d = copy_of(f, t, "hf_sharded")
     shard = sorted(d.glob("model-*.safetensors"))[1]
@@ -299,6 +308,7 @@ BAD_INPUTS = {
     "heads-not-dividing-inner-mlstm": _heads_not_dividing_mlstm,
     "non-positive-num-blocks": _non_positive_blocks,
     "non-positive-vocab": _non_positive_vocab,
+    "profile-inconsistent-schedule": _profile_inconsistent,
     "missing-shard": _missing_shard,
     "unknown-hybrid-field": _unknown_hybrid_field,
     "path-does-not-exist": _no_such_path,
@@ -661,13 +671,17 @@ def tree_bytes(path: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes()}
 
 
+# every target on the hybrid fixture (mLSTM + sLSTM blocks); the cheap ONNX ones on the L family too
+REPRO = [(cmd, "hybrid") for cmd in EXPORTS] + [("onnx", "hf"), ("onnx --scan", "hf")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("cmd", list(EXPORTS))
-def test_exports_are_byte_reproducible(checkpoint_factory, tmp_path, cmd):
+@pytest.mark.parametrize("cmd,name", REPRO)
+def test_exports_are_byte_reproducible(checkpoint_factory, tmp_path, cmd, name):
     """Two exports of the same checkpoint and options in separate processes (different hash seeds and
     working directories; the second replaces an older artifact with --force) are identical, byte for byte,
     every file of a package (Manifest.json included) and the Swift snippet too."""
-    ck = checkpoint_factory("hybrid")
+    ck = checkpoint_factory(name)
     runs = []
     for i, seed in enumerate(("1", "2")):
         d = tmp_path / f"run{i}"

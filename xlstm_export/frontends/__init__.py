@@ -106,6 +106,14 @@ def field(d: dict, key: str, types, where: str, default: Any = _MISSING, *, opti
     return v
 
 
+def check_num_blocks(nb: int, n_tensors: int, where: str, key: str = "num_blocks") -> None:
+    """Every block has several tensors: more blocks than the checkpoint has tensors is a broken config
+    (and would make an absurdly large schedule: ``num_blocks: 2147483647`` must not eat the memory)."""
+    if nb > n_tensors:
+        raise ConfigError(f"{where}: field {key!r} is {nb}, but the checkpoint holds only {n_tensors} tensors "
+                          f"(every block has several); the config does not belong to these weights")
+
+
 # -- detection -----------------------------------------------------------------------------------
 def _dir_and_file(path: Path) -> tuple[Path, Optional[Path]]:
     if not path.exists():

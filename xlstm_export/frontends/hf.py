@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..errors import CheckpointError, ConfigError, UnsupportedError
 from ..graphs import Graph, NormSpec
-from . import field, read_config, read_json
+from . import check_num_blocks, field, read_config, read_json
 from ._large_family import (FUSED_BLOCK_TABLE, SINGLE_BLOCK_TABLE, LargeDims, large_block, model_config,
                             model_rules, positive_dims, round_up_to_next_multiple_of)
 from ._table import apply_rules, build_graph
@@ -120,6 +120,7 @@ def load_hf(d: Path, file: Optional[Path] = None) -> Graph:
     dims, weight_mode = hf_dims(cfg, where, "lm_head.weight" in ckpt)
     if dims.num_blocks <= 0:
         raise ConfigError(f"{where}: field 'num_hidden_layers' must be positive, got {dims.num_blocks}")
+    check_num_blocks(dims.num_blocks, len(ckpt), where, "num_hidden_layers")
     block = large_block(dims, where)
     blocks = (block,) * dims.num_blocks
     table = FUSED_BLOCK_TABLE if weight_mode == "fused" else SINGLE_BLOCK_TABLE

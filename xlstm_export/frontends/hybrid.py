@@ -24,9 +24,9 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, UnsupportedError
-from ..graphs import FFNSpec, Graph, MLSTMBlock, ModelConfig, NormSpec, SLSTMBlock, constant
+from ..graphs import FFNSpec, Graph, MLSTMBlock, ModelConfig, NormSpec, SLSTMBlock, WeightHandle
 from ..graphs.names import SLSTM_GATES
-from . import field, read_config
+from . import check_num_blocks, field, read_config
 from ._table import Misshaped, Rule, apply_rules, build_graph, conv_weight, split_rows
 from .safetensors_io import open_safetensors, open_torch_state_dict
 
@@ -146,7 +146,7 @@ def _slstm_spec(cfg: dict, E: int, where: str) -> tuple[SLSTMBlock, str, bool]:
     return spec, backend, gn_weight
 
 
-def parse_config(cfg: dict, where: str) -> tuple[ModelConfig, tuple, dict]:
+def parse_config(cfg: dict, where: str, n_tensors: Optional[int] = None) -> tuple[ModelConfig, tuple, dict]:
     check_strict(cfg, MODEL_FIELDS, where)
     for k in ("mlstm_block", "slstm_block"):
         if cfg.get(k) is not None:
@@ -157,6 +157,8 @@ def parse_config(cfg: dict, where: str) -> tuple[ModelConfig, tuple, dict]:
     for k, v in (("embedding_dim", E), ("num_blocks", nb), ("vocab_size", V)):
         if v <= 0:
             raise ConfigError(f"{where}: field {k!r} must be positive, got {v}")
+    if n_tensors is not None:
+        check_num_blocks(nb, n_tensors, where)
     bias = field(cfg, "bias", bool, where, False)
     mcfg, scfg = cfg.get("mlstm_block"), cfg.get("slstm_block")
     slstm_at = cfg.get("slstm_at", [])
@@ -178,7 +180,8 @@ def parse_config(cfg: dict, where: str) -> tuple[ModelConfig, tuple, dict]:
     s_spec = None
     if scfg is not None and slstm_at:
         s_spec, extra["backend"], extra["group_norm_weight"] = _slstm_spec(scfg, E, f"{where}.slstm_block")
-    blocks = tuple(s_spec if i in slstm_at else m_spec for i in range(nb))
+    at = set(slstm_at)
+    blocks = tuple(s_spec if i in at else m_spec for i in range(nb))
     ctx = field(cfg, "context_length", int, where, -1)
     config = ModelConfig(
         family="hybrid", vocab_size=V, embedding_dim=E,
@@ -318,8 +321,9 @@ def load_hybrid(d: Path, file: Optional[Path] = None) -> Graph:
     cfg_path = d / "config.yaml" if (d / "config.yaml").exists() else d / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{d}: config.yaml / config.json is missing (expected an xLSTMLMModel checkpoint)")
-    config, blocks, extra = parse_config(read_config(cfg_path), str(cfg_path))
+    cfg = read_config(cfg_path)
     ckpt = open_hybrid_weights(d, file)
+    config, blocks, extra = parse_config(cfg, str(cfg_path), n_tensors=len(ckpt))
     E = config.embedding_dim
     model_rules = [Rule("token_embedding.weight", "embedding.weight")]
     if config.out_norm is not None:
@@ -344,5 +348,6 @@ def load_hybrid(d: Path, file: Optional[Path] = None) -> Graph:
         for i, b in enumerate(blocks):
             if isinstance(b, SLSTMBlock):
                 n = f"blocks.{i}.slstm.head_norm.weight"
-                mapped.handles[n] = constant(n, np.zeros(E, np.float32), "<group_norm_weight: false>")
+                mapped.handles[n] = WeightHandle(n, (E,), "float32", "<group_norm_weight: false>",
+                                                 lambda: np.zeros(E, np.float32))  # lazy: E may be absurd
     return build_graph(config, blocks, ckpt, mapped, source=str(d), config_source=str(cfg_path))

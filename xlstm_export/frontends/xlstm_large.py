@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..errors import CheckpointError, ConfigError
 from ..graphs import Graph, NormSpec
-from . import field, read_config
+from . import check_num_blocks, field, read_config
 from ._large_family import (SINGLE_BLOCK_TABLE, LargeDims, large_block, model_config, model_rules,
                             positive_dims, round_up_to_next_multiple_of)
 from ._table import apply_rules, build_graph
@@ -75,6 +75,7 @@ def load_large(d: Path, file: Optional[Path] = None) -> Graph:
     positive_dims(where, ffn_round_up_to_multiple_of=mult, embedding_dim__qk_dim_factor=E * qkf,
                   embedding_dim__v_dim_factor=E * vf, embedding_dim__ffn_proj_factor=E * ffn_f)
     ckpt = open_large_weights(d, file)
+    check_num_blocks(nb, len(ckpt), where)
     dims = LargeDims(
         vocab_size=V, embedding_dim=E, num_heads=nh, num_blocks=nb,
         qk_dim=int(E * qkf), v_dim=int(E * vf), up_dim=round_up_to_next_multiple_of(E * ffn_f, mult),
