@@ -296,3 +296,36 @@ def test_cli_coreml_exports_and_validates(checkpoint_factory, tmp_path):
     assert spec.description.metadata.userDefined["xlstm_export.compute_units"] == "cpu_and_gpu"
     again = CliRunner().invoke(main, ["coreml", "--checkpoint", ckpt, "-o", str(out), "--no-validate"])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def _synthetic_large_checkpoint(d: Path, blocks: int = 6, E: int = 1024, V: int = 1024) -> Path:
+    """An L-family profile checkpoint of many medium tensors, written one tensor at a time (seeded noise)."""
+    from xlstm_export.frontends.profile import save_profile_checkpoint
+    from xlstm_export.graphs import FFNSpec, Graph, MLSTMBlock, ModelConfig, NormSpec, WeightHandle, WeightStore
+    from xlstm_export.graphs.names import model_weights
+
+    rms = NormSpec(kind="rmsnorm", eps=1e-6)
+    blk = MLSTMBlock(num_heads=4, qk_head_dim=E // 8, v_head_dim=E // 4, norm=rms,
+                     head_norm=NormSpec(kind="layernorm", eps=1e-6), form="large", gate_soft_cap=15.0,
+                     ffn=FFNSpec(up_dim=2752, activation="silu", norm=rms))
+    cfg = ModelConfig(family="large", vocab_size=V, embedding_dim=E, out_norm=rms, output_logit_soft_cap=30.0)
+    handles = {}
+    for i, (name, shape) in enumerate(model_weights(cfg, (blk,) * blocks).items()):
+        def loader(shape=shape, seed=i):
+            return (np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) * 0.02)
+        handles[name] = WeightHandle(name, tuple(shape), "float32", "<synthetic>", loader)
+    save_profile_checkpoint(Graph(cfg, (blk,) * blocks, WeightStore(handles)), d)
+    return d
+
+
+@pytest.mark.slow
+def test_export_memory_is_about_one_copy_of_the_weights(tmp_path):
+    """Peak RSS of an export (fresh process) minus its RSS before: the package's weights (held once, as the
+    program's constants) + one tensor's float32 transient + small fixed overhead, not a second copy."""
+    from xlstm_export.coreml.measure import export_memory
+
+    ckpt = _synthetic_large_checkpoint(tmp_path / "big")
+    r = export_memory(str(ckpt), str(tmp_path / "big.mlpackage"))
+    w, largest = r["package_weight_bytes"], r["largest_tensor_fp32_bytes"]
+    assert r["checkpoint_bytes"] > 250e6 and 0.49 < w / r["checkpoint_bytes"] < 0.52  # fp16 package, fp32 ckpt
+    assert r["export_bytes"] < w + 2 * largest + 48e6, r  # a second copy of the weights would add >= 150 MB

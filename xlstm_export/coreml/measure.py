@@ -1,6 +1,7 @@
 """The measurement behind the Core ML precision choice (``lower.PRECISIONS["fp16"]``).
 
     python -m xlstm_export.coreml.measure --checkpoint CKPT [--tokens 256] [--policies fp16,fp16-all,...]
+    python -m xlstm_export.coreml.measure --checkpoint CKPT --memory OUT.mlpackage   # export peak RSS
 
 For each precision policy: export the package, execute it FROM DISK with the executor token by token
 over a seeded random sequence (or the example task's), and compare every step's logits and the final
@@ -78,6 +79,43 @@ def measure(graph: Graph, ids: np.ndarray, policies: Sequence[str] = POLICIES,
     return out
 
 
+_MEMORY_CHILD = r"""
+import json, resource, sys
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from xlstm_export.coreml._ct import ct
+ct()
+from xlstm_export.coreml.emit import CoreMLOptions, emit
+from xlstm_export.frontends import load_checkpoint
+graph = load_checkpoint(sys.argv[1])
+largest = max(h.numel for h in graph.weights.values()) * 4
+base = rss()
+art = emit(graph, CoreMLOptions(precision=sys.argv[3], force=True, swift=False), sys.argv[2])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"base_rss": base, "peak_rss": peak, "export_bytes": peak - base,
+                  "package_weight_bytes": art.stats["weight_bytes"], "checkpoint_bytes": graph.weight_bytes,
+                  "largest_tensor_fp32_bytes": largest}))
+"""
+
+
+def export_memory(checkpoint: str, out: str, precision: str = "fp16") -> Dict:
+    """Peak RSS of one export, measured in a fresh process (Linux: ``ru_maxrss``): the process's RSS
+    once coremltools and the checkpoint's headers are loaded (``base_rss``), its peak during ``emit``,
+    and the package's weight bytes to compare ``export_bytes`` (peak - base) with."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(checkpoint), str(out), precision],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"export_memory: the export failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from ..frontends import load_checkpoint
 
@@ -87,7 +125,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--task", action="store_true", help="use the example's task sequence (train_log.json)")
+    ap.add_argument("--memory", metavar="OUT.mlpackage", help="measure the export's peak RSS instead")
+    ap.add_argument("--precision", default="fp16", help="with --memory: the export's precision")
     a = ap.parse_args(argv)
+    if a.memory:
+        r = export_memory(a.checkpoint, a.memory, a.precision)
+        r["export_over_package_weights"] = round(r["export_bytes"] / max(r["package_weight_bytes"], 1), 3)
+        print(json.dumps(r))
+        return
     graph = load_checkpoint(a.checkpoint)
     if a.task:
         from ..validation.prompts import task_prompts
