@@ -1,0 +1,141 @@
+"""MAD-style synthetic tasks (in-context recall, selective copying): numpy only, seeded, deterministic.
+
+Both generators return ``(input_ids, targets)``, int64 arrays of shape (N, T). ``targets`` holds
+``IGNORE_INDEX`` (-100) wherever nothing is scored.
+
+Alignment convention (one for both tasks): ``targets[:, t]`` is the token the model should predict
+after reading ``input_ids[:, : t + 1]``; the argmax of the next-token logits at position t is the
+prediction scored against ``targets[:, t]``. Targets are already shifted: train with
+``cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)`` directly, not with a
+loss that shifts labels again (transformers' ``labels=`` does).
+
+Same seed and arguments give the same arrays on every platform (``numpy.random.default_rng``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE_INDEX = -100
+
+
+def in_context_recall(
+    n: int,
+    seq_len: int,
+    vocab_size: int,
+    seed: int,
+    num_keys: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-query associative recall (MAD's in-context recall with ``multi_query=True``).
+
+    Each sequence is ``seq_len // 2`` key/value pairs ``k0 v0 k1 v1 ...``. Keys come from
+    ``[0, num_keys)``, values from ``[vocab_size // 2, vocab_size)``; each sequence draws its own
+    key -> value map, so the association must be read from the context. Keys recur; at the position
+    of a key that already appeared earlier in the sequence, the target is its value (the token that
+    follows). Every other position is ``IGNORE_INDEX``. The last pair always repeats an earlier key,
+    so each sequence has at least one scored position.
+
+    ``num_keys`` (default ``vocab_size // 2``) makes the task easier when smaller: fewer distinct
+    associations to hold, more recurrences to score.
+    """
+    half = vocab_size // 2
+    num_keys = half if num_keys is None else num_keys
+    if n < 1:
+        raise ValueError(f"in_context_recall: n must be >= 1, got {n}")
+    if seq_len < 4 or seq_len % 2:
+        raise ValueError(f"in_context_recall: seq_len must be even and >= 4 (key/value pairs), got {seq_len}")
+    if vocab_size < 4:
+        raise ValueError(f"in_context_recall: vocab_size must be >= 4 (keys and values), got {vocab_size}")
+    if not 1 <= num_keys <= half:
+        raise ValueError(f"in_context_recall: num_keys must be in [1, vocab_size // 2 = {half}], got {num_keys}")
+
+    rng = np.random.default_rng(seed)
+    num_pairs = seq_len // 2
+    num_values = vocab_size - half
+    keys = rng.integers(0, num_keys, size=(n, num_pairs))  # (N, P)
+    kv_map = half + rng.integers(0, num_values, size=(n, num_keys))  # (N, K) per-sequence map
+    # the final pair probes a key from an earlier pair
+    probe_src = rng.integers(0, num_pairs - 1, size=n)
+    rows = np.arange(n)
+    keys[:, -1] = keys[rows, probe_src]
+    values = np.take_along_axis(kv_map, keys, axis=1)  # (N, P)
+
+    # recurring[:, j]: key of pair j appeared in pairs 0..j-1
+    seen = np.zeros((n, num_keys), dtype=bool)
+    recurring = np.zeros((n, num_pairs), dtype=bool)
+    for j in range(num_pairs):
+        recurring[:, j] = seen[rows, keys[:, j]]
+        seen[rows, keys[:, j]] = True
+
+    input_ids = np.empty((n, seq_len), dtype=np.int64)
+    input_ids[:, 0::2] = keys
+    input_ids[:, 1::2] = values
+    targets = np.full((n, seq_len), IGNORE_INDEX, dtype=np.int64)
+    targets[:, 0::2] = np.where(recurring, values, IGNORE_INDEX)
+    return input_ids, targets
+
+
+def selective_copying(
+    n: int,
+    seq_len: int,
+    num_tokens_to_copy: int,
+    vocab_size: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Selective copying (MAD's ``generate_selective_copying_instance``).
+
+    Token ids: content ``[0, vocab_size - 2)``, blank ``vocab_size - 2``, copy marker
+    ``vocab_size - 1``. The first ``seq_len - num_tokens_to_copy`` positions hold
+    ``num_tokens_to_copy`` content tokens at random positions (in order) among blanks; the last
+    ``num_tokens_to_copy`` positions are copy markers. At the i-th copy marker the target is the i-th
+    content token, so the model emits the content tokens in order; all other positions are
+    ``IGNORE_INDEX``. (MAD puts one copy token followed by blanks and scores the blanks; here the
+    queries are the markers themselves, so the first marker already asks for the first token.)
+    """
+    data_len = seq_len - num_tokens_to_copy
+    if n < 1:
+        raise ValueError(f"selective_copying: n must be >= 1, got {n}")
+    if num_tokens_to_copy < 1:
+        raise ValueError(f"selective_copying: num_tokens_to_copy must be >= 1, got {num_tokens_to_copy}")
+    if data_len <= num_tokens_to_copy:
+        raise ValueError(
+            f"selective_copying: seq_len ({seq_len}) must exceed 2 * num_tokens_to_copy "
+            f"({2 * num_tokens_to_copy}) so that at least one blank separates the tokens to copy"
+        )
+    if vocab_size < 3:
+        raise ValueError(f"selective_copying: vocab_size must be >= 3 (content, blank, copy), got {vocab_size}")
+
+    rng = np.random.default_rng(seed)
+    blank, copy = vocab_size - 2, vocab_size - 1
+    to_copy = rng.integers(0, vocab_size - 2, size=(n, num_tokens_to_copy))  # (N, C)
+    # positions of the content tokens in the data region: a sorted random subset per row
+    positions = np.sort(np.argsort(rng.random((n, data_len)), axis=1)[:, :num_tokens_to_copy], axis=1)
+
+    input_ids = np.full((n, seq_len), blank, dtype=np.int64)
+    np.put_along_axis(input_ids, positions, to_copy, axis=1)
+    input_ids[:, data_len:] = copy
+    targets = np.full((n, seq_len), IGNORE_INDEX, dtype=np.int64)
+    targets[:, data_len:] = to_copy
+    return input_ids, targets
+
+
+def accuracy(logits_or_predictions, targets) -> float:
+    """Fraction of scored positions (``targets != IGNORE_INDEX``) predicted correctly.
+
+    ``logits_or_predictions`` is either logits (N, T, V), reduced by argmax over the last axis, or
+    predicted token ids (N, T). Anything ``numpy.asarray`` accepts works (a CPU torch tensor without
+    grad included). Position t's prediction is compared with ``targets[:, t]`` (module docstring).
+    """
+    targets = np.asarray(targets)
+    pred = np.asarray(logits_or_predictions)
+    if pred.ndim == targets.ndim + 1:
+        pred = pred.argmax(axis=-1)
+    if pred.shape != targets.shape:
+        raise ValueError(
+            f"accuracy: predictions of shape {pred.shape} (after argmax) do not match targets {targets.shape}"
+        )
+    scored = targets != IGNORE_INDEX
+    total = int(scored.sum())
+    if total == 0:
+        raise ValueError("accuracy: targets have no scored positions (all are IGNORE_INDEX)")
+    return float((pred[scored] == targets[scored]).sum()) / total
