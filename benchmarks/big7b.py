@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import GiB, PY, log, run_measured
+from common import HF_CPU_SETTINGS, GiB, PY, log, run_measured
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,11 +47,12 @@ DEVICE_HINT = ("python3 benchmarks/run.py --out benchmarks/RESULTS.md --only-7b 
                "of memory and 35 GB of disk, with this repo's dependencies installed)")
 
 
-def shapes_from_upstream() -> dict:
+def shapes_from_upstream(config: dict) -> dict:
     import torch
     from transformers import xLSTMConfig, xLSTMForCausalLM
 
-    kw = {k: v for k, v in XLSTM_7B.items() if k not in ("model_type", "architectures", "dtype")}
+    kw = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "dtype")}
+    kw.update(HF_CPU_SETTINGS)  # the Triton kernels the config names are not installed here; no effect on shapes
     with torch.device("meta"):
         model = xLSTMForCausalLM(xLSTMConfig(**kw))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -94,14 +95,15 @@ class WeightSource:
         return self.pool[off:off + n].tobytes()
 
 
-def write_checkpoint(d: Path, seed: int = 0) -> dict:
+def write_checkpoint(d: Path, seed: int = 0, config: dict = XLSTM_7B, shard_bytes: int = SHARD_BYTES) -> dict:
+    """A transformers checkpoint of ``config`` (default: xLSTM-7B's) with generated bf16 weights."""
     t0 = time.perf_counter()
     d.mkdir(parents=True, exist_ok=True)
-    shapes = shapes_from_upstream()
+    shapes = shapes_from_upstream(config)
     shards, cur, cur_bytes = [], [], 0
     for name, shape in shapes.items():
         nb = int(np.prod(shape)) * 2
-        if cur and cur_bytes + nb > SHARD_BYTES:
+        if cur and cur_bytes + nb > shard_bytes:
             shards.append(cur)
             cur, cur_bytes = [], 0
         cur.append(name)
@@ -130,7 +132,7 @@ def write_checkpoint(d: Path, seed: int = 0) -> dict:
         log(f"  7B checkpoint: wrote {fname} ({off / 1e9:.2f} GB, {time.perf_counter() - t0:.0f}s)")
     (d / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-    (d / "config.json").write_text(json.dumps(XLSTM_7B, indent=1))
+    (d / "config.json").write_text(json.dumps(config, indent=1))
     params = sum(int(np.prod(s)) for s in shapes.values())
     return {"params": params, "bytes": total, "shards": len(shards), "tensors": len(shapes),
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -43,17 +43,30 @@ def percentile(xs: List[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> Dict[str, float]:
-    """Median / p90 / min of ``repeats`` timed calls of ``fn`` (ms), after ``warmup`` untimed ones."""
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int, max_seconds: Optional[float] = None
+               ) -> Dict[str, float]:
+    """Median / p90 / min of ``repeats`` timed calls of ``fn`` (ms), after ``warmup`` untimed ones.
+
+    ``max_seconds`` bounds a slow measurement: the warm-up stops after one call that took longer than a
+    tenth of it (warm-up effects are then negligible), and the timed calls stop once they have used it
+    (at least 2 are made); ``warmup`` / ``repeats`` in the result say how many were made.
+    """
+    done_warmup = 0
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
-    ts = []
+        done_warmup += 1
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds / 10:
+            break
+    ts: List[float] = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         ts.append((time.perf_counter() - t0) * 1e3)
+        if max_seconds is not None and len(ts) >= 2 and sum(ts) / 1e3 > max_seconds:
+            break
     return {"median_ms": statistics.median(ts), "p90_ms": percentile(ts, 0.9), "min_ms": min(ts),
-            "warmup": warmup, "repeats": repeats}
+            "warmup": done_warmup, "repeats": len(ts)}
 
 
 # -- the machine ------------------------------------------------------------------------------------

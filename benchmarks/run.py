@@ -41,9 +41,9 @@ from common import (PY, REPO, CONFIGS, GiB, build_hf_checkpoint, build_hybrid_ch
 
 TARGETS = (("torchscript", "fp32"), ("onnx", "fp32"), ("onnx-scan", "fp32"), ("coreml", "fp16"))
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "onnx-scan": ".scan.onnx", "coreml": ".mlpackage"}
-# per config: (decode warmup, decode repeats, prefill warmup, prefill repeats, step-loop prefill repeats)
-REPEATS = {"tiny": (20, 200, 2, 10, 3), "hybrid": (20, 200, 2, 10, 3), "100m": (10, 100, 1, 5, 2)}
-QUICK_REPEATS = (2, 5, 1, 2, 1)
+# per config: (decode warmup, decode repeats, prefill warmup, prefill repeats, prefill seconds per implementation)
+REPEATS = {"tiny": (20, 200, 2, 10, 20.0), "hybrid": (20, 200, 2, 10, 30.0), "100m": (10, 100, 1, 5, 45.0)}
+QUICK_REPEATS = (2, 5, 1, 2, 1.0)
 
 
 def export_cost(name: str, ckpt: Path, work: Path, targets=TARGETS) -> dict:
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(a.threads)
             log(f"== {name}: prefill of {speed.PREFILL_TOKENS} tokens")
             results["prefill"][name] = speed.prefill_latency(kind, ckpt, graph, arts, a.threads, pw, pr,
-                                                             step_repeats=ps)
+                                                             max_seconds=ps)
             for v in results["export"][name].values():
                 p = Path(v["path"])
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)

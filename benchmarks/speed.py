@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import numpy as np
 
@@ -131,8 +131,9 @@ def step_onnx(path: Path, vocab: int, threads: int):
 
 
 def decode_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], threads: int, warmup: int,
-                   repeats: int) -> Dict[str, dict]:
-    """Decode-step latency of each implementation (dict name -> timing), fastest config first."""
+                   repeats: int, max_seconds: float = 30.0) -> Dict[str, dict]:
+    """Decode-step latency of each implementation (dict name -> timing): ``warmup`` + ``repeats`` steps,
+    bounded by ``max_seconds`` of timed steps (``common.time_calls``)."""
     import gc
 
     vocab = graph.config.vocab_size
@@ -145,7 +146,7 @@ def decode_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], thr
     out = {}
     for name, make in makers.items():
         fn = make()
-        out[name] = time_calls(fn, warmup, repeats)
+        out[name] = time_calls(fn, warmup, repeats, max_seconds)
         log(f"  decode {name}: median {out[name]['median_ms']:.3f} ms, p90 {out[name]['p90_ms']:.3f} ms")
         del fn
         gc.collect()
@@ -154,7 +155,9 @@ def decode_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], thr
 
 # -- prefill ------------------------------------------------------------------------------------------
 def prefill_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], threads: int, warmup: int,
-                    repeats: int, tokens: int = PREFILL_TOKENS, step_repeats: Optional[int] = None) -> Dict[str, dict]:
+                    repeats: int, tokens: int = PREFILL_TOKENS, max_seconds: float = 60.0) -> Dict[str, dict]:
+    """Each implementation: ``warmup`` + ``repeats`` prefills, bounded by ``max_seconds`` of timed calls
+    (``common.time_calls``: a slow one gets fewer, at least 2)."""
     import gc
 
     import torch
@@ -165,8 +168,8 @@ def prefill_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], th
     tids = torch.from_numpy(ids)
     out: Dict[str, dict] = {}
 
-    def record(name: str, fn: Callable[[], object], r: int = repeats, w: int = warmup) -> None:
-        out[name] = time_calls(fn, w, r)
+    def record(name: str, fn: Callable[[], object]) -> None:
+        out[name] = time_calls(fn, warmup, repeats, max_seconds)
         log(f"  prefill {tokens} {name}: median {out[name]['median_ms']:.1f} ms")
 
     # ONNX Scan graph: one session.run over the whole prompt
@@ -212,7 +215,7 @@ def prefill_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], th
                 for t in range(tokens):
                     _, state = up.step(tids[:, t:t + 1], state)
 
-        record("upstream-step-loop", up_steps, r=step_repeats or repeats, w=1)
+        record("upstream-step-loop", up_steps)
     del up
     gc.collect()
 
@@ -228,5 +231,5 @@ def prefill_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], th
             feed["input_ids"] = ids[:, t:t + 1]
             states = sess.run(names, feed)[1:]
 
-    record("onnx-step-loop", step_loop, r=step_repeats or repeats, w=1)
+    record("onnx-step-loop", step_loop)
     return out

@@ -1,0 +1,53 @@
+"""`make demo` in small: one bundled example, the ONNX step target (``--quick``), in-process.
+
+The full demo (both examples x every target) is ``make demo``, not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xlstm_export import demo
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    rc = demo.main(["--quick", "--out", str(out)])
+    return rc, out
+
+
+def test_quick_demo_passes_and_writes_its_table(quick_run, capsys):
+    rc, out = quick_run
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"] is True
+    (row,) = summary["rows"]
+    assert (row["example"], row["target"]) == ("hf-recall", "onnx")
+    assert row["validation"] == "PASS" and row["error"] == ""
+    assert row["max_rel"] <= row["tolerance"] == 1e-4
+    assert row["greedy_picks"] > 0 and row["greedy_agreeing"] == row["greedy_picks"]
+    assert row["size_bytes"] > 0 and row["export_seconds"] > 0
+    assert (out / "hf-recall" / "onnx" / "model.onnx").is_file()
+    assert {p.name for p in (out / "hf-recall" / "onnx" / "report").iterdir()} >= {"report.json", "report.md"}
+    # the trained example solves its task; the single-step artifact, fed one token per call, as well
+    head = summary["examples"]["hf-recall"]
+    assert head["reference_accuracy"] >= 0.5
+    assert abs(row["task_accuracy"] - head["reference_accuracy"]) <= demo.ACCURACY_SLACK
+    assert row["task_calls"] == 8 * head["task"]["seq_len"]
+    md = (out / "summary.md").read_text()
+    assert "| hf-recall | onnx | demo-out/hf-recall/onnx/model.onnx |" in md
+
+
+def test_rerun_replaces_its_own_output_but_not_a_foreign_folder(quick_run, tmp_path, capsys):
+    _, out = quick_run
+    demo.prepare_out(out, force=False)  # the demo's own folder: accepted again
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    rc = demo.main(["--quick", "--out", str(foreign)])
+    assert rc == 2
+    assert "did not make" in capsys.readouterr().err
+    assert (foreign / "keep.txt").read_text() == "x"
