@@ -41,10 +41,6 @@ EXPORTS = {
     "coreml": (["coreml"], "model.mlpackage"),
 }
 COMMANDS = ["inspect", *EXPORTS]
-TS_NAN_XFAIL = pytest.mark.xfail(
-    strict=True, reason="FINDING: the torchscript emitter builds the reference model, whose _Weights.param "
-                        "(reference/model.py) loads with h.load() instead of frontends.load_weight, so NaN/Inf "
-                        "weights are exported without a word")
 
 
 def out_of(cmd: str, out_dir: Path) -> Path:
@@ -386,7 +382,7 @@ def non_finite_checkpoint(factory, tmp: Path, case: str) -> tuple[Path, str]:
     return d, tensor
 
 
-EXPORT_PARAMS = [pytest.param(c, marks=TS_NAN_XFAIL) if c == "torchscript" else c for c in EXPORTS]
+EXPORT_PARAMS = list(EXPORTS)
 
 
 @pytest.mark.parametrize("cmd", EXPORT_PARAMS)
@@ -452,10 +448,7 @@ FAILING = {
 
 @pytest.mark.parametrize("cmd", list(EXPORTS))
 @pytest.mark.parametrize("failure", sorted(FAILING))
-def test_failing_export_with_force_keeps_the_old_artifact(checkpoint_factory, tmp_path, out_dir, cmd, failure,
-                                                          request):
-    if cmd == "torchscript" and failure.startswith("nan"):
-        request.applymarker(TS_NAN_XFAIL)
+def test_failing_export_with_force_keeps_the_old_artifact(checkpoint_factory, tmp_path, out_dir, cmd, failure):
     ckpt, needle = FAILING[failure](checkpoint_factory, tmp_path)
     out = out_of(cmd, out_dir)
     before = make_placeholder(out)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..frontends import load_weight
 from ..graphs import FFNSpec, Graph, MLSTMBlock, NormSpec, SLSTMBlock, WeightStore
 from . import kernels
 
@@ -33,7 +34,7 @@ class _Weights:
         key = id(h.loader)
         if offset == 0.0 and dtype is None and key in self._cache:
             return self._cache[key]  # tied weights stay one parameter
-        arr = h.load()
+        arr = load_weight(h)  # float32, refused with the tensor's name if NaN/Inf
         t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # memory-mapped: copy once
         if offset != 0.0:
             t = t + offset  # folded in fp32, as upstream computes 1 + weight
