@@ -43,6 +43,21 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         return run_guarded(lambda: super(_Group, self).invoke(ctx))
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra) -> Any:
+        """Usage errors (bad option, missing argument) are one ``error:`` line and exit 2, too."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "xlstm-export"
+            click.echo(f"error: {e.format_message()} (see '{where} --help')", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="xlstm-export", prog_name="xlstm-export")
@@ -290,8 +305,9 @@ def coreml(checkpoint: str, fmt: str | None, out: str, precision: str, batch_siz
     graph = load_checkpoint(checkpoint, format=fmt)
     art = emit(graph, CoreMLOptions(precision=precision, batch_size=batch_size, compute_units=compute_units,
                                     force=force), out)
-    click.echo(f"wrote {art.path} (coreml, {precision}, batch {batch_size}, {len(art.contract['states'])} fp16 "
-               f"states, {art.stats['ops_per_step']} ops per step) and {art.swift_path}")
+    n_states, n_extra = len(art.contract["states"]), len(art.contract.get("extra_states", []))
+    click.echo(f"wrote {art.path} (coreml, {precision}, batch {batch_size}, {n_states} states in "
+               f"{n_states + n_extra} fp16 buffers, {art.stats['ops_per_step']} ops per step) and {art.swift_path}")
     if do_validate:
         from .validation import validate_export
 
