@@ -1,0 +1,26 @@
+"""CLI surface: usage errors are one line with exit 2, like every other bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+CASES = [
+    (["--bogus"], "No such option"),
+    (["inspect"], "Missing option '--checkpoint'"),
+    (["onnx", "--checkpoint", "x", "-o", "y", "--precision", "fp64"], "Invalid value for '--precision'"),
+]
+
+
+@pytest.mark.parametrize("args,needle", CASES)
+def test_usage_errors_are_one_line_exit_2(args, needle):
+    res = subprocess.run([sys.executable, "-m", "xlstm_export", *args], capture_output=True, text=True)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_help_exits_0():
+    res = subprocess.run([sys.executable, "-m", "xlstm_export", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "coreml" in res.stdout and "onnx" in res.stdout
