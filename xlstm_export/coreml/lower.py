@@ -9,16 +9,28 @@ after the canonical module they compute (``blocks.3.mlstm.q``), so a parity fail
 (The Core ML backend rewrites dots to underscores: ``blocks_3_mlstm_q``.)
 
 Precision (see :class:`Precision`): weights and the linear / conv / headwise matmuls run in
-``weights``; the residual stream and norms in ``stream``; gates, exp, the stabilizer m, the cell, the
-normaliser and the sLSTM recurrence in ``cell``. States are always stored fp16 (Core ML requires it).
-The mLSTM stabilizer m needs more than fp16 can hold: the cell's output depends on m through
-``eps * exp(m)`` in its denominator, and at |m| ~ 8..16 fp16's grid (2^-7) swallows the per-step decrement
-``log sigmoid(f)`` of a forget gate near 1, so a stored fp16 m stops following the reference's m and the
-output drifts (measured: 30% logits error after 1000 steps). With ``m_storage="split"`` the m of an
-mLSTM block is stored as two fp16 states, ``m`` (high part) and ``m_lo`` (the rest), ~22 bits together.
-``"round"`` instead rounds the new m to the fp16 grid *before* it rescales C and n (the stored m is then
-exact and C, n consistent with it, but it cannot follow small decrements); ``"plain"`` just stores it.
-The sLSTM output ``sigmoid(o) c / n`` does not depend on m at all: its m is always rounded.
+``weights``; the residual stream and norms in ``stream``; gates, exp, the stabilizers, the C/n update,
+the normaliser and the sLSTM recurrence in ``cell``. Core ML states are fp16 only. A plain fp16 state
+cannot carry the recurrence: the mLSTM output depends on m through ``eps * exp(m)`` and at |m| ~ 8..16
+fp16's grid (2^-7) swallows the per-step ``log sigmoid(f)`` of a forget gate near 1, so a stored m stops
+following the reference's; C and n lose ~2^-11 per step. States listed in ``split`` are therefore stored
+as two fp16 buffers, ``x`` (the fp16 rounding) and ``x_lo`` = (value - x) * 2^11 (the remainder, scaled
+out of fp16's subnormal range): value = x + x_lo / 2^11, ~22 significant bits, exact to fp32 in practice.
+
+Measured (``python -m xlstm_export.coreml.measure``; executor of the saved package vs the fp32 reference,
+max over every step of max|dlogits| / max|ref logits|):
+
+    policy          hf fixture 1024 tok   hf stressed gates 1024   hybrid 1024   hf-recall task 512
+    fp32 (split)    <5e-5                 1e-4                     <5e-5         <5e-5
+    fp32, m rounded 1.0e-2                0.36                     2.6e-3        4.5e-3
+    fp16 (split)    7.2e-3                7.8e-2                   1.9e-3        1.5e-2   <- "fp16"
+    fp16, m split   1.3e-2                0.18                     3.0e-3        1.6e-2
+    fp16, m rounded 1.4e-2                0.33                     3.0e-3        1.0e-2
+    all fp16        8.8e-2 (fails 3e-2)   0.64                     3.6e-3        2.6e-2
+
+("stressed gates": the fixture with forget-gate bias +6 and input-gate weights x10, i.e. long memory and
+m ~ 15.) Hence "fp16": fp16 weights and matmuls (the bandwidth), fp32 stream and cell math, states split
+(2x state memory: for xLSTM-7B 134 MB instead of 67 MB next to 14 GB of weights).
 """
 
 from __future__ import annotations
