@@ -16,13 +16,14 @@ the section then says at which figure, and how to run it on a larger machine.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import HF_CPU_SETTINGS, GiB, PY, log, run_measured
+from common import HF_CPU_SETTINGS, REPO, GiB, PY, log, run_measured
 
 HERE = Path(__file__).resolve().parent
 
@@ -146,8 +147,11 @@ def export(ckpt: Path, target: str, out: Path, timeout: float) -> dict:
     log(f"7B export -> {target} fp16: {' '.join(cmd[1:])}")
     r = run_measured(cmd, anon_cap=ANON_CAP, min_available=int(1.5 * GiB), timeout=timeout)
     res = r.pop("result") or {}
+    if r["rc"] == 0:
+        r.pop("stderr_tail")
     entry = {"target": target, "precision": "fp16", **{k: v for k, v in res.items() if k != "op_types"}, **r}
-    entry["command"] = " ".join(["python"] + cmd[1:])
+    entry["command"] = " ".join(["python"] + [os.path.relpath(c, REPO) if c.startswith(str(REPO)) else c
+                                              for c in cmd[1:]])
     log(f"  rc {r['rc']}, {r['wall_s']:.0f}s, peak RSS {r['peak_rss_bytes'] / GiB:.2f} GiB"
         + (f", killed: {r['killed']}" if r["killed"] else ""))
     for p in (out, out.with_name(out.name + ".data")):

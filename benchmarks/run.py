@@ -96,16 +96,16 @@ def main(argv=None) -> int:
 
     json_path = a.out.with_name("results.json")
     json_7b = a.out.with_name("results-7b.json")
-    command = "python benchmarks/run.py --out " + os.path.relpath(a.out, REPO) + (" --with-7b" if a.with_7b else "")
-    results = {"machine": machine_info(), "command": command, "load_average_start": os.getloadavg(),
+    command = ("python benchmarks/run.py --out " + os.path.relpath(a.out, REPO)
+               + (" --with-7b" if a.with_7b else "") + (" --only-7b" if a.only_7b else ""))
+    machine = machine_info()
+    results = {"machine": machine, "command": command, "load_average_start": os.getloadavg(),
                "settings": {"torch_threads": torch.get_num_threads(), "ort_intra_op_threads": a.threads,
                             "ort_inter_op_threads": 1, "quick": a.quick}}
     a.work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     if a.only_7b:
-        if not json_path.exists():
-            ap.error(f"--only-7b re-renders {json_path}, which does not exist; run without it first")
-        results = json.loads(json_path.read_text())
+        results = json.loads(json_path.read_text()) if json_path.exists() else None
     else:
         from xlstm_export.frontends import load_checkpoint
 
@@ -138,13 +138,14 @@ def main(argv=None) -> int:
     if a.with_7b or a.only_7b:
         import big7b
 
-        seven = big7b.run(a.work / "7b", machine=results["machine"], command=command)
+        seven = big7b.run(a.work / "7b", machine=machine, command=command)
         json_7b.write_text(json.dumps(seven, indent=1) + "\n")
     seven = json.loads(json_7b.read_text()) if json_7b.exists() else None
     if not a.only_7b:
         json_path.write_text(json.dumps(results, indent=1) + "\n")
-    a.out.write_text(render(results, seven))
-    log(f"wrote {a.out} and {json_path} in {time.perf_counter() - t_start:.0f}s")
+    if results is not None:  # --only-7b before any full run: the 7B figures are in results-7b.json only
+        a.out.write_text(render(results, seven))
+    log(f"wrote {a.out if results is not None else json_7b} in {time.perf_counter() - t_start:.0f}s")
     if not a.keep:
         shutil.rmtree(a.work, ignore_errors=True)
     return 0
