@@ -69,6 +69,15 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int, max_seconds:
             "warmup": done_warmup, "repeats": len(ts)}
 
 
+def wait_quiet(max_wait_s: float, threshold: float = 0.7) -> tuple:
+    """Wait (up to ``max_wait_s``) until the 1-minute load average is under ``threshold``: other processes on
+    the machine distort timings, multi-threaded torch most of all. Returns the load averages at the end."""
+    t0 = time.perf_counter()
+    while os.getloadavg()[0] >= threshold and time.perf_counter() - t0 < max_wait_s:
+        time.sleep(15)
+    return os.getloadavg()
+
+
 # -- the machine ------------------------------------------------------------------------------------
 def _cpu_model() -> str:
     try:

@@ -71,6 +71,9 @@ def render(r: dict, seven: Optional[dict]) -> str:
         L += [f"- load average (1/5/15 min) at the start {', '.join(f'{x:.2f}' for x in r['load_average_start'])}, "
               f"at the end {', '.join(f'{x:.2f}' for x in r['load_average_end'])}; the run took "
               f"{r['seconds'] / 60:.1f} min"]
+    if r.get("load_before_timings"):
+        L += ["- load average (1/5/15 min) before each config's timings: " + "; ".join(
+            f"{n} {', '.join(f'{x:.2f}' for x in v)}" for n, v in r["load_before_timings"].items())]
     L += [""]
     L += [f"Threads: `torch.set_num_threads({s['torch_threads']})` for every PyTorch implementation; ONNX Runtime "
           f"CPU EP with `intra_op_num_threads={s['ort_intra_op_threads']}`, `inter_op_num_threads="

@@ -37,12 +37,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import (PY, REPO, CONFIGS, GiB, build_hf_checkpoint, build_hybrid_checkpoint, log,  # noqa: E402
-                    machine_info, run_measured)
+                    machine_info, run_measured, wait_quiet)
 
 TARGETS = (("torchscript", "fp32"), ("onnx", "fp32"), ("onnx-scan", "fp32"), ("coreml", "fp16"))
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "onnx-scan": ".scan.onnx", "coreml": ".mlpackage"}
 # per config: (decode warmup, decode repeats, prefill warmup, prefill repeats, prefill seconds per implementation)
-REPEATS = {"tiny": (20, 200, 2, 10, 20.0), "hybrid": (20, 200, 2, 10, 30.0), "100m": (10, 100, 1, 5, 45.0)}
+REPEATS = {"tiny": (20, 200, 3, 10, 20.0), "hybrid": (20, 200, 3, 10, 30.0), "100m": (10, 100, 2, 5, 45.0)}
 QUICK_REPEATS = (2, 5, 1, 2, 1.0)
 
 
@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only-7b", action="store_true", help="only the 7B section (re-renders RESULTS.md)")
     ap.add_argument("--quick", action="store_true", help="few repeats (a smoke run; figures not for RESULTS.md)")
     ap.add_argument("--keep", action="store_true", help="keep --work")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                    help="before each config's timings, wait up to this long for a 1-min load average < 0.7")
     a = ap.parse_args(argv)
 
     import torch
@@ -103,6 +105,7 @@ def main(argv=None) -> int:
                "settings": {"torch_threads": torch.get_num_threads(), "ort_intra_op_threads": a.threads,
                             "ort_inter_op_threads": 1, "quick": a.quick}}
     a.work.mkdir(parents=True, exist_ok=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     if a.only_7b:
         results = json.loads(json_path.read_text()) if json_path.exists() else None
@@ -121,6 +124,8 @@ def main(argv=None) -> int:
             results["export"][name] = export_cost(name, ckpt, a.work)
             arts = {t: Path(v["path"]) for t, v in results["export"][name].items()}
             dw, dr, pw, pr, ps = QUICK_REPEATS if a.quick else REPEATS[name]
+            results.setdefault("load_before_timings", {})[name] = wait_quiet(a.wait_quiet) if a.wait_quiet \
+                else os.getloadavg()
             for th in sorted({a.threads, 1}, reverse=True):
                 log(f"== {name}: decode-step latency, {th} thread(s) ({dw} warm-up + {dr} timed steps each)")
                 torch.set_num_threads(th)
