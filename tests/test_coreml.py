@@ -113,6 +113,11 @@ def test_package_declares_fp16_states_of_the_contract(packages, name):
     read = {o.inputs["input"].arguments[0].name for o in ops if o.type == "read_state"}
     assert sorted(written) == sorted(declared) and read == set(declared)
     assert art.stats["op_types"]["write_state"] == len(stored)
+    # conservative for the device: every tensor of the step has rank <= 4, and no op beyond the executor's
+    from xlstm_export.coreml.executor import ProgramExecutor
+
+    ex = ProgramExecutor(path)
+    assert max(len(v.shape) for op in ex.ops for v in op.outputs) <= 4
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -145,6 +150,29 @@ def test_saved_package_matches_reference(packages, name):
     for a, r, s in zip(states, ref_states, graph.state_contract(1)):
         assert a.shape == r.shape == s.shape
         assert _rel(a, r) < 3e-2, s.name
+
+
+OTHER_FORMATS = ("hf_sharded", "hf_fused", "hf_tied", "large_bias", "hybrid_mlstm_only", "hybrid_pt",
+                 "hybrid_cuda_layout", "profile")
+
+
+@pytest.mark.parametrize("name", OTHER_FORMATS)
+def test_every_checkpoint_format_exports(checkpoint_factory, tmp_path, name):
+    """Every format the frontends read (and its variants: shards, fused gates, tied/bias/no out-norm,
+    .pt, cuda sLSTM layout, our profile) gives a package that loads back and matches the reference."""
+    if name == "profile":
+        from xlstm_export.frontends.profile import save_profile_checkpoint
+
+        ckpt = save_profile_checkpoint(load_checkpoint(checkpoint_factory("hybrid")), tmp_path / "profile")
+    else:
+        ckpt = checkpoint_factory(name)
+    graph = load_checkpoint(ckpt)
+    path = tmp_path / "m.mlpackage"
+    emit(graph, CoreMLOptions(swift=False), path)
+    runner = CoreMLRunner(path, graph, backend="executor")
+    prompt = np.random.default_rng(4).integers(0, graph.config.vocab_size, size=(1, 6))
+    rels, agree, _, _ = _compare(graph, runner, prompt, 3)
+    assert max(rels) <= FP16_MAX_REL and agree == 1.0, rels
 
 
 def test_states_are_the_reference_contract(packages):

@@ -83,11 +83,10 @@ final class XLSTMDecoder {{
         var logits: MLMultiArray? = nil
         for t in prompt {{ logits = try step(Array(repeating: t, count: Self.batchSize), state: state) }}
         var out: [Int32] = []
-        for _ in 0..<maxNewTokens {{
-            guard let l = logits else {{ break }}
+        while out.count < maxNewTokens, let l = logits {{
             let next = argmax(l)
             out.append(next)
-            logits = try step(Array(repeating: next, count: Self.batchSize), state: state)
+            if out.count < maxNewTokens {{ logits = try step(Array(repeating: next, count: Self.batchSize), state: state) }}
         }}
         return out
     }}
