@@ -380,3 +380,60 @@ def test_export_memory_is_about_one_copy_of_the_weights(tmp_path):
     w, largest = r["package_weight_bytes"], r["largest_tensor_fp32_bytes"]
     assert r["checkpoint_bytes"] > 250e6 and 0.49 < w / r["checkpoint_bytes"] < 0.52  # fp16 package, fp32 ckpt
     assert r["export_bytes"] < w + 2 * largest + 48e6, r  # a second copy of the weights would add >= 150 MB
+
+
+def test_macos_runtime_path_with_a_stand_in_for_core_ml(packages, monkeypatch):
+    """The runner's Core ML branch (make_state / write_state / predict(state=) / read_state), driven by a
+    stand-in for coremltools' MLModel that runs the same package with the executor: same figures as the
+    executor branch, states written once per context (not per call), split states joined."""
+    import coremltools as ct
+
+    from xlstm_export.coreml.executor import ProgramExecutor
+
+    writes = []
+
+    class State:
+        def __init__(self, ex):
+            self.values = {n: v.copy() for n, v in ex.states.items()}
+
+        def write_state(self, name, value):
+            assert value.dtype == np.float16
+            writes.append(name)
+            self.values[name] = value.copy()
+
+        def read_state(self, name):
+            return self.values[name].copy()
+
+    class Model:
+        def __init__(self, path):
+            self.ex = ProgramExecutor(path)
+
+        def make_state(self):
+            self.ex.reset_states()
+            return State(self.ex)
+
+        def predict(self, feed, state):
+            self.ex.states = dict(state.values)
+            out = self.ex.predict(feed)
+            state.values = dict(self.ex.states)
+            return out
+
+    graph, path, _ = packages("hybrid")
+    real = ct.models.MLModel  # still used (skip_model_load=True) to read specs and by the executor
+
+    def model(path, compute_units=None, **kw):
+        return real(path, **kw) if kw.get("skip_model_load") else Model(path)
+
+    monkeypatch.setattr(ct.models, "MLModel", model)
+    mac = CoreMLRunner(path, graph, backend="coreml")
+    lin = CoreMLRunner(path, graph, backend="executor")
+    ids = np.random.default_rng(5).integers(0, graph.config.vocab_size, size=(1, 5))
+    s_mac, s_lin = mac.init_states(), lin.init_states()
+    for t in range(ids.shape[1]):
+        a, s_mac = mac.run(ids[:, t:t + 1], s_mac)
+        b, s_lin = lin.run(ids[:, t:t + 1], s_lin)
+        np.testing.assert_array_equal(a, b)
+    for x, y in zip(s_mac, s_lin):
+        np.testing.assert_array_equal(x, y)
+    n_buffers = len(mac.core_ml_names) + len(mac.low_parts)
+    assert len(writes) == n_buffers  # one fresh context written once; later calls reuse the MLState
