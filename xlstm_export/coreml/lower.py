@@ -506,6 +506,9 @@ def lower_model(ctx: LowerCtx, input_ids):
     g = ctx.graph
     cfg = g.config
     B, E, V = ctx.B, cfg.embedding_dim, cfg.vocab_size
+    # The vocab matrices are usually the largest tensors: made into constants first, their float32
+    # transients coincide with few other constants (made last, the lm_head's sat on top of all of them).
+    head = ctx.weight("lm_head.weight", ctx.p.weights)  # (V, E)
     emb = ctx.weight("embedding.weight", ctx.p.weights)  # (V, E)
     x = mb.gather(x=emb, indices=input_ids, axis=0, name=nm("embedding"))  # (B, 1, E)
     x = ctx.cast(ctx.reshape(x, (B, E), "embedding.flat"), ctx.p.stream, "embedding.cast")  # (B, E)
@@ -513,7 +516,8 @@ def lower_model(ctx: LowerCtx, input_ids):
         x = LOWERINGS[block](ctx, i, block, x)
     if cfg.out_norm is not None:
         x = ctx.norm(x, cfg.out_norm, "out_norm")
-    logits = ctx.cast(ctx.linear(x, "lm_head", False), "fp32", "lm_head.cast")  # (B, V)
+    logits = mb.linear(x=ctx.cast(x, ctx.p.weights, "lm_head.in"), weight=head, name=nm("lm_head"))
+    logits = ctx.cast(logits, "fp32", "lm_head.cast")  # (B, V)
     if cfg.output_logit_soft_cap:
         logits = ctx.soft_cap(logits, float(cfg.output_logit_soft_cap), "logits.capped")
     return mb.reshape(x=logits, shape=[B, 1, V], name="logits")  # (B, 1, V)

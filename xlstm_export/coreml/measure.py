@@ -80,13 +80,14 @@ def measure(graph: Graph, ids: np.ndarray, policies: Sequence[str] = POLICIES,
 
 
 _MEMORY_CHILD = r"""
-import json, resource, sys
-def rss():
+import json, sys
+def status(key):  # VmRSS: now; VmHWM: peak of this process image (ru_maxrss would carry the parent's over exec)
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    raise SystemExit("no /proc/self/status: the export memory is measured on Linux only")
+rss = lambda: status("VmRSS")
 from xlstm_export.coreml._ct import ct
 ct()
 from xlstm_export.coreml.emit import CoreMLOptions, emit
@@ -95,7 +96,7 @@ graph = load_checkpoint(sys.argv[1])
 largest = max(h.numel for h in graph.weights.values()) * 4
 base = rss()
 art = emit(graph, CoreMLOptions(precision=sys.argv[3], force=True, swift=False), sys.argv[2])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 print(json.dumps({"base_rss": base, "peak_rss": peak, "export_bytes": peak - base,
                   "package_weight_bytes": art.stats["weight_bytes"], "checkpoint_bytes": graph.weight_bytes,
                   "largest_tensor_fp32_bytes": largest}))
@@ -103,7 +104,7 @@ print(json.dumps({"base_rss": base, "peak_rss": peak, "export_bytes": peak - bas
 
 
 def export_memory(checkpoint: str, out: str, precision: str = "fp16") -> Dict:
-    """Peak RSS of one export, measured in a fresh process (Linux: ``ru_maxrss``): the process's RSS
+    """Peak RSS of one export, measured in a fresh process (Linux: ``VmHWM``): the process's RSS
     once coremltools and the checkpoint's headers are loaded (``base_rss``), its peak during ``emit``,
     and the package's weight bytes to compare ``export_bytes`` (peak - base) with."""
     import subprocess
