@@ -68,6 +68,9 @@ TOLERANCES: Dict[Tuple[str, str], Tolerance] = {
     ("onnx-scan", "fp32"): _FP32,
     ("onnx-scan", "fp16"): _FP16,
     ("coreml", "fp16"): _FP16,
+    # fp32 weights and math; states still fp16 (Core ML requires it) but split into high + scaled low parts,
+    # measured < 5e-5 relative over 2048 tokens (xlstm_export/coreml/lower.py)
+    ("coreml", "fp32"): _FP32,
 }
 
 
