@@ -85,6 +85,8 @@ def main(argv=None) -> int:
                     help="torch threads and ORT intra-op threads (default: the usable cores)")
     ap.add_argument("--with-7b", action="store_true", help="also the xLSTM-7B-shaped export (long; ~45 GB disk)")
     ap.add_argument("--only-7b", action="store_true", help="only the 7B section (re-renders RESULTS.md)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="only re-write --out from results.json (and results-7b.json) beside it")
     ap.add_argument("--quick", action="store_true", help="few repeats (a smoke run; figures not for RESULTS.md)")
     ap.add_argument("--keep", action="store_true", help="keep --work")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
@@ -98,8 +100,14 @@ def main(argv=None) -> int:
 
     json_path = a.out.with_name("results.json")
     json_7b = a.out.with_name("results-7b.json")
-    command = ("python benchmarks/run.py --out " + os.path.relpath(a.out, REPO)
-               + (" --with-7b" if a.with_7b else "") + (" --only-7b" if a.only_7b else ""))
+    if a.render_only:
+        a.out.write_text(render(json.loads(json_path.read_text()),
+                                json.loads(json_7b.read_text()) if json_7b.exists() else None))
+        log(f"wrote {a.out} from {json_path}")
+        return 0
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python benchmarks/run.py"] + [os.path.relpath(x, REPO) if x.startswith("/") and
+                                                       x.startswith(str(REPO)) else x for x in args])
     machine = machine_info()
     results = {"machine": machine, "command": command, "load_average_start": os.getloadavg(),
                "settings": {"torch_threads": torch.get_num_threads(), "ort_intra_op_threads": a.threads,
