@@ -19,8 +19,8 @@ math and the states stay fp32. The contract's state ``input``/``output`` is the 
 Byte-reproducible: TorchScript serialises tensors and most code in a fixed order, but (a) its
 ``*.debug_pkl`` records hold the absolute paths of the Python sources (this checkout's, torch's), and
 (b) it declares a module's ``__constants__`` (``Linear.in_features``/``out_features``) in the order of a
-Python ``set``, which changes with the interpreter's string hash seed. So the archive is saved to memory
-and re-written record by record with torch's own zip writer: without the debug records (what is lost:
+Python ``set``, which changes with the interpreter's string hash seed. So the archive is saved to a temporary
+file and re-written record by record with torch's own zip writer: without the debug records (what is lost:
 original-source line numbers in TorchScript runtime error messages) and with each run of ``Final``
 constant declarations sorted by name (declaration order has no meaning). Same graph and options -> same
 bytes from a fresh interpreter (every ``xlstm-export torchscript`` run), whatever its hash seed and
@@ -33,9 +33,9 @@ registry gives a module class scripted again with other attributes a mangled nam
 
 from __future__ import annotations
 
-import io
 import os
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,11 +99,12 @@ def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike)
     check_output_path(out_path, options.force)  # fail before the (slow) build
     contract = contract_for(graph, options)
     scripted = script_model(graph, options.precision)
-    buf = io.BytesIO()
-    torch.jit.save(scripted, buf, _extra_files={IO_KEY: dumps(contract)})
-    data = canonical_archive(buf.getvalue())
-    with atomic_output(out_path, options.force) as tmp:
-        tmp.write_bytes(data)
+    with tempfile.TemporaryDirectory(prefix="xlstm-export-ts-") as raw_dir:
+        raw = Path(raw_dir) / "raw.pt"
+        torch.jit.save(scripted, str(raw), _extra_files={IO_KEY: dumps(contract)})
+        del scripted  # the weights live on only in raw.pt now
+        with atomic_output(out_path, options.force) as tmp:
+            canonical_archive(raw, tmp)
     return Artifact(out_path, TARGET, options.precision, contract)
 
 
@@ -123,15 +124,15 @@ def _sort_final_runs(code: bytes) -> bytes:
     return b"\n".join(out[:-1])
 
 
-def canonical_archive(archive: bytes) -> bytes:
-    """The TorchScript zip without ``*.debug_pkl`` records and with sorted ``Final`` declarations,
-    re-written by torch's own writer (64-byte aligned records; it adds ``byteorder`` and
-    ``serialization_id`` itself, the latter derived from the content)."""
+def canonical_archive(src: Path, dst: Path) -> None:
+    """Re-write the TorchScript zip ``src`` to ``dst`` without ``*.debug_pkl`` records and with sorted
+    ``Final`` declarations, by torch's own reader and writer (64-byte aligned records; it adds
+    ``byteorder`` and ``serialization_id`` itself, the latter derived from the content). File to file,
+    one record at a time: export memory stays at about one copy of the weights."""
     import torch
 
-    reader = torch._C.PyTorchFileReader(io.BytesIO(archive))
-    out = io.BytesIO()
-    writer = torch._C.PyTorchFileWriter(out)
+    reader = torch._C.PyTorchFileReader(str(src))
+    writer = torch._C.PyTorchFileWriter(str(dst))
     for name in reader.get_all_records():
         if name.endswith(".debug_pkl") or name in ("byteorder", ".data/serialization_id"):
             continue
@@ -139,6 +140,6 @@ def canonical_archive(archive: bytes) -> bytes:
         if name.startswith("code/") and name.endswith(".py"):
             rec = _sort_final_runs(rec)
         writer.write_record(name, rec, len(rec))
+        del rec
     writer.write_end_of_file()
-    del writer
-    return out.getvalue()
+    del writer, reader
