@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import (PY, REPO, CONFIGS, GiB, build_hf_checkpoint, build_hybrid_checkpoint, log,  # noqa: E402
+from common import (PY, REPO, GiB, build_hf_checkpoint, build_hybrid_checkpoint, log,  # noqa: E402
                     machine_info, run_measured, wait_quiet)
 
 TARGETS = (("torchscript", "fp32"), ("onnx", "fp32"), ("onnx-scan", "fp32"), ("coreml", "fp16"))
