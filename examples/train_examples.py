@@ -55,9 +55,7 @@ EXAMPLES = {
 
 def make_batch(task: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """One batch of the example's task, (input_ids, targets) int64 (n, seq_len)."""
-    if task["name"] == "in_context_recall":
-        return tasks.in_context_recall(n, task["seq_len"], task["vocab_size"], seed, num_keys=task["num_keys"])
-    return tasks.selective_copying(n, task["seq_len"], task["num_tokens_to_copy"], task["vocab_size"], seed)
+    return tasks.generate(task, n, seed)
 
 
 # --- L family: transformers xLSTMForCausalLM -------------------------------------------------------

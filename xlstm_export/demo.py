@@ -92,14 +92,12 @@ def example_task(checkpoint: Path) -> dict:
 def task_samples(task: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` held-out sequences of the task: the eval seed, which no training batch uses."""
     from . import tasks
-
-    if task["name"] == "in_context_recall":
-        return tasks.in_context_recall(n, task["seq_len"], task["vocab_size"], seed, num_keys=task.get("num_keys"))
-    if task["name"] == "selective_copying":
-        return tasks.selective_copying(n, task["seq_len"], task["num_tokens_to_copy"], task["vocab_size"], seed)
     from .errors import UnsupportedError
 
-    raise UnsupportedError(f"demo: no generator for the task {task['name']!r}")
+    try:
+        return tasks.generate(task, n, seed)
+    except KeyError as e:
+        raise UnsupportedError(f"demo: {e.args[0]}") from None
 
 
 def reference_accuracy(graph, ids: np.ndarray, targets: np.ndarray) -> float:

@@ -139,3 +139,18 @@ def accuracy(logits_or_predictions, targets) -> float:
     if total == 0:
         raise ValueError("accuracy: targets have no scored positions (all are IGNORE_INDEX)")
     return float((pred[scored] == targets[scored]).sum()) / total
+
+
+TASKS = ("in_context_recall", "selective_copying")
+
+
+def generate(task: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` sequences of the task a ``train_log.json`` describes (``{"name": ..., "seq_len": ...}``).
+
+    Raises KeyError for a task name this module does not generate (callers decide what that means).
+    """
+    if task["name"] == "in_context_recall":
+        return in_context_recall(n, task["seq_len"], task["vocab_size"], seed, num_keys=task.get("num_keys"))
+    if task["name"] == "selective_copying":
+        return selective_copying(n, task["seq_len"], task["num_tokens_to_copy"], task["vocab_size"], seed)
+    raise KeyError(f"no generator for the task {task['name']!r}; known: {TASKS}")

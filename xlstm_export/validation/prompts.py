@@ -29,13 +29,9 @@ def task_prompts(checkpoint: str | os.PathLike, n: int = 2) -> List[List[int]]:
         info = json.loads(log.read_text(encoding="utf-8"))
         task = info["task"]
         seed = int(info.get("eval", {}).get("seed", 0))
-        if task["name"] == "in_context_recall":
-            ids, _ = tasks.in_context_recall(n, task["seq_len"], task["vocab_size"], seed,
-                                             num_keys=task.get("num_keys"))
-        elif task["name"] == "selective_copying":
-            ids, _ = tasks.selective_copying(n, task["seq_len"], task["num_tokens_to_copy"], task["vocab_size"], seed)
-        else:
+        if task["name"] not in tasks.TASKS:
             return []  # a task this tool does not generate: the seeded prompts only
+        ids, _ = tasks.generate(task, n, seed)
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{log}: cannot read the example task from it ({type(e).__name__}: {e}); fix or "
                           f"remove the file") from None
