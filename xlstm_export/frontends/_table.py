@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..graphs import Graph, WeightHandle, WeightStore
 from ..graphs.spec import BlockSpec, ModelConfig
 
@@ -129,7 +129,7 @@ def build_graph(config: ModelConfig, blocks: tuple[BlockSpec, ...], ckpt: dict[s
                 config_source: Optional[str] = None) -> Graph:
     """One error listing every missing / misshaped / unexpected tensor; else the validated graph.
     An inconsistent config is a ConfigError that names ``config_source`` (the config file)."""
-    from ..graphs.graph import validate_config
+    from ..graphs.graph import raise_weight_mismatch, validate_config
 
     try:
         validate_config(config, blocks)
@@ -149,13 +149,5 @@ def build_graph(config: ModelConfig, blocks: tuple[BlockSpec, ...], ckpt: dict[s
     ign = [_rx(p) for p in ignore]
     unexpected = sorted(n for n in ckpt if n not in mapped.consumed and not any(r.match(n) for r in ign))
     unexpected += sorted(n for n in mapped.handles if n not in expected)
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: " + ", ".join(missing))
-    if misshaped:
-        problems.append(f"misshaped {len(misshaped)}: " + "; ".join(misshaped))
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: " + ", ".join(unexpected))
-    if problems:
-        raise CheckpointError(f"{source}: weights do not match the config: " + " | ".join(problems))
+    raise_weight_mismatch(source, missing, misshaped, unexpected)
     return graph.validate()

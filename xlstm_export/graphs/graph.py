@@ -65,16 +65,7 @@ class Graph:
             if n in self.weights and tuple(self.weights[n].shape) != tuple(s)
         ]
         unexpected = [n for n in self.weights if n not in expected]
-        problems = []
-        if missing:
-            problems.append(f"missing {len(missing)}: " + ", ".join(missing))
-        if misshaped:
-            problems.append(f"misshaped {len(misshaped)}: " + "; ".join(misshaped))
-        if unexpected:
-            problems.append(f"unexpected {len(unexpected)}: " + ", ".join(unexpected))
-        if problems:
-            raise CheckpointError(f"{self.source or 'checkpoint'}: weights do not match the config: "
-                                  + " | ".join(problems))
+        raise_weight_mismatch(self.source or "checkpoint", missing, misshaped, unexpected)
         return self
 
     # -- the profile ----------------------------------------------------------------------
@@ -97,6 +88,19 @@ class Graph:
             prof["weight_bytes"] = self.weight_bytes
             prof["states"] = [s.to_json() for s in self.state_contract(1)]
         return prof
+
+
+def raise_weight_mismatch(source: str, missing: list, misshaped: list, unexpected: list) -> None:
+    """One error that lists every missing, misshaped and unexpected tensor at once (none: no error)."""
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: " + ", ".join(missing))
+    if misshaped:
+        problems.append(f"misshaped {len(misshaped)}: " + "; ".join(misshaped))
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: " + ", ".join(unexpected))
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the config: " + " | ".join(problems))
 
 
 def validate_config(cfg: ModelConfig, blocks: tuple[BlockSpec, ...]) -> None:

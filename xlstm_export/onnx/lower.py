@@ -15,7 +15,6 @@ from typing import List, Tuple
 from ..graphs import MLSTMBlock, SLSTMBlock
 from ..graphs.names import SLSTM_GATES
 from ..registry import Registry
-from .builder import F32
 from .layers import Ctx
 
 LOWERINGS: Registry = Registry("onnx")

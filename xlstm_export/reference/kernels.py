@@ -152,7 +152,6 @@ def causal_conv(
     bias: torch.Tensor,  # (D,)
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Depthwise causal conv over a sequence, continuing from ``ring``. Returns y (B, T, D), new ring."""
-    K = weight.shape[0]
     T = x.shape[1]
     full = torch.cat([ring[:, 1:], x], dim=1)  # (B, K-1+T, D)
     y = F.conv1d(full.transpose(1, 2), weight.t().unsqueeze(1), bias, groups=x.shape[2])  # (B, D, T)
