@@ -243,8 +243,8 @@ def test_export_is_byte_reproducible(packages, checkpoint_factory, tmp_path):
 
 def test_swift_snippet_names_the_package_features(packages):
     graph, path, art = packages("hybrid")
-    assert art.swift_path == path.with_suffix(".swift") and art.swift_path.exists()
-    text = art.swift_path.read_text()
+    assert art.files == (path, path.with_suffix(".swift")) and art.files[1].exists()
+    text = art.files[1].read_text()
     _, spec = read_contract(path)
     for f in list(spec.description.input) + list(spec.description.output) + list(spec.description.state):
         assert f'"{f.name}"' in text or f" {f.name} " in text, f.name
@@ -257,7 +257,7 @@ def test_batch_and_fp32_package(checkpoint_factory, tmp_path):
     graph = load_checkpoint(checkpoint_factory("large"))
     path = tmp_path / "b2.mlpackage"
     art = emit(graph, CoreMLOptions(precision="fp32", batch_size=2, swift=False), path)
-    assert art.swift_path is None and not path.with_suffix(".swift").exists()
+    assert art.files == (path,) and not path.with_suffix(".swift").exists()
     runner = CoreMLRunner(path, graph, backend="executor")
     assert runner.batch_size == 2 and runner.precision == "fp32"
     prompt = np.random.default_rng(3).integers(0, graph.config.vocab_size, size=(2, 6))

@@ -307,7 +307,8 @@ def coreml(checkpoint: str, fmt: str | None, out: str, precision: str, batch_siz
                                     force=force), out)
     n_states, n_extra = len(art.contract["states"]), len(art.contract.get("extra_states", []))
     click.echo(f"wrote {art.path} (coreml, {precision}, batch {batch_size}, {n_states} states in "
-               f"{n_states + n_extra} fp16 buffers, {art.stats['ops_per_step']} ops per step) and {art.swift_path}")
+               f"{n_states + n_extra} fp16 buffers, {art.stats['ops_per_step']} ops per step)"
+               + "".join(f" and {f}" for f in art.files[1:]))
     if do_validate:
         from .validation import validate_export
 

@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -145,3 +146,20 @@ def atomic_output(out_path: str | os.PathLike, force: bool = False) -> Iterator[
         _remove(tmp)
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What every emitter returns: the artifact, every file it wrote (the artifact first: ONNX external
+    data, the Core ML Swift snippet follow), its I/O contract and the emitter's figures."""
+
+    path: Path
+    kind: str  # "torchscript", "onnx", "onnx-scan", "coreml"
+    precision: str
+    contract: dict
+    files: tuple = ()
+    stats: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.files:
+            object.__setattr__(self, "files", (self.path,))

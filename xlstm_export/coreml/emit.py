@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -39,7 +39,7 @@ from .. import __version__
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..outputs import atomic_output, check_output_path
+from ..outputs import Artifact, atomic_output, check_output_path
 from .lower import EXPERIMENTAL, LOW_SCALE, PRECISIONS, LowerCtx, Precision, core_ml_name, lower_model, stored_states
 
 TARGET = "coreml"
@@ -69,16 +69,6 @@ class CoreMLOptions:
     license: Optional[str] = None
     version: Optional[str] = None
     description: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class Artifact:
-    path: Path
-    kind: str
-    precision: str
-    contract: dict
-    swift_path: Optional[Path] = None
-    stats: dict = field(default_factory=dict)  # ops per step, weight bytes, op types
 
 
 def precision_policy(name: str) -> Precision:
@@ -283,7 +273,8 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
     if swift_path is not None:
         with atomic_output(swift_path, options.force) as tmp:
             tmp.write_text(swift_snippet(contract, out_path.name))
-    return Artifact(out_path, TARGET, options.precision, contract, swift_path, stats)
+    files = (out_path,) if swift_path is None else (out_path, swift_path)
+    return Artifact(out_path, TARGET, options.precision, contract, files, stats)
 
 
 __all__ = ["Artifact", "CoreMLOptions", "COMPUTE_UNITS", "TARGET", "build_program", "contract_for",

@@ -58,17 +58,22 @@ def _np_dtype(var) -> Optional[np.dtype]:
     return None
 
 
-def load_program(path: str | os.PathLike):
-    """The MIL program of the package at ``path``, read back from disk with coremltools' reader."""
+def open_package(path: str | os.PathLike):
+    """``MLModel(path, skip_model_load=True)`` (no Core ML framework needed); one line if unreadable."""
     ct = _ct()
-    from coremltools.converters.mil.frontend.milproto.load import load
-
-    path = Path(path)
     try:
-        model = ct.models.MLModel(str(path), skip_model_load=True)
+        return ct.models.MLModel(str(path), skip_model_load=True)
     except Exception as e:  # coremltools raises bare Exceptions for unreadable packages
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"{path}: not a readable Core ML package ({first})") from None
+
+
+def load_program(path: str | os.PathLike):
+    """The MIL program of the package at ``path``, read back from disk with coremltools' reader."""
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    path = Path(path)
+    model = open_package(path)
     spec = model.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
         raise ArtifactError(f"{path}: not an ML Program package (model type {spec.WhichOneof('Type')!r})")

@@ -22,20 +22,14 @@ from ._ct import ct as _ct
 from ..errors import ArtifactError, UnsupportedError
 from ..graphs import Graph
 from ..validation.contract import IO_KEY, check_contract, parse_contract, state_slots
+from .executor import open_package
 
 BACKENDS = ("auto", "coreml", "executor")
 
 
 def read_contract(path: Path) -> Tuple[dict, object]:
     """The package's I/O contract (from its user-defined metadata) and its spec."""
-    ct = _ct()
-
-    try:
-        model = ct.models.MLModel(str(path), skip_model_load=True)
-    except Exception as e:  # coremltools raises bare Exceptions for unreadable packages
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path}: not a readable Core ML package ({first})") from None
-    spec = model.get_spec()
+    spec = open_package(path).get_spec()
     text = spec.description.metadata.userDefined.get(IO_KEY)
     return parse_contract(text, str(path)), spec
 

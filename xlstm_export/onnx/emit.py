@@ -30,7 +30,7 @@ Files: ``model.onnx``, plus ``model.onnx.data`` when the weights reach ``externa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -41,7 +41,7 @@ from .. import __version__
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..outputs import atomic_output, check_output_path
+from ..outputs import Artifact, atomic_output, check_output_path
 from .builder import COREML_OPS, DTYPE_NAME, F16, F32, I64, GraphBuilder, ModelState
 from .layers import HEADWISE_FORMS, Ctx, head
 from .lower import LOWERINGS
@@ -68,16 +68,6 @@ class OnnxOptions:
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
     headwise: str = "batched"  # block-diagonal weights: "batched" MatMul over heads, or "dense"
     fp16_states: bool = False  # fp16 only: cells and states in fp16 too (measured worse; not the default)
-
-
-@dataclass(frozen=True)
-class Artifact:
-    path: Path
-    kind: str  # "onnx" (step) or "onnx-scan"
-    precision: str
-    contract: dict
-    files: Tuple[Path, ...] = ()
-    stats: dict = field(default_factory=dict)
 
 
 def state_output_name(name: str) -> str:

@@ -43,7 +43,7 @@ from pathlib import Path
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..outputs import atomic_output, check_output_path
+from ..outputs import Artifact, atomic_output, check_output_path
 
 TARGET = "torchscript"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -54,14 +54,6 @@ class TorchScriptOptions:
     precision: str = "fp32"  # weights; states and cell math stay fp32
     batch_size: int = 1  # only recorded in the contract: the module takes any batch size
     force: bool = False  # replace an existing output
-
-
-@dataclass(frozen=True)
-class Artifact:
-    path: Path
-    kind: str
-    precision: str
-    contract: dict
 
 
 def check_options(options: TorchScriptOptions) -> None:
