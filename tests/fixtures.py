@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 SEED = 1234
 NOISE = 0.05
@@ -274,7 +273,3 @@ def load_upstream(name: str, path: Path):
     else:
         raise KeyError(name)
     return model.float().eval()
-
-
-def numpy_state_dict(model) -> dict[str, np.ndarray]:
-    return {k: v.detach().float().numpy() for k, v in model.state_dict().items()}

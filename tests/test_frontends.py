@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from xlstm_export.cli import main
 from xlstm_export.errors import CheckpointError, ConfigError, UnsupportedError
-from xlstm_export.frontends import check_finite, load_checkpoint, load_weight
+from xlstm_export.frontends import load_checkpoint, load_weight
 from xlstm_export.frontends.profile import save_profile_checkpoint
 from xlstm_export.frontends.safetensors_io import open_safetensors, read_header
 
@@ -46,7 +46,6 @@ def test_inspect_json_schedule(checkpoint_factory, name):
     got = [(b["kind"], b["ffn"] is not None) for b in prof["blocks"]]
     assert got == SCHEDULES[name]
     for b in prof["blocks"]:
-        assert b["ffn"] is None or isinstance(b["ffn"], dict)
         if b["kind"] == "slstm":
             assert b["ffn"]["activation"] == ("silu" if name == "hybrid_slstm_only" else "gelu")
     assert prof["family"] == ("hybrid" if name.startswith("hybrid") else "large")
@@ -388,7 +387,7 @@ def test_bf16_is_widened_exactly_and_round_trips(tmp_path, checkpoint_factory):
     np.testing.assert_array_equal(h.load(), t.float().numpy())
     # a bf16 graph written as a profile stays bf16 on disk, bit-exact
     g = load_checkpoint(checkpoint_factory("hybrid"))
-    from xlstm_export.graphs import Graph, WeightStore, constant
+    from xlstm_export.graphs import Graph, WeightStore
 
     handles = {}
     for n, hh in g.weights.items():
@@ -402,7 +401,6 @@ def test_bf16_is_widened_exactly_and_round_trips(tmp_path, checkpoint_factory):
     g2 = load_checkpoint(out)
     for n in handles:
         np.testing.assert_array_equal(g2.weights[n].load(), handles[n].load(), err_msg=n)
-    assert constant  # imported for API presence
 
 
 def test_check_finite_names_the_tensor(tmp_path):
@@ -412,8 +410,6 @@ def test_check_finite_names_the_tensor(tmp_path):
     h = open_safetensors(tmp_path / "x.safetensors")["bad"]
     with pytest.raises(CheckpointError, match=r"x\.safetensors:bad.*'bad' has 2 non-finite"):
         load_weight(h)
-    with pytest.raises(CheckpointError):
-        check_finite(h, h.load())
 
 
 def test_hybrid_config_schema_equals_upstream_dataclasses():

@@ -7,7 +7,6 @@ the ``main`` group applies it to every command, so commands added later get it f
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from typing import Any, Callable
@@ -27,16 +26,6 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         msg = " ".join(str(e).split()) or type(e).__name__
         click.echo(f"error: {msg}", err=True)
         sys.exit(e.exit_code)
-
-
-def cli_errors(f: Callable) -> Callable:
-    """Decorator form of :func:`run_guarded` (for commands outside the ``main`` group)."""
-
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return run_guarded(lambda: f(*args, **kwargs))
-
-    return wrapper
 
 
 class _Group(click.Group):

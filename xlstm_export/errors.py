@@ -6,6 +6,12 @@ Every message says what is wrong, where (file, tensor or field), expected vs got
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of a foreign library's error message (its type name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class XlstmExportError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with."""
 

@@ -40,6 +40,7 @@ from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
 from ..outputs import Artifact, atomic_output, check_output_path
+from .swift import shape_str
 from .lower import EXPERIMENTAL, LOW_SCALE, PRECISIONS, LowerCtx, Precision, core_ml_name, lower_model, stored_states
 
 TARGET = "coreml"
@@ -144,10 +145,6 @@ def convert(prog):
 
 
 # -- metadata ----------------------------------------------------------------------------------
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
 def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None:
     """Author, license, version, description, per-feature descriptions and the I/O contract, in place."""
     cfg = graph.config
@@ -171,11 +168,11 @@ def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None
     B = options.batch_size
     for f in spec.description.input:
         if f.name == "input_ids":
-            f.shortDescription = (f"int32 {_shape_str((B, 1))}: the next token id of each of the {B} sequence(s). "
+            f.shortDescription = (f"int32 {shape_str((B, 1))}: the next token id of each of the {B} sequence(s). "
                                   f"Prompts are fed one token per prediction too.")
     for f in spec.description.output:
         if f.name == "logits":
-            f.shortDescription = (f"float32 {_shape_str((B, 1, cfg.vocab_size))}: next-token logits"
+            f.shortDescription = (f"float32 {shape_str((B, 1, cfg.vocab_size))}: next-token logits"
                                   + (f" (soft-capped at {cfg.output_logit_soft_cap:g})"
                                      if cfg.output_logit_soft_cap else "") + ".")
     by_name = {s["input"]: s for s in contract["states"]}
@@ -194,7 +191,7 @@ def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None
                     f"{LOW_SCALE:g}; fp16 alone loses the recurrence over long sequences)")
         else:
             continue
-        f.shortDescription = f"{text}, fp16 {_shape_str(s['shape'])}. Zeros = empty context."
+        f.shortDescription = f"{text}, fp16 {shape_str(s['shape'])}. Zeros = empty context."
 
 
 # -- writing the package -----------------------------------------------------------------------

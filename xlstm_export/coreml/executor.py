@@ -31,7 +31,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from ._ct import ct as _ct
-from ..errors import ArtifactError, XlstmExportError
+from ..errors import ArtifactError, XlstmExportError, first_line
 
 
 class ExecutorError(XlstmExportError):
@@ -64,7 +64,7 @@ def open_package(path: str | os.PathLike):
     try:
         return ct.models.MLModel(str(path), skip_model_load=True)
     except Exception as e:  # coremltools raises bare Exceptions for unreadable packages
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ArtifactError(f"{path}: not a readable Core ML package ({first})") from None
 
 
@@ -90,7 +90,6 @@ class ProgramExecutor:
         self.path = Path(path)
         self.prog, self.spec = load_program(self.path)
         func = self.prog.functions["main"]
-        self.func = func
         self.ops = list(func.operations)
         self.input_vars = {n: v for n, v in func.inputs.items() if not types.is_state(v.sym_type)}
         self.state_vars = {n: v for n, v in func.inputs.items() if types.is_state(v.sym_type)}
@@ -180,13 +179,6 @@ class ProgramExecutor:
         if tuple(arr.shape) != want:
             raise ExecutorError(f"{self.path}: {where}: shape {tuple(arr.shape)}, the program declares {want}")
         return arr
-
-    # -- introspection ---------------------------------------------------------------------------
-    def op_counts(self) -> Dict[str, int]:
-        counts: Dict[str, int] = {}
-        for op in self.ops:
-            counts[op.op_type] = counts.get(op.op_type, 0) + 1
-        return dict(sorted(counts.items()))
 
 
 def _has_value_inference(op) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 from ._ct import ct as _ct
 from ..errors import ArtifactError, UnsupportedError
 from ..graphs import Graph
-from ..validation.contract import IO_KEY, check_contract, parse_contract, state_slots
+from ..validation.contract import IO_KEY, check_contract, contract_batch_size, parse_contract, state_slots
 from .executor import open_package
 
 BACKENDS = ("auto", "coreml", "executor")
@@ -74,8 +74,7 @@ class CoreMLRunner:
         if missing:
             raise ArtifactError(f"{where}: the contract names states {missing} that the package does not declare "
                                 f"(declared: {sorted(declared)})")
-        ids = next(i for i in self.contract["inputs"] if i["name"] == "input_ids")
-        self.batch_size = int(ids["shape"][0])
+        self.batch_size = contract_batch_size(self.contract, where)
         if batch_size is not None and int(batch_size) != self.batch_size:
             raise UnsupportedError(f"{where}: the package was exported for batch size {self.batch_size} (Core ML "
                                    f"states have a fixed shape); got batch size {batch_size}")

@@ -4,7 +4,7 @@ own feature names (generated from the I/O contract, so the names cannot drift fr
 from __future__ import annotations
 
 
-def _shape(shape) -> str:
+def shape_str(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
@@ -16,10 +16,10 @@ def swift_snippet(contract: dict, package_name: str) -> str:
     low = {s["part_of"]: s for s in contract.get("extra_states", [])}
     lines = []
     for s in contract["states"]:
-        lines.append(f"//   {s['input']:<28} fp16 {_shape(s['shape']):<18} {s['name']}")
+        lines.append(f"//   {s['input']:<28} fp16 {shape_str(s['shape']):<18} {s['name']}")
         if s["name"] in low:
             lo = low[s["name"]]
-            lines.append(f"//   {lo['input']:<28} fp16 {_shape(lo['shape']):<18} low part: {s['name']} = "
+            lines.append(f"//   {lo['input']:<28} fp16 {shape_str(lo['shape']):<18} low part: {s['name']} = "
                          f"{s['input']} + {lo['input']} / {lo.get('scale', 1.0):g}")
     states = "\n".join(lines)
     first_state = contract["states"][0]["input"] if contract["states"] else "state"
@@ -31,8 +31,8 @@ def swift_snippet(contract: dict, package_name: str) -> str:
 // Requires iOS 18 / macOS 15 (stateful Core ML models). Add the .mlpackage to the Xcode target;
 // Xcode compiles it to .mlmodelc (or call MLModel.compileModel(at:) at run time, as below).
 //
-// Input   input_ids  int32   {_shape(ids['shape'])}   one token per sequence per prediction (prompts too)
-// Output  logits     float32 {_shape(logits['shape'])}   next-token logits
+// Input   input_ids  int32   {shape_str(ids['shape'])}   one token per sequence per prediction (prompts too)
+// Output  logits     float32 {shape_str(logits['shape'])}   next-token logits
 // States (MLState; updated in place by every prediction; a fresh makeState() is all zeros = empty context).
 // Some are stored as two fp16 buffers, a high and a scaled low part (value = high + low / scale): fp16
 // alone cannot follow the recurrence over long sequences.

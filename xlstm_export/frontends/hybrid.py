@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError, UnsupportedError
 from ..graphs import FFNSpec, Graph, MLSTMBlock, ModelConfig, NormSpec, SLSTMBlock, WeightHandle
 from ..graphs.names import SLSTM_GATES
+from ..graphs.spec import check_positive
 from . import check_num_blocks, field, read_config
 from ._table import Misshaped, Rule, apply_rules, build_graph, conv_weight, split_rows
 from .safetensors_io import open_safetensors, open_torch_state_dict
@@ -154,9 +155,7 @@ def parse_config(cfg: dict, where: str, n_tensors: Optional[int] = None) -> tupl
     E = field(cfg, "embedding_dim", int, where, 128)
     nb = field(cfg, "num_blocks", int, where, 1)
     V = field(cfg, "vocab_size", int, where, -1)
-    for k, v in (("embedding_dim", E), ("num_blocks", nb), ("vocab_size", V)):
-        if v <= 0:
-            raise ConfigError(f"{where}: field {k!r} must be positive, got {v}")
+    check_positive(where, embedding_dim=E, num_blocks=nb, vocab_size=V)
     if n_tensors is not None:
         check_num_blocks(nb, n_tensors, where)
     bias = field(cfg, "bias", bool, where, False)

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import CheckpointError, OutputError
+from ..errors import CheckpointError, OutputError, first_line
 from ..graphs.weights import WeightHandle
 
 # safetensors dtype tag -> (our dtype name, numpy dtype used to map the bytes, itemsize)
@@ -197,7 +197,7 @@ def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
         raise CheckpointError(f"{path}: refused to unpickle: it needs more than plain weights ({reason}), so "
                               f"it was refused and not run; only weights_only=True state dicts are loaded") from None
     except Exception as e:  # anything else torch.load raises on a corrupt file (RuntimeError, EOFError, KeyError...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise CheckpointError(f"{path}: not a readable torch state dict ({first})") from None
     if isinstance(obj, dict) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "model") \
             and isinstance(next(iter(obj.values())), dict):

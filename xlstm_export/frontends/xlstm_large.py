@@ -12,6 +12,7 @@ from typing import Optional
 
 from ..errors import CheckpointError, ConfigError
 from ..graphs import Graph, NormSpec
+from ..graphs.spec import check_positive
 from . import check_num_blocks, field, read_config
 from ._large_family import (SINGLE_BLOCK_TABLE, LargeDims, large_block, model_config, model_rules,
                             positive_dims, round_up_to_next_multiple_of)
@@ -61,9 +62,7 @@ def load_large(d: Path, file: Optional[Path] = None) -> Graph:
     nh = field(cfg, "num_heads", int, where)
     nb = field(cfg, "num_blocks", int, where)
     V = field(cfg, "vocab_size", int, where)
-    for k, v in (("embedding_dim", E), ("num_heads", nh), ("num_blocks", nb), ("vocab_size", V)):
-        if v <= 0:
-            raise ConfigError(f"{where}: field {k!r} must be positive, got {v}")
+    check_positive(where, embedding_dim=E, num_heads=nh, num_blocks=nb, vocab_size=V)
     use_bias = field(cfg, "use_bias", bool, where, False)
     eps_n = field(cfg, "norm_eps", float, where, 1e-6)
     force = field(cfg, "norm_reduction_force_float32", bool, where, True)

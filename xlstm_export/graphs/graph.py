@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import CheckpointError, ConfigError
-from .names import block_weights, model_weights
+from .names import model_weights
 from .spec import (
     BlockSpec,
     FFNSpec,
@@ -195,8 +195,6 @@ def block_from_json(d: Any, i: int) -> BlockSpec:
         else:
             default = f.default if f.default is not dataclasses.MISSING else ...
             kw[f.name] = _take(d, f.name, _FIELD_TYPES[f.name], where, default)
-    if cls is SLSTMBlock:
-        kw.pop("form", None)
     return cls(**kw)
 
 
@@ -225,4 +223,4 @@ def config_from_profile(prof: Any, where: str = "profile") -> tuple[ModelConfig,
     return cfg, blocks
 
 
-__all__ = ["Graph", "PROFILE_FORMAT", "config_from_profile", "block_weights"]
+__all__ = ["Graph", "PROFILE_FORMAT", "config_from_profile", "raise_weight_mismatch"]

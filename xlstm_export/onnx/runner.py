@@ -17,9 +17,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY
+from ..validation.contract import contract_batch_size
 from .emit import TARGET_SCAN
 
 PROVIDERS = ("auto", "cpu", "coreml")
@@ -57,7 +58,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=_providers(providers))
         except Exception as e:  # onnxruntime raises its own exception types for unloadable models
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ArtifactError(f"{where}: onnxruntime cannot load it ({first})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         text = meta.get(IO_KEY)
@@ -76,8 +77,7 @@ class OnnxRunner:
                             for s in self.contract["states"]]
         self.kind = str(self.contract.get("target", "onnx"))
         self.precision = str(self.contract.get("precision", "fp32"))
-        ids = next(i for i in self.contract["inputs"] if i["name"] == "input_ids")
-        self.batch_size = int(ids["shape"][0])
+        self.batch_size = contract_batch_size(self.contract, where)
         if batch_size is not None and batch_size != self.batch_size:
             raise ArtifactError(f"{where}: exported for batch size {self.batch_size}, asked for {batch_size} "
                                 f"(re-export with --batch-size {batch_size})")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..frontends import load_weight
-from ..graphs import FFNSpec, Graph, MLSTMBlock, NormSpec, SLSTMBlock, WeightStore
+from ..graphs import SLSTM_GATES, FFNSpec, Graph, MLSTMBlock, NormSpec, SLSTMBlock, WeightStore
 from . import kernels
 
 _KERNELS = ("chunkwise", "sequence")
@@ -220,7 +220,6 @@ class MLSTMHybridBlock(nn.Module):
         xn = self.norm(x)
         xm = self.up_x(xn)  # (B, T, inner)
         z = self.up_z(xn)
-        new_states: List[torch.Tensor] = []
         if self.has_conv:
             xc, ring = kernels.causal_conv(xm, states[3].to(xm.dtype), self.conv_w, self.conv_b)
             xc = F.silu(xc)
@@ -268,7 +267,7 @@ class SLSTMBlock_(nn.Module):
         else:
             self.conv_w = nn.Parameter(torch.zeros(1, 1), requires_grad=False)
             self.conv_b = nn.Parameter(torch.zeros(1), requires_grad=False)
-        gates = ("i", "f", "z", "o")
+        gates = SLSTM_GATES
         self.w_in = nn.Parameter(torch.stack([w.param(f"{p}.{g}gate.weight") for g in gates]).detach(),
                                  requires_grad=False)  # (4, NH, DH, DH)
         self.r = nn.Parameter(torch.stack([w.param(f"{p}.{g}gate.recurrent", dtype=torch.float32)
@@ -322,7 +321,6 @@ class ReferenceModel(nn.Module):
             else:
                 blocks.append(MLSTMLargeBlock(i, b, w))
         self.blocks = nn.ModuleList(blocks)
-        self.has_out_norm = cfg.out_norm is not None
         self.out_norm = Norm(cfg.out_norm, w, "out_norm") if cfg.out_norm is not None else nn.Identity()
         self.lm_head = w.param("lm_head.weight")
         self.logit_cap = float(cfg.output_logit_soft_cap) if cfg.output_logit_soft_cap else 0.0

@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, first_line
 from ..graphs import Graph
 from ..validation.contract import IO_KEY, check_contract, contract_batch_size, parse_contract, state_slots
 from ..validation.reference_runner import TorchModuleRunner
@@ -28,7 +28,7 @@ class TorchScriptRunner(TorchModuleRunner):
         try:
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         except (RuntimeError, ValueError, OSError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ArtifactError(f"{path}: not a loadable TorchScript archive ({first})") from None
         self.contract = parse_contract(extra[IO_KEY], where)
         check_contract(self.contract, graph, where)
