@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xlstm_export.frontends.safetensors_io import float32_to_bf16_bits
+
 from common import HF_CPU_SETTINGS, REPO, GiB, PY, log, run_measured
 
 HERE = Path(__file__).resolve().parent
@@ -71,13 +73,6 @@ def values(name: str, shape: tuple, rng: np.random.Generator, n0: int, n: int) -
     return rng.standard_normal(n, dtype=np.float32) * np.float32(0.02)
 
 
-def to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits (round to nearest even), uint16."""
-    u = x.view(np.uint32)
-    u = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
-    return (u >> np.uint32(16)).astype(np.uint16)
-
-
 class WeightSource:
     """Matrix weights N(0, 0.02) as bf16: a pool of 2^24 seeded values, each chunk a slice of it at a
     random offset (drawing 6.9e9 normals one by one takes ~8 min on 2 cores; this runs at disk speed)."""
@@ -86,12 +81,12 @@ class WeightSource:
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
-        pool = to_bf16(self.rng.standard_normal(self.POOL + CHUNK, dtype=np.float32) * np.float32(0.02))
+        pool = float32_to_bf16_bits(self.rng.standard_normal(self.POOL + CHUNK, dtype=np.float32) * np.float32(0.02))
         self.pool = pool
 
     def chunk(self, name: str, shape: tuple, n0: int, n: int) -> bytes:
         if len(shape) == 1:  # norms, biases: computed
-            return to_bf16(values(name, shape, self.rng, n0, n)).tobytes()
+            return float32_to_bf16_bits(values(name, shape, self.rng, n0, n)).tobytes()
         off = int(self.rng.integers(0, self.POOL))
         return self.pool[off:off + n].tobytes()
 

@@ -27,13 +27,6 @@ def rss_now(key: str = "VmRSS") -> int:
     return 0
 
 
-def size_on_disk(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", required=True)
@@ -45,6 +38,7 @@ def main() -> None:
     out = Path(a.out)
     t_import = time.perf_counter()
     from xlstm_export.frontends import load_checkpoint
+    from xlstm_export.outputs import bytes_on_disk
 
     if a.target == "coreml":
         from xlstm_export.coreml.emit import CoreMLOptions, emit
@@ -68,14 +62,14 @@ def main() -> None:
     graph = load_checkpoint(a.checkpoint)
     art = emit(graph, options, out)
     seconds = time.perf_counter() - t0
-    stats = dict(getattr(art, "stats", None) or {})
+    stats = dict(art.stats)
     weight_bytes = stats.get("weight_bytes")
     if weight_bytes is None:  # TorchScript: the scripted module's tensors, in the chosen precision
         weight_bytes = graph.num_params * {"fp32": 4, "fp16": 2, "bf16": 2}[a.precision]
     result = {"target": a.target, "precision": a.precision, "seconds": round(seconds, 2),
               "baseline_rss_bytes": baseline, "weight_bytes": int(weight_bytes),
-              "artifact_bytes": size_on_disk(out), "params": graph.num_params,
-              "checkpoint_weight_bytes": graph.weight_bytes, "files": [str(p) for p in getattr(art, "files", ())]}
+              "artifact_bytes": bytes_on_disk(out), "params": graph.num_params,
+              "checkpoint_weight_bytes": graph.weight_bytes, "files": [str(p) for p in art.files]}
     if a.target == "coreml":
         import coremltools as ct
 

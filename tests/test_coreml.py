@@ -20,13 +20,14 @@ from xlstm_export.coreml.lower import LOWERINGS, PRECISIONS, core_ml_name, store
 from xlstm_export.coreml.runner import CoreMLRunner, read_contract
 from xlstm_export.errors import ArtifactError, OutputError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
-from xlstm_export.graphs.io import IO_KEY
 from xlstm_export.reference import build_model
 from xlstm_export.registry import BLOCK_KEYS
 from xlstm_export.validation.contract import check_contract
+from xlstm_export.validation.tolerances import tolerance_for
 
 FIXTURES = ("hf", "large", "hybrid", "hybrid_slstm_only")
-FP16_MAX_REL = 3e-2  # the tolerance table's fp16 entry (validation/tolerances.py)
+FP16 = tolerance_for("coreml", "fp16")  # the one tolerance table
+FP16_MAX_REL = FP16.max_rel
 PROMPT_LEN, DECODE_STEPS = 10, 8
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -291,10 +292,7 @@ def _task_batch(ckpt: Path, n_tokens: int, count: int):
     info = json.loads((ckpt / "train_log.json").read_text())
     t, seed = info["task"], int(info["eval"]["seed"])
     per = max(1, n_tokens // t["seq_len"])
-    if t["name"] == "in_context_recall":
-        ids, tgt = tasks.in_context_recall(count * per, t["seq_len"], t["vocab_size"], seed, num_keys=t["num_keys"])
-    else:
-        ids, tgt = tasks.selective_copying(count * per, t["seq_len"], t["num_tokens_to_copy"], t["vocab_size"], seed)
+    ids, tgt = tasks.generate(t, count * per, seed)
     return ids.reshape(count, per * t["seq_len"])[:, :n_tokens], tgt.reshape(count, per * t["seq_len"])[:, :n_tokens]
 
 
@@ -327,7 +325,7 @@ def test_trained_example_greedy_agreement_over_64_tokens(example, tmp_path):
         np.testing.assert_array_equal(picks[scored], want[scored])
         assert (want[scored] == targets[row][scored]).mean() >= 0.9  # the example does its task
         top2 = np.sort(r, -1)[:, -2:]
-        near_tie = (top2[:, 1] - top2[:, 0]) <= 3e-3 * np.abs(r).max(-1)  # the fp16 tie margin (tolerances.py)
+        near_tie = (top2[:, 1] - top2[:, 0]) <= FP16.tie_margin * np.abs(r).max(-1)
         assert np.all((picks == want) | near_tie), np.where(picks != want)
 
 

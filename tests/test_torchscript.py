@@ -12,18 +12,18 @@ import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 
 from xlstm_export.frontends import load_checkpoint
-from xlstm_export.graphs.io import IO_FORMAT, IO_KEY
+from xlstm_export.graphs.io import IO_FORMAT
 from xlstm_export.torchscript import TorchScriptOptions, emit
+from xlstm_export.validation.tolerances import tolerance_for
 
 FIXTURES = ["hf", "large", "hybrid", "hybrid_slstm_only", "hybrid_pt"]
 PROMPT_LEN, STEPS, SPLIT = 12, 10, 7  # 12-token prompt + 10 greedy steps; two pieces: 7 + 15 tokens
-REL_TOL = 1e-4
+REL_TOL = tolerance_for("torchscript", "fp32").max_rel  # 1e-4, the issue's bound
 
 # Runs in a fresh interpreter; imports torch only. xlstm_export is made unimportable first.
 CHILD = r"""

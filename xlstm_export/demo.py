@@ -8,7 +8,7 @@ in-context recall; ``examples/hybrid-copy``: xlstm ``xLSTMLMModel`` with mLSTM +
 selective copying) and each target::
 
     checkpoint --load_checkpoint--> graph --emit (in-process)--> demo-out/<example>/<target>/model.*
-        --validate_artifact (reference, seeded + task prompts)--> demo-out/<example>/<target>/report/
+        --run_validation (reference, seeded + task prompts)--> demo-out/<example>/<target>/report/
         --task accuracy: the artifact alone on held-out task sequences (single-step artifacts are fed
           one token per call)--> one row of the summary table
 
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .outputs import bytes_on_disk
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO / "examples"
@@ -148,19 +150,10 @@ def export(target: str, graph, out_path: Path):
     raise ValueError(target)
 
 
-def artifact_bytes(path: Path) -> int:
-    """Bytes on disk: the file, the package folder, plus an ONNX external-data file beside it."""
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    total = path.stat().st_size
-    data = path.with_name(path.name + ".data")
-    return total + (data.stat().st_size if data.exists() else 0)
-
-
 def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: Path, samples: tuple,
                ref_acc: float, steps: int) -> Row:
     from .errors import XlstmExportError
-    from .validation import open_artifact, validate_artifact
+    from .validation import open_artifact, run_validation
     from .validation.prompts import task_prompts
 
     row = Row(example, target, reference_accuracy=ref_acc)
@@ -175,14 +168,15 @@ def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: P
         art = export(target, graph, out_path)
         row.export_seconds = time.perf_counter() - t0
         row.file = str(out_path)
-        row.size_bytes = artifact_bytes(out_path)
+        row.size_bytes = bytes_on_disk(out_path)
         row.precision = art.precision
         say(f"wrote {out_path} ({row.size_bytes / 1e6:.2f} MB) in {row.export_seconds:.2f}s")
 
         say(f"validating against the reference (seeded + task prompts, prefill + {steps} greedy steps) ...")
         t0 = time.perf_counter()
-        res = validate_artifact(out_path, graph, steps=steps, extra_prompts=task_prompts(checkpoint),
-                                report_dir=target_dir / "report")
+        runner = open_artifact(out_path, graph)  # opened once: validation, then the task accuracy
+        res = run_validation(runner, graph, artifact_path=str(out_path), steps=steps,
+                             extra_prompts=task_prompts(checkpoint), report_dir=target_dir / "report")
         row.seconds["validate"] = round(time.perf_counter() - t0, 2)
         s = res.report["summary"]
         row.validation = "PASS" if res.passed else "FAIL"
@@ -191,7 +185,6 @@ def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: P
         say(res.summary_line())
 
         ids, targets = samples
-        runner = open_artifact(out_path, graph)
         single = runner.max_tokens_per_call == 1
         say(f"task accuracy on {len(ids)} held-out sequences of {ids.shape[1]} tokens"
             + (" (single-step artifact: one token per call)" if single else "") + " ...")

@@ -163,3 +163,12 @@ class Artifact:
     def __post_init__(self):
         if not self.files:
             object.__setattr__(self, "files", (self.path,))
+
+
+def bytes_on_disk(path: Path) -> int:
+    """An artifact's bytes on disk: the file or the package folder, plus ONNX external data beside it."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
