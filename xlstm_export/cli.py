@@ -94,7 +94,12 @@ def _block_row(i: int, b, states) -> list[str]:
     return [str(i), b.kind, form, ffn, dims, str(n_state)]
 
 
-def _table(rows: list[list[str]]) -> str:
+def render_table(rows: list[list[str]], markdown: bool = False) -> str:
+    """A header row and data rows as aligned text columns (or a Markdown table); shared with the demo."""
+    if markdown:
+        lines = ["| " + " | ".join(r) + " |" for r in rows]
+        lines.insert(1, "|" + "---|" * len(rows[0]))
+        return "\n".join(lines)
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -123,7 +128,7 @@ def inspect(checkpoint: str, fmt: str | None, as_json: bool) -> None:
                f"blocks: {len(graph.blocks)}  out_norm: {cfg.out_norm.kind if cfg.out_norm else 'none'}  "
                f"tied lm_head: {'yes' if cfg.tie_weights else 'no'}"
                + (f"  logit cap: {cfg.output_logit_soft_cap:g}" if cfg.output_logit_soft_cap else ""))
-    click.echo(_table(rows))
+    click.echo(render_table(rows))
     total_state = sum(int(r[5]) for r in rows[1:])
     click.echo(f"state elements per sequence (B=1): {total_state} ({_human(total_state * 4, 'B')} as float32)")
     click.echo(f"parameters: {graph.num_params:,} ({_human(graph.num_params)})  "
@@ -214,94 +219,52 @@ def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | 
     result.raise_if_failed()
 
 
-@main.command()
-@checkpoint_options
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="The TorchScript file to write (.pt).")
-@click.option("--precision", type=click.Choice(("fp32", "fp16", "bf16")), default="fp32", show_default=True,
-              help="Weight precision; states and cell math stay fp32.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batch size recorded in the I/O contract (the module itself takes any).")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
-@validate_options
-def torchscript(checkpoint: str, fmt: str | None, out: str, precision: str, batch_size: int, force: bool,
-                do_validate: bool, report_dir: str | None, steps: int) -> None:
-    """Export a scripted module: forward, init_states, forward_with_states, generate_greedy."""
-    from .frontends import load_checkpoint
-    from .torchscript import TorchScriptOptions, emit
-
-    graph = load_checkpoint(checkpoint, format=fmt)
-    art = emit(graph, TorchScriptOptions(precision=precision, batch_size=batch_size, force=force), out)
-    click.echo(f"wrote {art.path} (torchscript, {precision}, {len(art.contract['states'])} states)")
-    if do_validate:
-        from .validation import validate_export
-
-        validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
+def _click_option(opt) -> Callable:
+    """The click option of a target's :class:`~xlstm_export.targets.Option`."""
+    if opt.is_flag:
+        return click.option(opt.flag, opt.dest, is_flag=True, default=bool(opt.default), help=opt.help)
+    if opt.choices:
+        kind = click.Choice(opt.choices)
+    else:
+        kind = click.IntRange(min=opt.min, max=opt.max)
+    return click.option(opt.flag, opt.dest, type=kind, default=opt.default, show_default=True, help=opt.help)
 
 
-@main.command("onnx")
-@checkpoint_options
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="The ONNX file to write (.onnx; weights of 2 GB or more go to OUTPUT.data beside it).")
-@click.option("--scan", is_flag=True,
-              help="The Scan sequence graph (input_ids (B, T), T dynamic) instead of the one-token decode step.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Static batch size of the graph.")
-@click.option("--precision", type=click.Choice(("fp32", "fp16")), default="fp32", show_default=True,
-              help="Weights and activations; the recurrent cells and states stay fp32.")
-@click.option("--opset", type=click.IntRange(min=13, max=26), default=18, show_default=True,
-              help="ONNX opset (ORT 1.31 loads <= 26).")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
-@validate_options
-def onnx_command(checkpoint: str, fmt: str | None, out: str, scan: bool, batch_size: int, precision: str,
-                 opset: int, force: bool, do_validate: bool, report_dir: str | None, steps: int) -> None:
-    """Export an ONNX graph for ONNX Runtime: the decode step (Core ML EP: one partition) or --scan."""
-    from .frontends import load_checkpoint
-    from .onnx import OnnxOptions, emit
+def export_command(target) -> click.Command:
+    """The ``xlstm-export <target>`` command, made from the target's registration."""
 
-    graph = load_checkpoint(checkpoint, format=fmt)
-    art = emit(graph, OnnxOptions(scan=scan, batch_size=batch_size, precision=precision, opset=opset,
-                                  force=force), out)
-    extra = f" + {art.files[1].name}" if len(art.files) > 1 else ""
-    click.echo(f"wrote {art.path}{extra} ({art.kind}, {precision}, batch {batch_size}, opset {opset}, "
-               f"{art.stats['nodes']} nodes, {len(art.contract['states'])} states, {art.stats['seconds']:.1f}s)")
-    if do_validate:
-        from .validation import validate_export
+    def command(checkpoint: str, fmt: str | None, out: str, force: bool, do_validate: bool, report_dir: str | None,
+                steps: int, **options: Any) -> None:
+        from .frontends import load_checkpoint
+        from .targets import check_suffix, describe_artifact
 
-        validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
+        check_suffix(target.name, out)  # before any work
+        graph = load_checkpoint(checkpoint, format=fmt)
+        art = target.emit(graph, out, force=force, **options)
+        click.echo(describe_artifact(art))
+        if do_validate:
+            from .validation import validate_export
+
+            validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
+
+    command.__doc__ = target.summary
+    for opt in reversed(target.options):
+        command = _click_option(opt)(command)
+    command = click.option("--force", is_flag=True, help="Replace an existing output.")(command)
+    command = click.option("-o", "--output", "out", required=True, type=click.Path(),
+                           help=f"The artifact to write ({' or '.join(target.suffixes)}).")(command)
+    command = validate_options(checkpoint_options(command))
+    return main.command(target.name)(command)
 
 
-@main.command()
-@checkpoint_options
-@click.option("-o", "--output", "out", required=True, type=click.Path(),
-              help="The Core ML package to write (.mlpackage); the Swift snippet goes next to it (.swift).")
-@click.option("--precision", type=click.Choice(("fp16", "fp32")), default="fp16", show_default=True,
-              help="fp16: fp16 weights and matmuls, fp32 residual stream and cell math; fp32: all fp32. "
-                   "States are fp16 either way (Core ML).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Fixed batch size (Core ML states have a fixed shape).")
-@click.option("--compute-units", type=click.Choice(("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")),
-              default="all", show_default=True,
-              help="Recorded in the package metadata; what validation on macOS runs on.")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
-@validate_options
-def coreml(checkpoint: str, fmt: str | None, out: str, precision: str, batch_size: int, compute_units: str,
-           force: bool, do_validate: bool, report_dir: str | None, steps: int) -> None:
-    """Export a stateful Core ML decode step (.mlpackage, iOS 18 / macOS 15) and its Swift snippet."""
-    from .coreml import CoreMLOptions, emit
-    from .frontends import load_checkpoint
+def _register_export_commands() -> None:
+    from .targets import TARGETS
 
-    graph = load_checkpoint(checkpoint, format=fmt)
-    art = emit(graph, CoreMLOptions(precision=precision, batch_size=batch_size, compute_units=compute_units,
-                                    force=force), out)
-    n_states, n_extra = len(art.contract["states"]), len(art.contract.get("extra_states", []))
-    click.echo(f"wrote {art.path} (coreml, {precision}, batch {batch_size}, {n_states} states in "
-               f"{n_states + n_extra} fp16 buffers, {art.stats['ops_per_step']} ops per step)"
-               + "".join(f" and {f}" for f in art.files[1:]))
-    if do_validate:
-        from .validation import validate_export
+    for target in TARGETS.values():
+        export_command(target)
 
-        validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
+
+_register_export_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,13 +37,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .outputs import bytes_on_disk
+from .targets import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO / "examples"
 EXAMPLES = ("hf-recall", "hybrid-copy")
-TARGETS = ("coreml", "onnx", "onnx-scan", "torchscript")
-FILENAMES = {"coreml": "model.mlpackage", "onnx": "model.onnx", "onnx-scan": "model.onnx",
-             "torchscript": "model.pt"}
+TARGETS = tuple(KINDS)  # every registered artifact kind: coreml, onnx, onnx-scan, torchscript
 MARKER = ".xlstm-export-demo"
 DEFAULT_SAMPLES = 32
 ACCURACY_SLACK = 0.02  # an artifact's task accuracy may trail the reference's by at most this much
@@ -134,20 +133,9 @@ def artifact_accuracy(runner, ids: np.ndarray, targets: np.ndarray, progress: Ca
 
 # -- one target -----------------------------------------------------------------------------------
 def export(target: str, graph, out_path: Path):
-    """Emit ``target`` through its emitter (in-process). Returns the emitter's Artifact."""
-    if target == "coreml":
-        from .coreml.emit import CoreMLOptions, emit
-
-        return emit(graph, CoreMLOptions(precision="fp16", force=True), out_path)
-    if target in ("onnx", "onnx-scan"):
-        from .onnx import OnnxOptions, emit
-
-        return emit(graph, OnnxOptions(scan=target == "onnx-scan", force=True), out_path)
-    if target == "torchscript":
-        from .torchscript import TorchScriptOptions, emit
-
-        return emit(graph, TorchScriptOptions(force=True), out_path)
-    raise ValueError(target)
+    """Emit the artifact kind ``target`` at the demo's precision (in-process). Returns the Artifact."""
+    kind = KINDS[target]
+    return kind.emit(graph, out_path, precision=kind.demo_precision, force=True)
 
 
 def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: Path, samples: tuple,
@@ -161,7 +149,7 @@ def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: P
     if target_dir.exists():
         shutil.rmtree(target_dir)  # the demo's own output from an earlier run
     target_dir.mkdir(parents=True)
-    out_path = target_dir / FILENAMES[target]
+    out_path = target_dir / KINDS[target].filename
     try:
         say("exporting ...")
         t0 = time.perf_counter()
@@ -232,15 +220,9 @@ def row_cells(r: Row, out: Path) -> List[str]:
 
 
 def table(rows: Sequence[Row], out: Path, markdown: bool = False) -> str:
-    cells = [list(COLUMNS)] + [row_cells(r, out) for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(c) + " |" for c in cells]
-        lines.insert(1, "|" + "---|" * len(COLUMNS))
-        return "\n".join(lines)
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from .cli import render_table
+
+    return render_table([list(COLUMNS)] + [row_cells(r, out) for r in rows], markdown)
 
 
 # -- output folder --------------------------------------------------------------------------------

@@ -33,7 +33,11 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT"
 
 def check_output_path(out_path: Path, force: bool) -> None:
     out_path = Path(out_path)
-    if (out_path.exists() or out_path.is_symlink()) and not force:
+    try:
+        taken = out_path.exists() or out_path.is_symlink()
+    except OSError as e:  # a name too long for the file system, a loop of links...
+        raise OutputError(f"{str(out_path)[:200]}: cannot be an output path: {e.strerror or e}") from None
+    if taken and not force:
         raise OutputError(f"{out_path}: already exists; pass --force to replace it")
     parent = out_path.parent
     if not parent.exists():

@@ -16,7 +16,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConfigError, UnsupportedError
+
 IGNORE_INDEX = -100
+
+
+class TaskError(ConfigError, ValueError):
+    """A task's arguments (or a ``train_log.json`` task description) are out of range or of the wrong type.
+
+    Also a ``ValueError``, as these functions raised before they joined the error hierarchy."""
+
+
+def _check_ints(fn: str, **values) -> None:
+    """Every value an integer (numpy integers too; bools and floats are not), seeds non-negative."""
+    for key, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TaskError(f"{fn}: {key} must be an integer, got {v!r}")
+    if "seed" in values and values["seed"] < 0:
+        raise TaskError(f"{fn}: seed must be >= 0, got {values['seed']}")
 
 
 def in_context_recall(
@@ -38,16 +55,18 @@ def in_context_recall(
     ``num_keys`` (default ``vocab_size // 2``) makes the task easier when smaller: fewer distinct
     associations to hold, more recurrences to score.
     """
+    _check_ints("in_context_recall", n=n, seq_len=seq_len, vocab_size=vocab_size, seed=seed)
     half = vocab_size // 2
     num_keys = half if num_keys is None else num_keys
+    _check_ints("in_context_recall", num_keys=num_keys)
     if n < 1:
-        raise ValueError(f"in_context_recall: n must be >= 1, got {n}")
+        raise TaskError(f"in_context_recall: n must be >= 1, got {n}")
     if seq_len < 4 or seq_len % 2:
-        raise ValueError(f"in_context_recall: seq_len must be even and >= 4 (key/value pairs), got {seq_len}")
+        raise TaskError(f"in_context_recall: seq_len must be even and >= 4 (key/value pairs), got {seq_len}")
     if vocab_size < 4:
-        raise ValueError(f"in_context_recall: vocab_size must be >= 4 (keys and values), got {vocab_size}")
+        raise TaskError(f"in_context_recall: vocab_size must be >= 4 (keys and values), got {vocab_size}")
     if not 1 <= num_keys <= half:
-        raise ValueError(f"in_context_recall: num_keys must be in [1, vocab_size // 2 = {half}], got {num_keys}")
+        raise TaskError(f"in_context_recall: num_keys must be in [1, vocab_size // 2 = {half}], got {num_keys}")
 
     rng = np.random.default_rng(seed)
     num_pairs = seq_len // 2
@@ -92,18 +111,20 @@ def selective_copying(
     ``IGNORE_INDEX``. (MAD puts one copy token followed by blanks and scores the blanks; here the
     queries are the markers themselves, so the first marker already asks for the first token.)
     """
+    _check_ints("selective_copying", n=n, seq_len=seq_len, num_tokens_to_copy=num_tokens_to_copy,
+                vocab_size=vocab_size, seed=seed)
     data_len = seq_len - num_tokens_to_copy
     if n < 1:
-        raise ValueError(f"selective_copying: n must be >= 1, got {n}")
+        raise TaskError(f"selective_copying: n must be >= 1, got {n}")
     if num_tokens_to_copy < 1:
-        raise ValueError(f"selective_copying: num_tokens_to_copy must be >= 1, got {num_tokens_to_copy}")
+        raise TaskError(f"selective_copying: num_tokens_to_copy must be >= 1, got {num_tokens_to_copy}")
     if data_len <= num_tokens_to_copy:
-        raise ValueError(
+        raise TaskError(
             f"selective_copying: seq_len ({seq_len}) must exceed 2 * num_tokens_to_copy "
             f"({2 * num_tokens_to_copy}) so that at least one blank separates the tokens to copy"
         )
     if vocab_size < 3:
-        raise ValueError(f"selective_copying: vocab_size must be >= 3 (content, blank, copy), got {vocab_size}")
+        raise TaskError(f"selective_copying: vocab_size must be >= 3 (content, blank, copy), got {vocab_size}")
 
     rng = np.random.default_rng(seed)
     blank, copy = vocab_size - 2, vocab_size - 1
@@ -131,13 +152,13 @@ def accuracy(logits_or_predictions, targets) -> float:
     if pred.ndim == targets.ndim + 1:
         pred = pred.argmax(axis=-1)
     if pred.shape != targets.shape:
-        raise ValueError(
+        raise TaskError(
             f"accuracy: predictions of shape {pred.shape} (after argmax) do not match targets {targets.shape}"
         )
     scored = targets != IGNORE_INDEX
     total = int(scored.sum())
     if total == 0:
-        raise ValueError("accuracy: targets have no scored positions (all are IGNORE_INDEX)")
+        raise TaskError("accuracy: targets have no scored positions (all are IGNORE_INDEX)")
     return float((pred[scored] == targets[scored]).sum()) / total
 
 
@@ -147,10 +168,20 @@ TASKS = ("in_context_recall", "selective_copying")
 def generate(task: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` sequences of the task a ``train_log.json`` describes (``{"name": ..., "seq_len": ...}``).
 
-    Raises KeyError for a task name this module does not generate (callers decide what that means).
+    Raises UnsupportedError for a task name this module does not generate, TaskError (a ConfigError)
+    for a description that is not an object with the task's integer fields.
     """
-    if task["name"] == "in_context_recall":
-        return in_context_recall(n, task["seq_len"], task["vocab_size"], seed, num_keys=task.get("num_keys"))
-    if task["name"] == "selective_copying":
-        return selective_copying(n, task["seq_len"], task["num_tokens_to_copy"], task["vocab_size"], seed)
-    raise KeyError(f"no generator for the task {task['name']!r}; known: {TASKS}")
+    if not isinstance(task, dict):
+        raise TaskError(f"task: expected an object with 'name' and the task's fields, got {type(task).__name__}")
+    name = task.get("name")
+    if name not in TASKS:
+        raise UnsupportedError(f"no generator for the task {name!r}; known: {TASKS}")
+
+    def get(key: str):
+        if key not in task:
+            raise TaskError(f"task {name!r}: field {key!r} is missing")
+        return task[key]
+
+    if name == "in_context_recall":
+        return in_context_recall(n, get("seq_len"), get("vocab_size"), seed, num_keys=task.get("num_keys"))
+    return selective_copying(n, get("seq_len"), get("num_tokens_to_copy"), get("vocab_size"), seed)

@@ -1,6 +1,6 @@
 """Core ML emitter: a hand-built, stateful MIL decode program (iOS18), saved as an ``.mlpackage``.
 
-    graph --lower_model (one lowering per block kind, lower.py)--> MIL Function
+    graph --lowering.step over MILOps (backend.py)--> MIL Function
           --ct.convert(prog, mlprogram, iOS18)--> spec + weight.bin --metadata, Swift snippet--> .mlpackage
 
 The program is one decode step::
@@ -13,7 +13,7 @@ The program is one decode step::
 Not ``ct.convert`` of a traced model: the MIL is built op by op from the graph, with the trained
 weights as constants (one tensor loaded at a time). ``ct.convert`` only runs coremltools' default
 MIL passes and serialises; ``compute_precision`` is FLOAT32 there because every op already carries
-the dtype the precision policy (lower.Precision) gave it; no automatic fp16 rewrite happens.
+the dtype the precision policy (``lowering/precision.py``) gave it; no automatic fp16 rewrite happens.
 
 Reproducible: op names are explicit (coremltools' global name counters are reset for the few ops its
 passes add), the spec is serialised deterministically, the conversion date is dropped, and the
@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..lowering import LOW_SCALE, PrecisionPolicy, core_ml_name, policy_for, step
+
 from ._ct import ct as _ct
 from .. import __version__
 from ..errors import UnsupportedError
@@ -41,7 +43,7 @@ from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
 from ..outputs import Artifact, atomic_output, check_output_path
 from .swift import shape_str
-from .lower import EXPERIMENTAL, LOW_SCALE, PRECISIONS, LowerCtx, Precision, core_ml_name, lower_model, stored_states
+from .backend import MILOps, stored_states
 
 TARGET = "coreml"
 COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
@@ -62,7 +64,7 @@ ROLE_TEXT = {
 @dataclass(frozen=True)
 class CoreMLOptions:
     batch_size: int = 1  # fixed: Core ML states have a fixed shape, batch included
-    precision: str = "fp16"  # "fp16" | "fp32" (lower.PRECISIONS); the EXPERIMENTAL names for measurements
+    precision: str = "fp16"  # "fp16" | "fp32" (lowering.POLICIES)
     compute_units: str = "all"  # recorded in the metadata and used by the macOS runner; not a package property
     force: bool = False  # replace an existing output
     swift: bool = True  # write the Swift snippet next to the package (<stem>.swift)
@@ -70,23 +72,20 @@ class CoreMLOptions:
     license: Optional[str] = None
     version: Optional[str] = None
     description: Optional[str] = None
+    policy: Optional[PrecisionPolicy] = None  # measurements only (benchmarks/): replaces the named policy
 
 
-def precision_policy(name: str) -> Precision:
-    if name in PRECISIONS:
-        return PRECISIONS[name]
-    if name in EXPERIMENTAL:
-        return EXPERIMENTAL[name]
-    raise UnsupportedError(f"coreml: precision must be one of {tuple(PRECISIONS)}, got {name!r}")
+def precision_policy(options: "CoreMLOptions") -> PrecisionPolicy:
+    return options.policy if options.policy is not None else policy_for(TARGET, options.precision)
 
 
-def check_options(options: CoreMLOptions) -> Precision:
+def check_options(options: CoreMLOptions) -> PrecisionPolicy:
     if not isinstance(options.batch_size, int) or isinstance(options.batch_size, bool) or options.batch_size < 1:
         raise UnsupportedError(f"coreml: batch size must be a positive integer, got {options.batch_size!r}")
     if options.compute_units not in COMPUTE_UNITS:
         raise UnsupportedError(f"coreml: compute units must be one of {COMPUTE_UNITS}, "
                                f"got {options.compute_units!r}")
-    return precision_policy(options.precision)
+    return precision_policy(options)
 
 
 def contract_for(graph: Graph, options: CoreMLOptions) -> dict:
@@ -102,7 +101,7 @@ def contract_for(graph: Graph, options: CoreMLOptions) -> dict:
     contract["extra_states"] = [
         {"name": key, "part_of": of, "part": "low", "scale": LOW_SCALE, "input": cm, "shape": list(shape),
          "dtype": "float16"}
-        for key, cm, shape, of in stored_states(graph, options.batch_size, precision_policy(options.precision))
+        for key, cm, shape, of in stored_states(graph, options.batch_size, precision_policy(options))
         if of is not None]
     return contract
 
@@ -112,8 +111,8 @@ def swift_path_for(out_path: Path) -> Path:
 
 
 # -- building the program ----------------------------------------------------------------------
-def build_program(graph: Graph, precision: Precision, batch_size: int):
-    """The MIL program of one decode step (``Program`` with function ``main``) and the lowering context."""
+def build_program(graph: Graph, policy: PrecisionPolicy, batch_size: int):
+    """The MIL program of one decode step (``Program`` with function ``main``) and its ops backend."""
     ct = _ct()
     from coremltools.converters.mil.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, Program, types
@@ -121,18 +120,18 @@ def build_program(graph: Graph, precision: Precision, batch_size: int):
     # coremltools names unnamed ops from global counters; every op here is named, and resetting the
     # counters makes the names of the few ops its passes add the same in every export.
     mb.name_count.clear()
-    stored = stored_states(graph, batch_size, precision)
+    stored = stored_states(graph, batch_size, policy)
     specs = {"input_ids": mb.TensorSpec((batch_size, 1), types.int32)}
     for _, cm, shape, _ in stored:
         specs[cm] = mb.StateTensorSpec(shape, types.fp16)
     with Function(specs, opset_version=ct.target.iOS18) as func:
         states = {key: func.inputs[cm] for key, cm, _, _ in stored}
-        ctx = LowerCtx(graph, precision, batch_size, states)
-        logits = lower_model(ctx, func.inputs["input_ids"])
+        ops = MILOps(graph, policy, batch_size, states)
+        logits = step(ops, func.inputs["input_ids"])
         func.set_outputs([logits])
     prog = Program()
     prog.add_function("main", func)
-    return prog, ctx
+    return prog, ops
 
 
 def convert(prog):
@@ -248,7 +247,7 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
     from .swift import swift_snippet
 
     out_path = Path(out_path)
-    precision = check_options(options)
+    policy = check_options(options)
     if out_path.suffix != ".mlpackage":
         raise UnsupportedError(f"{out_path}: a Core ML package path must end in .mlpackage")
     check_output_path(out_path, options.force)  # fail before the build
@@ -256,9 +255,9 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
     if swift_path is not None:
         check_output_path(swift_path, options.force)
     contract = contract_for(graph, options)
-    prog, ctx = build_program(graph, precision, options.batch_size)
-    weight_bytes = ctx.weight_bytes
-    del ctx
+    prog, ops = build_program(graph, policy, options.batch_size)
+    weight_bytes = ops.weight_bytes
+    del ops
     mlmodel = convert(prog)
     del prog
     spec = mlmodel._spec  # the converted spec; described and written below (coremltools' own save

@@ -77,7 +77,12 @@ def load_program(path: str | os.PathLike):
     spec = model.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
         raise ArtifactError(f"{path}: not an ML Program package (model type {spec.WhichOneof('Type')!r})")
-    prog = load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
+    try:
+        prog = load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
+    except Exception as e:  # coremltools' reader raises what it meets (a corrupt weight.bin, an unknown op...)
+        raise ArtifactError(f"{path}: coremltools cannot read its program ({first_line(e)})") from None
+    if "main" not in prog.functions:
+        raise ArtifactError(f"{path}: the program has no 'main' function (has {sorted(prog.functions)})")
     return prog, spec
 
 
@@ -109,8 +114,15 @@ class ProgramExecutor:
 
     # -- states ------------------------------------------------------------------------------
     def state_spec(self, name: str):
+        if name not in self.state_vars:
+            raise ExecutorError(f"{self.path}: the program has no state {name!r} (states: {sorted(self.state_vars)})")
         v = self.state_vars[name]
         return tuple(int(d) for d in v.shape), _np_dtype(v)
+
+    def get_state(self, name: str) -> np.ndarray:
+        """The current value of state ``name`` (as stored: fp16)."""
+        self.state_spec(name)  # names the program's states if it has no such one
+        return self.states[name]
 
     def reset_states(self) -> None:
         """All zeros: what ``makeState()`` gives on a device (the empty context)."""
@@ -162,7 +174,11 @@ class ProgramExecutor:
                     val = bool(val)  # numpy 2 0-d bools trip coremltools' scalar checks
                 bound.append((v, v._sym_val))
                 v._sym_val = _Val(val)
-            out = op.value_inference()
+            try:
+                out = op.value_inference()
+            except Exception as e:  # coremltools' numpy code on values the program does not declare
+                raise ExecutorError(f"{self.path}: op {op.name} ({op.op_type}): coremltools' numpy semantics "
+                                    f"failed ({type(e).__name__}: {first_line(e)})") from None
         finally:
             for v, old in bound:
                 v._sym_val = old

@@ -19,12 +19,14 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ._ct import ct as _ct
-from ..errors import ArtifactError, UnsupportedError
+from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
-from ..validation.contract import IO_KEY, check_contract, contract_batch_size, parse_contract, state_slots
+from ..validation.contract import (IO_KEY, check_contract, check_run_args, contract_batch_size, parse_contract,
+                                   state_slots)
 from .executor import open_package
 
 BACKENDS = ("auto", "coreml", "executor")
+COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
 
 
 def read_contract(path: Path) -> Tuple[dict, object]:
@@ -55,6 +57,9 @@ class CoreMLRunner:
         where = str(self.path)
         if backend not in BACKENDS:
             raise UnsupportedError(f"coreml runner: backend must be one of {BACKENDS}, got {backend!r}")
+        if compute_units is not None and compute_units not in COMPUTE_UNITS:
+            raise UnsupportedError(f"coreml runner: compute units must be one of {COMPUTE_UNITS}, "
+                                   f"got {compute_units!r}")
         self.contract, spec = read_contract(self.path)
         if graph is not None:
             check_contract(self.contract, graph, where)
@@ -74,12 +79,25 @@ class CoreMLRunner:
         if missing:
             raise ArtifactError(f"{where}: the contract names states {missing} that the package does not declare "
                                 f"(declared: {sorted(declared)})")
+        unknown = sorted(set(self.low_parts) - set(self.state_names))
+        if unknown:
+            raise ArtifactError(f"{where}: the contract's extra_states are low parts of {unknown}, which are not "
+                                f"its states")
+        io = [f.name for f in spec.description.input], [f.name for f in spec.description.output]
+        if "input_ids" not in io[0] or "logits" not in io[1]:
+            raise ArtifactError(f"{where}: the package must have input 'input_ids' and output 'logits', has "
+                                f"inputs {io[0]} and outputs {io[1]}")
         self.batch_size = contract_batch_size(self.contract, where)
         if batch_size is not None and int(batch_size) != self.batch_size:
             raise UnsupportedError(f"{where}: the package was exported for batch size {self.batch_size} (Core ML "
                                    f"states have a fixed shape); got batch size {batch_size}")
         self.precision = str(self.contract.get("precision", "fp16"))
-        self.vocab_size = int(self.contract["outputs"][0]["shape"][-1])
+        logits = next((o for o in self.contract["outputs"] if o["name"] == "logits"), None)
+        v = logits["shape"][-1] if logits is not None and logits["shape"] else None
+        if not isinstance(v, int) or v <= 0:
+            raise ArtifactError(f"{where}: the contract must declare output 'logits' of shape (B, 1, V), got "
+                                f"{logits!r}")
+        self.vocab_size = v
         if backend == "auto":
             backend = "coreml" if coreml_runtime_available() else "executor"
         self.backend = backend
@@ -87,9 +105,15 @@ class CoreMLRunner:
         if backend == "coreml":
             ct = _ct()
 
+            if units not in COMPUTE_UNITS:
+                raise ArtifactError(f"{where}: metadata xlstm_export.compute_units must be one of {COMPUTE_UNITS}, "
+                                    f"got {units!r}")
             cu = {"all": ct.ComputeUnit.ALL, "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU,
                   "cpu_only": ct.ComputeUnit.CPU_ONLY, "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE}[units]
-            self._model = ct.models.MLModel(str(self.path), compute_units=cu)
+            try:
+                self._model = ct.models.MLModel(str(self.path), compute_units=cu)
+            except Exception as e:  # coremltools raises bare Exceptions for packages Core ML cannot load
+                raise ArtifactError(f"{where}: Core ML cannot load it ({first_line(e)})") from None
             self._state = None
             self._last: Optional[List[np.ndarray]] = None
         else:
@@ -102,16 +126,16 @@ class CoreMLRunner:
         return [np.zeros(s, dtype=np.float32) for s in self.state_shapes]
 
     def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
-        ids = np.asarray(input_ids)
-        if ids.ndim != 2 or ids.shape[0] != self.batch_size:
-            raise UnsupportedError(f"{self.path}: input_ids must be ({self.batch_size}, T), got {ids.shape}")
-        if len(states) != len(self.state_names):
-            raise UnsupportedError(f"{self.path}: expected {len(self.state_names)} states, got {len(states)}")
+        ids = check_run_args(str(self.path), self.batch_size, input_ids, states, self.state_shapes, self.vocab_size)
         self._load_states(states)
         logits = []
         for t in range(ids.shape[1]):
             feed = {"input_ids": ids[:, t:t + 1].astype(np.int32)}
-            logits.append(self._predict(feed).astype(np.float32).reshape(self.batch_size, 1, self.vocab_size))
+            out = self._predict(feed)
+            if np.size(out) != self.batch_size * self.vocab_size:
+                raise ArtifactError(f"{self.path}: the package's logits have shape {np.shape(out)}, the contract "
+                                    f"says ({self.batch_size}, 1, {self.vocab_size})")
+            logits.append(out.astype(np.float32).reshape(self.batch_size, 1, self.vocab_size))
         new = self._read_states()
         return np.concatenate(logits, axis=1), new
 
@@ -142,7 +166,7 @@ class CoreMLRunner:
         return np.asarray(self._model.predict(feed, state=self._state)["logits"])
 
     def _read_states(self) -> List[np.ndarray]:
-        read = self._executor.states.__getitem__ if self.backend == "executor" else self._state.read_state
+        read = self._executor.get_state if self.backend == "executor" else self._state.read_state
         out = []
         for canonical, name, shape in zip(self.state_names, self.core_ml_names, self.state_shapes):
             v = np.asarray(read(name), dtype=np.float32)

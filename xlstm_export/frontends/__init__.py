@@ -116,11 +116,23 @@ def check_num_blocks(nb: int, n_tensors: int, where: str, key: str = "num_blocks
 
 # -- detection -----------------------------------------------------------------------------------
 def _dir_and_file(path: Path) -> tuple[Path, Optional[Path]]:
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as e:  # a name too long for the file system, a loop of links...
+        raise CheckpointError(f"{str(path)[:200]}: cannot access: {e.strerror or e}") from None
+    if not exists:
         raise CheckpointError(f"{path}: no such file or directory; expected {EXPECTED}")
-    if path.is_dir():
+    if is_dir:
         return path, None
     return path.parent, path
+
+
+def list_dir(d: Path) -> list[Path]:
+    """The entries of checkpoint directory ``d``, sorted (CheckpointError if it cannot be listed)."""
+    try:
+        return sorted(d.iterdir())
+    except OSError as e:
+        raise CheckpointError(f"{d}: cannot list the directory: {e.strerror or e}") from None
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -143,9 +155,10 @@ def detect_format(path: str | os.PathLike) -> str:
             return "hybrid"
         if all(k in cfg for k in LARGE_REQUIRED):
             return "large"
-    if file is None and not any(d.iterdir()):
+    entries = list_dir(d)
+    if file is None and not entries:
         raise CheckpointError(f"{d}: the directory is empty; expected {EXPECTED}")
-    found = sorted(p.name for p in d.iterdir())[:8]
+    found = [p.name for p in entries][:8]
     raise CheckpointError(f"{path}: no recognisable checkpoint (found {found}); expected {EXPECTED}")
 
 

@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ConfigError, UnsupportedError
 from ..graphs import FFNSpec, Graph, MLSTMBlock, ModelConfig, NormSpec, SLSTMBlock, WeightHandle
 from ..graphs.names import SLSTM_GATES
 from ..graphs.spec import check_positive
-from . import check_num_blocks, field, read_config
+from . import check_num_blocks, field, list_dir, read_config
 from ._table import Misshaped, Rule, apply_rules, build_graph, conv_weight, split_rows
 from .safetensors_io import open_safetensors, open_torch_state_dict
 
@@ -308,7 +308,7 @@ def open_hybrid_weights(d: Path, file: Optional[Path]) -> dict:
         raise CheckpointError(f"{file}: expected a .safetensors or .pt/.pth/.bin weights file")
     if (d / "model.safetensors").exists():
         return open_safetensors(d / "model.safetensors")
-    cands = sorted(p for p in d.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
+    cands = [p for p in list_dir(d) if p.suffix in (".pt", ".pth", ".bin")]
     if len(cands) == 1:
         return open_torch_state_dict(cands[0])
     if not cands:

@@ -47,14 +47,17 @@ def save_profile_checkpoint(graph: Graph, out_dir: str | os.PathLike, force: boo
     checkpoint) last, so an interrupted write never leaves something that loads.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a directory")
-    if not out.parent.exists():
-        raise OutputError(f"{out.parent}: parent directory does not exist")
-    if (out / PROFILE).exists() and not force:
-        raise OutputError(f"{out}: already holds a checkpoint ({PROFILE}); pass force=True (--force) to overwrite")
-    out.mkdir(exist_ok=True)
-    (out / PROFILE).unlink(missing_ok=True)
+    try:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a directory")
+        if not out.parent.exists():
+            raise OutputError(f"{out.parent}: parent directory does not exist")
+        if (out / PROFILE).exists() and not force:
+            raise OutputError(f"{out}: already holds a checkpoint ({PROFILE}); pass force=True (--force) to overwrite")
+        out.mkdir(exist_ok=True)
+        (out / PROFILE).unlink(missing_ok=True)
+    except OSError as e:  # no permission, a name too long, a read-only file system...
+        raise OutputError(f"{str(out)[:200]}: cannot write a checkpoint there: {e.strerror or e}") from None
     expected = graph.expected_weights()
     items = [(n, graph.weights[n]) for n in expected
              if not (graph.config.tie_weights and n == "lm_head.weight")]

@@ -209,6 +209,10 @@ def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
     for name, t in obj.items():
         if not isinstance(name, str) or not isinstance(t, torch.Tensor):
             raise CheckpointError(f"{path}: entry {name!r} is not a tensor ({type(t).__name__})")
+        if t.layout != torch.strided or t.device.type != "cpu":
+            # sparse tensors have no storage to map, meta tensors no data at all
+            raise CheckpointError(f"{path}: tensor {name!r}: expected a dense tensor with data, got layout "
+                                  f"{str(t.layout).replace('torch.', '')} on device {t.device.type}")
         dtype = str(t.dtype).replace("torch.", "")
         if dtype not in _TAG_OF:
             raise CheckpointError(f"{path}: tensor {name!r}: dtype {dtype} is not supported")

@@ -132,7 +132,10 @@ def _take(d: dict, key: str, types, where: str, default=...):
         return default
     v = d[key]
     if types is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:  # a JSON integer beyond float range
+            raise ConfigError(f"{where}: field {key!r} must be a finite number, got {v!r}") from None
     if not isinstance(v, types) or (isinstance(v, bool) and types in (int, float)):
         tname = getattr(types, "__name__", str(types))
         raise ConfigError(f"{where}: field {key!r} must be {tname}, got {v!r}")

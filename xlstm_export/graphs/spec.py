@@ -182,10 +182,19 @@ def validate_block(index: int, block: BlockSpec, embedding_dim: int) -> None:
             if block.inner_dim % block.qkv_blocksize:
                 raise ConfigError(f"{where}: qkv_proj_blocksize {block.qkv_blocksize} does not divide "
                                   f"the inner dim {block.inner_dim}")
+            head = block.inner_dim // block.num_heads
+            if block.qk_head_dim != head or block.v_head_dim != head:
+                # the hybrid cell's heads split the inner dim; the weights' shapes do not show these
+                raise ConfigError(f"{where}: qk_head_dim {block.qk_head_dim} and v_head_dim {block.v_head_dim} "
+                                  f"must both be inner dim {block.inner_dim} / num_heads {block.num_heads} = {head}")
             if block.conv_kernel < 0:
                 raise ConfigError(f"{where}: conv1d_kernel_size must be >= 0, got {block.conv_kernel}")
         elif block.form != "large":
             raise ConfigError(f"{where}: form must be 'large' or 'hybrid', got {block.form!r}")
+        elif block.conv_kernel != 0:
+            # the large form has no conv: a conv_kernel would add a state no target has
+            raise ConfigError(f"{where}: conv_kernel must be 0 for form 'large' (it has no conv), "
+                              f"got {block.conv_kernel}")
     else:
         check_positive(where, num_heads=block.num_heads, head_dim=block.head_dim)
         if block.num_heads * block.head_dim != embedding_dim:

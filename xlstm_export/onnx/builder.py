@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..errors import XlstmExportError
+
 F32 = TensorProto.FLOAT
 F16 = TensorProto.FLOAT16
 I64 = TensorProto.INT64
@@ -37,10 +39,24 @@ ELEM = {"float32": F32, "float16": F16, "int64": I64}
 
 # ops the Core ML EP (MLProgram) takes; the emitter checks every node past the embedding against it
 COREML_OPS = frozenset({
-    "Add", "Sub", "Mul", "Div", "Max", "Exp", "Sqrt", "Softplus", "Sigmoid", "Tanh", "Erf", "Relu",
+    "Add", "Sub", "Mul", "Div", "Max", "Exp", "Sqrt", "Softplus", "Sigmoid", "Tanh", "Erf", "Relu", "Gelu",
+    "LayerNormalization",
     "MatMul", "Gemm", "ReduceSum", "ReduceMean", "ReduceMax", "Reshape", "Slice", "Concat", "Split",
     "Transpose", "Squeeze", "Unsqueeze", "Cast", "Identity",
 })
+
+
+class BuildError(XlstmExportError):
+    """The graph builder or writer was used inconsistently (a name reused, a tensor of another shape than
+    declared): a bug in a lowering, never a problem of the checkpoint or the options."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message + BUG_NOTE)
+
+
+BUG_NOTE = " (a bug in xlstm-export's ONNX lowering, not in the input; please report it)"
 
 
 @dataclass
@@ -63,7 +79,7 @@ class Initializer:
         if arr.dtype != want:
             arr = arr.astype(want)
         if tuple(arr.shape) != tuple(self.dims):
-            raise ValueError(f"initializer {self.name!r} ({self.source}): produced shape {tuple(arr.shape)}, "
+            raise BuildError(f"initializer {self.name!r} ({self.source}): produced shape {tuple(arr.shape)}, "
                              f"declared {self.dims}")
         return np.ascontiguousarray(arr)
 
@@ -91,9 +107,9 @@ class ModelState:
 
     def add_initializer(self, init: Initializer) -> str:
         if init.name in self._init_index:
-            raise ValueError(f"initializer {init.name!r} registered twice")
+            raise BuildError(f"initializer {init.name!r} registered twice")
         if init.name in self.used_names:
-            raise ValueError(f"initializer name {init.name!r} collides with a value name")
+            raise BuildError(f"initializer name {init.name!r} collides with a value name")
         self.used_names.add(init.name)
         self.initializers.append(init)
         self._init_index[init.name] = init
@@ -165,7 +181,7 @@ class GraphBuilder:
     # -- graph I/O -----------------------------------------------------------------------------
     def input(self, name: str, elem: int, shape: Sequence[Optional[int | str]]) -> str:
         if name in self.model.used_names:
-            raise ValueError(f"graph input name {name!r} is already used")
+            raise BuildError(f"graph input name {name!r} is already used")
         self.model.used_names.add(name)
         self.model.dtypes[name] = elem
         self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
@@ -180,10 +196,10 @@ class GraphBuilder:
 
     def rename(self, old: str, new: str) -> None:
         if new in self.model.used_names:
-            raise ValueError(f"cannot rename {old!r} to {new!r}: the name is taken")
+            raise BuildError(f"cannot rename {old!r} to {new!r}: the name is taken")
         producers = [n for n in self.nodes if old in n.output]
         if len(producers) != 1:
-            raise ValueError(f"cannot rename {old!r}: it is not produced by a node of graph {self.name!r}")
+            raise BuildError(f"cannot rename {old!r}: it is not produced by a node of graph {self.name!r}")
         self.model.used_names.add(new)
         self.model.dtypes[new] = self.model.dtypes[old]
         for n in self.nodes:

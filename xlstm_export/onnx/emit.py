@@ -13,7 +13,8 @@ Scan graph (``target "onnx-scan"``), T dynamic::
     input_ids (B, T) -> Gather -> (B, T, E) -> Transpose (T, B, E) -> Scan(body: blocks on (B, E), carrying
     the states) -> (T, B, E) -> Transpose -> head -> logits (B, T, V);  final states -> <state>.next
 
-The Scan body calls the same lowerings (``lower.py``) as the step graph; the head runs once over all T.
+Both are built by the shared lowering (``lowering/``) over the ONNX backend (``backend.py``); the Scan
+body runs ``lowering.model.blocks`` (the step lowerings), the head runs once over all B*T rows.
 
 Precision: ``fp32``, or ``fp16`` weights and activations with the recurrent cells and states in fp32
 (Casts around each cell; norm reductions are fp32 in both, as in the reference). Chosen by a one-off
@@ -21,7 +22,7 @@ measurement during development (not re-run by the tests, which bound fp16 at 3e-
 decode steps): Scan graphs over 768 tokens of the test fixtures, against the fp32 reference, max rel logits / states
 were <= 3.1e-3 / 1.5e-3 with fp32 cells and <= 1.0e-2 / 9.1e-3 with fp16 cells and states (the
 stabilizer m and the normaliser n lose most); fp32 cells cost a few Casts per block.
-``fp16_states=True`` (not on the CLI) makes everything fp16, for that measurement. Logits are always
+``benchmarks/precision.py`` re-runs such comparisons with policies of its own (``policy=``). Logits are always
 fp32; the states' dtype is in the contract (``xlstm_export.io``).
 
 Files: ``model.onnx``, plus ``model.onnx.data`` when the weights reach ``external_data_threshold``
@@ -33,26 +34,27 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import onnx
 from onnx import helper
 
-from .. import __version__
+from .. import __version__, lowering
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
+from ..lowering import PrecisionPolicy, policy_for
+from ..lowering.precision import STATE_ROLES
 from ..outputs import Artifact, atomic_output, check_output_path
-from .builder import COREML_OPS, DTYPE_NAME, F16, F32, I64, GraphBuilder, ModelState
-from .layers import HEADWISE_FORMS, Ctx, head
-from .lower import LOWERINGS
+from .backend import ELEM, OnnxOps
+from .builder import COREML_OPS, DTYPE_NAME, I64, GraphBuilder, ModelState
 from .writer import External, write_model
 
 TARGET_STEP = "onnx"
 TARGET_SCAN = "onnx-scan"
 PRECISIONS = ("fp32", "fp16")
-MIN_OPSET, MAX_OPSET = 13, 26  # 13: Reduce/Split/Unsqueeze axes as inputs; 26: what ORT 1.31 loads
-DEFAULT_OPSET = 18
+MIN_OPSET, MAX_OPSET = 17, 26  # 17: LayerNormalization (GELU needs 20); 26: what ORT 1.31 loads
+DEFAULT_OPSET = 20
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights from which the data goes to a side file
 COREML_MAX_DIM = 16384
 
@@ -61,14 +63,13 @@ COREML_MAX_DIM = 16384
 class OnnxOptions:
     scan: bool = False  # the Scan sequence graph instead of the decode step
     batch_size: int = 1
-    precision: str = "fp32"  # weights / activations; cells and states stay fp32 (see fp16_states)
+    precision: str = "fp32"  # weights / activations; norms, cells and states stay fp32 (lowering.POLICIES)
     opset: int = DEFAULT_OPSET
     force: bool = False  # replace an existing output
-    lm_head_block: int = COREML_MAX_DIM  # LM head column blocks (split when V is larger)
+    lm_head_block: int = COREML_MAX_DIM  # LM head row blocks (split when V is larger)
     external_data: Optional[bool] = None  # None: when the weights reach external_data_threshold
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
-    headwise: str = "batched"  # block-diagonal weights: "batched" MatMul over heads, or "dense"
-    fp16_states: bool = False  # fp16 only: cells and states in fp16 too (measured worse; not the default)
+    policy: Optional[PrecisionPolicy] = None  # measurements only (benchmarks/): replaces the named policy
 
 
 def state_output_name(name: str) -> str:
@@ -76,87 +77,76 @@ def state_output_name(name: str) -> str:
     return f"{name}.next"
 
 
-def check_options(options: OnnxOptions) -> None:
-    if options.precision not in PRECISIONS:
-        raise UnsupportedError(f"onnx: precision must be one of {PRECISIONS}, got {options.precision!r}")
-    if not isinstance(options.batch_size, int) or options.batch_size < 1:
+def precision_policy(options: OnnxOptions) -> PrecisionPolicy:
+    return options.policy if options.policy is not None else policy_for("onnx", options.precision)
+
+
+def check_options(options: OnnxOptions) -> PrecisionPolicy:
+    if not isinstance(options.batch_size, int) or isinstance(options.batch_size, bool) or options.batch_size < 1:
         raise UnsupportedError(f"onnx: batch size must be a positive integer, got {options.batch_size!r}")
-    if not MIN_OPSET <= options.opset <= MAX_OPSET:
+    if not isinstance(options.opset, int) or not MIN_OPSET <= options.opset <= MAX_OPSET:
         raise UnsupportedError(f"onnx: opset must be in [{MIN_OPSET}, {MAX_OPSET}] (ORT 1.31 loads <= 26; "
-                               f"the graph needs >= 13), got {options.opset}")
-    if options.headwise not in HEADWISE_FORMS:
-        raise UnsupportedError(f"onnx: headwise must be one of {HEADWISE_FORMS}, got {options.headwise!r}")
-    if options.lm_head_block < 1:
-        raise UnsupportedError(f"onnx: lm_head_block must be positive, got {options.lm_head_block}")
+                               f"LayerNormalization needs >= {MIN_OPSET}), got {options.opset!r}")
+    if not isinstance(options.lm_head_block, int) or options.lm_head_block < 1:
+        raise UnsupportedError(f"onnx: lm_head_block must be a positive integer, got {options.lm_head_block!r}")
+    policy = precision_policy(options)
+    dtypes = {policy.storage(r).dtype for r in STATE_ROLES}
+    if len(dtypes) != 1 or any(policy.storage(r).split for r in STATE_ROLES):
+        raise UnsupportedError(f"onnx: policy {policy.name!r} stores states unevenly or split; ONNX states are "
+                               f"plain tensors of one dtype")
+    return policy
 
 
-def _dtypes(options: OnnxOptions) -> Tuple[int, int]:
-    act = F16 if options.precision == "fp16" else F32
-    cell = F16 if (options.precision == "fp16" and options.fp16_states) else F32
-    return act, cell
+def state_dtype(policy: PrecisionPolicy) -> int:
+    return ELEM[policy.storage("c").dtype]
 
 
 def contract_for(graph: Graph, options: OnnxOptions) -> dict:
-    _, cell = _dtypes(options)
+    policy = precision_policy(options)
     return io_contract(
         graph, batch_size=options.batch_size, seq_len=None if options.scan else 1, ids_dtype="int64",
-        logits_dtype="float32", state_dtype=DTYPE_NAME[cell], state_input=lambda n: n,
+        logits_dtype="float32", state_dtype=DTYPE_NAME[state_dtype(policy)], state_input=lambda n: n,
         state_output=state_output_name, target=TARGET_SCAN if options.scan else TARGET_STEP,
-        precision=options.precision)
-
-
-def run_blocks(ctx: Ctx, x: str, states: List[str]) -> Tuple[str, List[str]]:
-    """Every block's lowering in order; states in and out in contract order."""
-    graph = ctx.graph
-    per_block = [len([s for s in graph.state_contract(1) if s.block == i]) for i in range(len(graph.blocks))]
-    new: List[str] = []
-    offset = 0
-    for i, block in enumerate(graph.blocks):
-        k = per_block[i]
-        x, ns = LOWERINGS[block](ctx, i, block, x, states[offset:offset + k])
-        if len(ns) != k:
-            raise AssertionError(f"onnx lowering of block {i} returned {len(ns)} states, contract has {k}")
-        new.extend(ns)
-        offset += k
-    return x, new
+        precision=options.precision if options.policy is None else policy.name)
 
 
 def build(graph: Graph, options: OnnxOptions) -> Tuple[onnx.ModelProto, ModelState]:
     """The ModelProto (no initializer data) and its lazy initializers."""
-    check_options(options)
-    act, cell = _dtypes(options)
+    policy = check_options(options)
     B, E, V = options.batch_size, graph.config.embedding_dim, graph.config.vocab_size
     contract = graph.state_contract(B)
+    selem = state_dtype(policy)
     ms = ModelState(options.opset)
     name = "xlstm_scan" if options.scan else "xlstm_step"
     b = GraphBuilder(ms, name)
-    ctx = Ctx(b, graph, B, act=act, cell=cell, headwise_form=options.headwise, lm_head_block=options.lm_head_block)
+    ops = OnnxOps(b, graph, policy, B, options.lm_head_block)
     T = "T" if options.scan else 1
     ids = b.input("input_ids", I64, [B, T])
-    state_in = [b.input(s.name, cell, s.shape) for s in contract]
-    x = b.gather(ctx.param("embedding.weight"), ids, "embedding")  # (B, T, E)
+    states = {s.name: b.input(s.name, selem, s.shape) for s in contract}
     if not options.scan:
-        x, new_states = run_blocks(ctx, b.reshape(x, [B, E], "embedding.flat"), state_in)  # (B, E)
-        x = b.reshape(x, [B, 1, E], "head.in")
+        ops.state_in = states
+        logits = lowering.step(ops, ids)  # (B, 1, V)
+        new_states = ops.state_out
     else:
-        xs = b.transpose(x, [1, 0, 2], "embedding.time_major")  # (T, B, E)
+        x = lowering.model.embed_sequence(ops, ids)  # (T, B, E)
         body = GraphBuilder(ms, f"{name}_body")
-        body_states = [body.input(f"scan.{s.name}", cell, s.shape) for s in contract]
-        x_t = body.input("scan.x", act, [B, E])
-        y_t, body_new = run_blocks(ctx.on(body), x_t, body_states)
-        for s, v in zip(contract, body_new):
-            body.output(v, f"scan.{state_output_name(s.name)}", s.shape)
+        body_ops = ops.on(body)
+        body_ops.state_in = {s.name: body.input(f"scan.{s.name}", selem, s.shape) for s in contract}
+        x_t = body.input("scan.x", ELEM[policy.stream], [B, E])
+        y_t = lowering.model.blocks(body_ops, x_t, "step")
+        for s in contract:
+            body.output(body_ops.state_out[s.name], f"scan.{state_output_name(s.name)}", s.shape)
         body.output(y_t, "scan.y", [B, E])
-        outs = b.op("Scan", state_in + [xs], "scan", n_out=len(contract) + 1,
+        outs = b.op("Scan", [states[s.name] for s in contract] + [x], "scan", n_out=len(contract) + 1,
                     body=body.to_graph("one decode step of every block on a (B, E) time slice"),
                     num_scan_inputs=1)
-        ms.dtypes[outs[-1]] = act
-        new_states = outs[:-1]
-        x = b.transpose(outs[-1], [1, 0, 2], "scan.batch_major")  # (B, T, E)
-    logits = head(ctx, x)
+        ms.dtypes[outs[-1]] = ELEM[policy.stream]
+        new_states = {s.name: v for s, v in zip(contract, outs[:-1])}
+        x = b.reshape(b.transpose(outs[-1], [1, 0, 2], "scan.batch_major"), [-1, E], "head.rows")  # (B*T, E)
+        logits = lowering.model.head(ops, x, (B, -1))  # (B, T, V)
     b.output(logits, "logits", [B, T, V])
-    for s, v in zip(contract, new_states):
-        b.output(v, state_output_name(s.name), s.shape)
+    for s in contract:
+        b.output(new_states[s.name], state_output_name(s.name), s.shape)
 
     io = contract_for(graph, options)
     doc = _doc(graph, options)
@@ -188,7 +178,8 @@ def _check_coreml_ops(model: onnx.ModelProto) -> None:
     nodes = list(model.graph.node)
     bad = [f"{n.op_type}:{n.name}" for n in nodes[1:] if n.op_type not in COREML_OPS]
     if nodes[0].op_type != "Gather" or bad:
-        raise AssertionError(f"onnx step graph: nodes outside the Core ML EP's op set: {bad[:8]}")
+        raise UnsupportedError(f"onnx step graph: nodes outside the Core ML EP's op set: {bad[:8]} (a bug in "
+                               f"the ONNX backend; please report it)")
 
 
 def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:

@@ -11,7 +11,6 @@ any number.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -20,7 +19,7 @@ import numpy as np
 from ..errors import ArtifactError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY
-from ..validation.contract import contract_batch_size
+from ..validation.contract import check_run_args, contract_batch_size, parse_contract
 from .emit import TARGET_SCAN
 
 PROVIDERS = ("auto", "cpu", "coreml")
@@ -62,19 +61,17 @@ class OnnxRunner:
             raise ArtifactError(f"{where}: onnxruntime cannot load it ({first})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         text = meta.get(IO_KEY)
+        self.contract = parse_contract(text, where)
         if graph is not None:
-            from ..validation.contract import check_contract, parse_contract, state_slots
+            from ..validation.contract import check_contract, state_slots
 
-            self.contract = parse_contract(text, where)
             check_contract(self.contract, graph, where)
             slots = state_slots(self.contract, graph, where)
             self._states = [(s.input, s.output, tuple(s.shape), s.dtype) for s in slots]
         else:
-            if not text:
-                raise ArtifactError(f"{where}: no {IO_KEY!r} contract in the model's metadata_props")
-            self.contract = json.loads(text)
             self._states = [(s["input"], s["output"], tuple(s["shape"]), s["dtype"])
                             for s in self.contract["states"]]
+        self._check_session(where)
         self.kind = str(self.contract.get("target", "onnx"))
         self.precision = str(self.contract.get("precision", "fp32"))
         self.batch_size = contract_batch_size(self.contract, where)
@@ -83,6 +80,25 @@ class OnnxRunner:
                                 f"(re-export with --batch-size {batch_size})")
         self.max_tokens_per_call: Optional[int] = None if self.kind == TARGET_SCAN else 1
         self.providers: List[str] = self.session.get_providers()
+        logits = next((o for o in self.contract["outputs"] if o["name"] == "logits"), None)
+        v = logits["shape"][-1] if logits is not None and logits["shape"] else None
+        self.vocab_size: Optional[int] = v if isinstance(v, int) and v > 0 else None
+
+    def _check_session(self, where: str) -> None:
+        """The contract's names and dtypes are the model's: else ``run`` would fail inside onnxruntime."""
+        for inp, _, _, dtype in self._states:
+            try:
+                np.dtype(dtype)
+            except (TypeError, ValueError):
+                raise ArtifactError(f"{where}: the contract's state {inp!r} has dtype {dtype!r}, not a numpy "
+                                    f"dtype") from None
+        inputs = {i.name for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        missing = [n for n in ["input_ids"] + [s[0] for s in self._states] if n not in inputs]
+        missing += [n for n in ["logits"] + [s[1] for s in self._states] if n not in outputs]
+        if missing:
+            raise ArtifactError(f"{where}: the contract names {missing}, which the ONNX graph does not have as "
+                                f"inputs/outputs (inputs {sorted(inputs)}, outputs {sorted(outputs)})")
 
     @property
     def state_names(self) -> List[str]:
@@ -94,20 +110,20 @@ class OnnxRunner:
     def _call(self, ids: np.ndarray, states: Sequence[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
         feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
         for (inp, _, shape, dtype), s in zip(self._states, states):
-            if tuple(s.shape) != shape:
-                raise ArtifactError(f"{self.path}: state {inp!r} has shape {tuple(s.shape)}, expected {shape}")
+            if tuple(np.shape(s)) != shape:  # a state the graph itself returned: the artifact is inconsistent
+                raise ArtifactError(f"{self.path}: state {inp!r} has shape {tuple(np.shape(s))}, expected {shape}")
             feed[inp] = np.ascontiguousarray(s, dtype=np.dtype(dtype))
         names = ["logits"] + [out for _, out, _, _ in self._states]
-        outs = self.session.run(names, feed)
+        try:
+            outs = self.session.run(names, feed)
+        except Exception as e:  # onnxruntime's own exception types (a graph that does not run as declared)
+            raise ArtifactError(f"{self.path}: onnxruntime cannot run it ({first_line(e)})") from None
         return outs[0].astype(np.float32), [o.astype(np.float32) for o in outs[1:]]
 
     def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
         """input_ids (B, T) int64 -> logits (B, T, V) float32, new states (float32, contract order)."""
-        input_ids = np.asarray(input_ids)
-        if input_ids.ndim != 2 or input_ids.shape[0] != self.batch_size:
-            raise ArtifactError(f"{self.path}: input_ids must be ({self.batch_size}, T), got {input_ids.shape}")
-        if len(states) != len(self._states):
-            raise ArtifactError(f"{self.path}: {len(states)} states given, the contract has {len(self._states)}")
+        input_ids = check_run_args(str(self.path), self.batch_size, input_ids, states,
+                                   [shape for _, _, shape, _ in self._states], self.vocab_size)
         if self.max_tokens_per_call is None:
             return self._call(input_ids, states)
         logits = []

@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterable, List, Optional, Tuple
 import onnx
 from onnx import TensorProto
 
-from .builder import Initializer
+from .builder import BuildError, Initializer
 
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inline even in an external-data model (as onnx does)
 EXTERNAL_ALIGN = 4096
@@ -97,7 +97,7 @@ def write_model(model: onnx.ModelProto, inits: List[Initializer], path: Path,
     ``model.graph`` must hold no initializers. Returns figures: bytes inline / external, tensors.
     """
     if len(model.graph.initializer):
-        raise ValueError("write_model: the graph already holds initializers")
+        raise BuildError("write_model: the graph already holds initializers")
     plan = plan_external(inits, external.location) if external is not None else {}
     headers = [_header(i, plan.get(i.name)) for i in inits]
     raw_key = _key(9)
@@ -128,7 +128,7 @@ def write_model(model: onnx.ModelProto, inits: List[Initializer], path: Path,
                 f.write(init_key + _varint(n) + h)
                 arr = init.materialize()
                 if arr.nbytes != init.nbytes:
-                    raise ValueError(f"initializer {init.name!r}: {arr.nbytes} bytes, declared {init.nbytes}")
+                    raise BuildError(f"initializer {init.name!r}: {arr.nbytes} bytes, declared {init.nbytes}")
                 if init.name in plan:
                     _, offset = plan[init.name]
                     data_f.write(b"\0" * (offset - data_f.tell()))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UnsupportedError, first_line
 from ..frontends import load_weight
 from ..graphs import SLSTM_GATES, FFNSpec, Graph, MLSTMBlock, NormSpec, SLSTMBlock, WeightStore
 from . import kernels
@@ -381,7 +382,9 @@ class ReferenceModel(nn.Module):
     def set_kernel(self, kernel: str, chunk_size: int = 64) -> "ReferenceModel":
         """Choose the mLSTM form used for T > 1: "chunkwise" (default, prefill) or "sequence"."""
         if kernel not in _KERNELS:
-            raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
+            raise UnsupportedError(f"reference: kernel must be one of {_KERNELS}, got {kernel!r}")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise UnsupportedError(f"reference: chunk size must be a positive integer, got {chunk_size!r}")
         for b in self.blocks:
             if hasattr(b, "kernel"):
                 b.kernel = kernel
@@ -390,14 +393,37 @@ class ReferenceModel(nn.Module):
 
 
 def resolve_device(device: Optional[str] = None) -> str:
-    """"auto"/None -> mps if available, else cuda, else cpu; an explicit name is taken as is."""
+    """"auto"/None -> mps if available, else cuda, else cpu; an explicit name is taken as is, once
+    checked (UnsupportedError for a name torch does not know or a device this machine lacks)."""
     if device not in (None, "auto"):
+        _check_device(device)
         return device
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     if torch.cuda.is_available():
         return "cuda"
     return "cpu"
+
+
+def _check_device(device) -> None:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UnsupportedError(f"reference: unknown device {device!r} ({first_line(e)}); "
+                               f"use auto, cpu, cuda or mps") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise UnsupportedError(f"reference: device {device!r} is not available on this machine "
+                                   f"({n} CUDA device(s)); use auto or cpu")
+        return
+    if dev.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise UnsupportedError(f"reference: device {device!r} is not available on this machine; use auto or cpu")
+        return
+    raise UnsupportedError(f"reference: device {device!r} is not supported; use auto, cpu, cuda or mps")
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -408,6 +434,8 @@ def build_model(graph: Graph, device: Optional[str] = None, dtype: str | torch.d
                 ) -> ReferenceModel:
     """The reference model of ``graph`` on ``device`` (auto: mps, cuda, cpu), eval mode."""
     if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise UnsupportedError(f"reference: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         dtype = _DTYPES[dtype]
     model = ReferenceModel(graph, dtype=dtype, device=resolve_device(device))
     return model.eval()

@@ -22,14 +22,21 @@ class TorchScriptRunner(TorchModuleRunner):
     def __init__(self, path: str | Path, graph: Graph, batch_size: Optional[int] = None, device: str = "cpu"):
         import torch
 
+        from ..reference import resolve_device
+
         path = Path(path)
         where = str(path)
+        device = resolve_device(device)  # UnsupportedError for a device torch lacks, before reading anything
         extra = {IO_KEY: ""}
         try:
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         except (RuntimeError, ValueError, OSError) as e:
             first = first_line(e)
             raise ArtifactError(f"{path}: not a loadable TorchScript archive ({first})") from None
+        missing = [m for m in ("init_states", "forward_with_states") if not hasattr(module, m)]
+        if missing:
+            raise ArtifactError(f"{path}: the TorchScript module has no {' / '.join(missing)} method; it was not "
+                                f"written by xlstm-export (re-export it with this tool)")
         self.contract = parse_contract(extra[IO_KEY], where)
         check_contract(self.contract, graph, where)
         slots = state_slots(self.contract, graph, where)
@@ -45,15 +52,30 @@ class TorchScriptRunner(TorchModuleRunner):
         super().__init__(module, batch_size or contract_batch_size(self.contract, where), device)
         self.path = path
         self.precision = str(self.contract.get("precision", "fp32"))
+        try:
+            module_states = super().init_states()
+        except RuntimeError as e:
+            raise ArtifactError(f"{where}: the TorchScript module's init_states fails ({first_line(e)})") from None
+        want = [s.name for s in graph.state_contract(self.batch_size)]
+        shapes = [tuple(s.shape) for s in graph.state_contract(self.batch_size)]
+        got = [tuple(module_states[j].shape) if j < len(module_states) else None for j in self._perm]
+        if len(module_states) != len(slots) or got != shapes:
+            raise ArtifactError(f"{where}: the module's init_states gives {len(module_states)} states "
+                                f"{[tuple(x.shape) for x in module_states]}; its contract maps {want} to shapes "
+                                f"{shapes}")
 
     def init_states(self) -> List[np.ndarray]:
         return self._from_module(super().init_states())
 
     def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
-        ordered: List[np.ndarray] = [states[0]] * len(states)
+        ids = self._check(input_ids, states)  # contract order, as init_states gives them
+        ordered: List[np.ndarray] = list(states)
         for i, j in enumerate(self._perm):
             ordered[j] = states[i]
-        logits, new = super().run(input_ids, ordered)
+        try:
+            logits, new = self._forward(ids, ordered)
+        except RuntimeError as e:  # torch.jit's errors: the archive's code does not run on checked inputs
+            raise ArtifactError(f"{self.path}: the TorchScript module fails to run ({first_line(e)})") from None
         return logits, self._from_module(new)
 
     def _from_module(self, states: List[np.ndarray]) -> List[np.ndarray]:

@@ -5,20 +5,20 @@ reports (JSON, Markdown, HTML).
     result = validate_artifact("model.pt", graph, report_dir="model.pt.report")
     result.raise_if_failed()
 
-Adding a target's runner: one entry in ``registry.FACTORIES`` (and its suffix in ``registry.SUFFIXES``).
+A target's runner is named where the target is registered (``xlstm_export/targets.py``).
 Heavy libraries (torch, onnxruntime, coremltools) are imported only by the runners that need them.
 """
 
 from .compare import compare, judge, localise, make_prompts, step_metrics, where_line
 from .contract import check_contract, parse_contract, state_slots
-from .registry import FACTORIES, SUFFIXES, detect_kind, open_artifact
+from .registry import detect_kind, open_artifact
 from .runner import Runner
-from .tolerances import TOLERANCES, Tolerance, tolerance_for
+from .tolerances import Tolerance, tolerance_for, tolerances
 from .validate import ValidationResult, run_validation, validate_artifact, validate_export
 
 __all__ = [
     "compare", "judge", "localise", "make_prompts", "step_metrics", "where_line", "check_contract",
-    "parse_contract", "state_slots", "FACTORIES", "SUFFIXES", "detect_kind", "open_artifact", "Runner",
-    "TOLERANCES", "Tolerance", "tolerance_for", "ValidationResult", "run_validation", "validate_artifact",
+    "parse_contract", "state_slots", "detect_kind", "open_artifact", "Runner",
+    "tolerances", "Tolerance", "tolerance_for", "ValidationResult", "run_validation", "validate_artifact",
     "validate_export",
 ]

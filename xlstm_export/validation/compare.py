@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..graphs import Graph
 from .runner import Runner
 from .tolerances import Tolerance
@@ -33,14 +34,27 @@ from .tolerances import Tolerance
 STEP_METRICS = ("max_abs", "max_rel", "psnr", "cosine", "argmax_agreement")
 
 
+class PromptError(ConfigError, ValueError):
+    """A prompt is not a non-empty sequence of token ids within the vocabulary (also a ``ValueError``, as
+    ``make_prompts`` raised before it joined the error hierarchy)."""
+
+
 def make_prompts(vocab_size: int, num: int = 3, length: int = 12, seed: int = 0,
                  extra: Sequence[Sequence[int]] = ()) -> List[np.ndarray]:
     """``extra`` prompts first (e.g. the example task's), then ``num`` seeded uniform ones."""
-    out = [np.asarray(p, dtype=np.int64) for p in extra]
-    for i, p in enumerate(out):
-        if p.ndim != 1 or p.size == 0 or p.min() < 0 or p.max() >= vocab_size:
-            raise ValueError(f"prompt {i}: expected a non-empty list of token ids in [0, {vocab_size}), "
-                             f"got {p.tolist()}")
+    for key, v, lo in (("vocab_size", vocab_size, 1), ("num", num, 0), ("length", length, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise PromptError(f"prompts: {key} must be an integer >= {lo}, got {v!r}")
+    out = []
+    for i, p in enumerate(extra):
+        try:
+            arr = np.asarray(p, dtype=np.int64)
+        except (ValueError, TypeError, OverflowError):  # not numbers, ragged, beyond int64
+            arr = None
+        if arr is None or arr.ndim != 1 or arr.size == 0 or arr.min() < 0 or arr.max() >= vocab_size:
+            raise PromptError(f"prompt {i}: expected a non-empty list of token ids in [0, {vocab_size}), "
+                              f"got {p.tolist() if isinstance(p, np.ndarray) else p!r}")
+        out.append(arr)
     rng = np.random.default_rng(seed)
     out += [rng.integers(0, vocab_size, size=length, dtype=np.int64) for _ in range(num)]
     return out
@@ -102,7 +116,8 @@ def compare(reference: Runner, artifact: Runner, graph: Graph, prompts: Sequence
     short group is padded with repeats, which are not scored).
     """
     if reference.batch_size != artifact.batch_size:
-        raise ValueError(f"batch sizes differ: reference {reference.batch_size}, artifact {artifact.batch_size}")
+        raise ConfigError(f"compare: batch sizes differ: reference {reference.batch_size}, artifact "
+                          f"{artifact.batch_size}; open both runners at the same batch size")
     B = artifact.batch_size
     specs = graph.state_contract(B)
     results: List[Optional[dict]] = [None] * len(prompts)

@@ -9,14 +9,18 @@ checkpoint it is validated against, and maps states through :func:`state_slots`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
-from ..errors import ArtifactError
+import numpy as np
+
+from ..errors import ArtifactError, UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_FORMAT, IO_KEY
 
-__all__ = ["IO_KEY", "StateSlot", "parse_contract", "check_contract", "state_slots", "profile_diff"]
+__all__ = ["IO_KEY", "StateSlot", "parse_contract", "check_contract", "state_slots", "profile_diff",
+           "contract_batch_size", "check_run_args"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ def parse_contract(text: str | bytes | None, where: str) -> dict:
         c = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{where}: the {IO_KEY!r} contract is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ArtifactError(f"{where}: the {IO_KEY!r} contract is nested too deeply to be a contract") from None
     if not isinstance(c, dict):
         raise ArtifactError(f"{where}: the {IO_KEY!r} contract must be a JSON object, got {type(c).__name__}")
     if c.get("format") != IO_FORMAT:
@@ -47,10 +53,35 @@ def parse_contract(text: str | bytes | None, where: str) -> dict:
         if not isinstance(c.get(key), typ):
             raise ArtifactError(f"{where}: contract field {key!r} must be a JSON {typ.__name__}, "
                                 f"got {type(c.get(key)).__name__}")
+    for key in ("inputs", "outputs"):
+        for i, e in enumerate(c[key]):
+            if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not _is_shape(e.get("shape")):
+                raise ArtifactError(f"{where}: contract {key}[{i}] must be an object with a string 'name' and "
+                                    f"a 'shape' list, got {_short(e)}")
     for i, s in enumerate(c["states"]):
         if not isinstance(s, dict) or not all(k in s for k in ("name", "shape", "dtype", "input", "output")):
             raise ArtifactError(f"{where}: contract states[{i}] must have name, shape, dtype, input, output")
+        if not (isinstance(s["name"], str) and _is_shape(s["shape"], dynamic=False) and isinstance(s["dtype"], str)
+                and isinstance(s["input"], str) and (s["output"] is None or isinstance(s["output"], str))):
+            raise ArtifactError(f"{where}: contract states[{i}] must have string name, dtype and input, a shape "
+                                f"of non-negative integers and a string or null output, got {_short(s, 120)}")
+    extra = c.get("extra_states", [])
+    if not isinstance(extra, list):
+        raise ArtifactError(f"{where}: contract field 'extra_states' must be a JSON list, got {type(extra).__name__}")
+    for i, s in enumerate(extra):
+        scale = s.get("scale", 1.0) if isinstance(s, dict) else None
+        if not (isinstance(s, dict) and isinstance(s.get("part_of"), str) and isinstance(s.get("input"), str)
+                and _is_shape(s.get("shape"), dynamic=False) and isinstance(scale, (int, float))
+                and not isinstance(scale, bool) and math.isfinite(scale) and scale != 0):
+            raise ArtifactError(f"{where}: contract extra_states[{i}] must have string part_of and input, a shape "
+                                f"and a finite non-zero scale, got {_short(s, 120)}")
     return c
+
+
+def _is_shape(v: Any, dynamic: bool = True) -> bool:
+    """A JSON shape: a list of non-negative integers (and nulls, dynamic axes, where allowed)."""
+    return isinstance(v, list) and all(
+        (d is None and dynamic) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in v)
 
 
 def _short(v: Any, n: int = 60) -> str:
@@ -101,20 +132,53 @@ def check_contract(contract: dict, graph: Graph, where: str) -> None:
 def state_slots(contract: dict, graph: Graph, where: str) -> List[StateSlot]:
     """The artifact's states in the graph's contract order (what runners exchange)."""
     by_name = {s["name"]: s for s in contract["states"]}
-    want = [s.name for s in graph.state_contract(1)]
+    specs = graph.state_contract(contract_batch_size(contract, where))
+    want = [s.name for s in specs]
     missing = [n for n in want if n not in by_name]
     extra = [n for n in by_name if n not in set(want)]
     if missing or extra or len(by_name) != len(contract["states"]):
         raise ArtifactError(f"{where}: the contract's states do not match the checkpoint's state contract "
                             f"(missing {missing}, unexpected {extra})")
+    for s in specs:
+        if tuple(by_name[s.name]["shape"]) != tuple(s.shape):
+            raise ArtifactError(f"{where}: the contract's state {s.name} has shape {by_name[s.name]['shape']}, "
+                                f"the checkpoint's state contract says {list(s.shape)}")
     return [StateSlot(n, tuple(by_name[n]["shape"]), by_name[n]["dtype"], by_name[n]["input"],
                       by_name[n]["output"]) for n in want]
 
 
 def contract_batch_size(contract: dict, where: str) -> int:
     """The batch size the artifact was exported for (``input_ids`` shape[0]; 1 when dynamic)."""
-    ids = next((i for i in contract["inputs"] if i.get("name") == "input_ids"), None)
+    ids = next((i for i in contract["inputs"] if isinstance(i, dict) and i.get("name") == "input_ids"), None)
     if ids is None:
         raise ArtifactError(f"{where}: the contract has no 'input_ids' input")
-    b = ids["shape"][0] if ids.get("shape") else None
-    return int(b) if isinstance(b, int) and b > 0 else 1
+    shape = ids.get("shape")
+    b = shape[0] if isinstance(shape, list) and shape else None
+    return int(b) if isinstance(b, int) and not isinstance(b, bool) and b > 0 else 1
+
+
+def check_run_args(where: str, batch_size: int, input_ids: Any, states: Sequence[Any],
+                   state_shapes: Optional[Sequence[tuple]] = None, vocab_size: Optional[int] = None) -> np.ndarray:
+    """What every runner's ``run`` checks first, so a bad call is the same UnsupportedError in every target:
+    ``input_ids`` (B, T) integers (in ``[0, vocab_size)`` when given), one state per contract state (of
+    ``state_shapes`` when given). Returns ``input_ids`` as an int64 array."""
+    try:
+        ids = np.asarray(input_ids)
+    except ValueError:  # ragged
+        ids = None
+    if ids is None or ids.ndim != 2 or ids.shape[0] != batch_size or ids.shape[1] < 1 or (
+            ids.dtype.kind not in "iu"):
+        got = f"{ids.dtype} {ids.shape}" if ids is not None else type(input_ids).__name__
+        raise UnsupportedError(f"{where}: input_ids must be integer token ids of shape ({batch_size}, T) with "
+                               f"T >= 1, got {got}")
+    if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise UnsupportedError(f"{where}: input_ids must be in [0, {vocab_size}), got values in "
+                               f"[{int(ids.min())}, {int(ids.max())}]")
+    if state_shapes is not None:
+        if len(states) != len(state_shapes):
+            raise UnsupportedError(f"{where}: expected {len(state_shapes)} states (contract order), got {len(states)}")
+        for i, (s, shape) in enumerate(zip(states, state_shapes)):
+            got = tuple(np.shape(s))
+            if got != tuple(shape):
+                raise UnsupportedError(f"{where}: state {i} must have shape {tuple(shape)}, got {got}")
+    return ids.astype(np.int64, copy=False)

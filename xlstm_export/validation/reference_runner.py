@@ -11,7 +11,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..errors import UnsupportedError
 from ..graphs import Graph
+from .contract import check_run_args
 
 
 class TorchModuleRunner:
@@ -23,9 +25,14 @@ class TorchModuleRunner:
     max_tokens_per_call: Optional[int] = None
 
     def __init__(self, module, batch_size: int, device: str = "cpu"):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise UnsupportedError(f"{self.kind} runner: batch size must be a positive integer, got {batch_size!r}")
         self.module = module
         self.batch_size = int(batch_size)
         self.device = device
+        self._state_shapes: Optional[List[tuple]] = None
+        v = getattr(module, "vocab_size", None)
+        self.vocab_size: Optional[int] = v if isinstance(v, int) and v > 0 else None
 
     def init_states(self) -> List[np.ndarray]:
         import torch
@@ -33,7 +40,19 @@ class TorchModuleRunner:
         with torch.inference_mode():
             return [s.float().cpu().numpy() for s in self.module.init_states(self.batch_size)]
 
+    def _check(self, input_ids, states) -> np.ndarray:
+        """``input_ids`` as int64 (B, T), after the checks every runner makes (UnsupportedError); states
+        in the order ``init_states`` gives them."""
+        if self._state_shapes is None:
+            self._state_shapes = [tuple(s.shape) for s in self.init_states()]
+        return check_run_args(f"{self.kind} runner", self.batch_size, input_ids, states, self._state_shapes,
+                              self.vocab_size)
+
     def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        return self._forward(self._check(input_ids, states), states)
+
+    def _forward(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        """The module's ``forward_with_states`` on checked arguments (states in the module's order)."""
         import torch
 
         ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.device)

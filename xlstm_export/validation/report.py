@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, List
 
+from ..errors import OutputError
 from ..outputs import atomic_output
 from .compare import fmt, where_line
 
@@ -37,7 +38,10 @@ def to_json(report: dict) -> str:
 
 def write_report(report: dict, out_dir: str | os.PathLike) -> List[Path]:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission, read-only file system...
+        raise OutputError(f"{out}: cannot create the report folder: {e.strerror or e}") from None
     texts = {"report.json": to_json(report), "report.md": to_markdown(report), "report.html": to_html(report)}
     paths = []
     for name in FILES:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from ..errors import ParityError
+from ..errors import ConfigError, ParityError
 from ..graphs import Graph
 from .compare import fmt, compare, judge, localise, make_prompts, where_line
 from .registry import open_artifact
@@ -64,7 +64,11 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
     from .reference_runner import ReferenceRunner
 
     if steps < 0 or num_prompts < 0 or prompt_len < 1 or (num_prompts == 0 and not extra_prompts):
-        raise ValueError("validation needs steps >= 0, prompt_len >= 1 and at least one prompt")
+        raise ConfigError(f"validation needs steps >= 0, prompt_len >= 1 and at least one prompt; got steps "
+                          f"{steps}, prompt_len {prompt_len}, {num_prompts} prompts + {len(extra_prompts)} extra")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"validation: seed must be a non-negative integer (numpy seeds the prompts with it), "
+                          f"got {seed!r}")
     tol = tolerance_for(artifact.kind, artifact.precision)
     reference = reference or ReferenceRunner(graph, artifact.batch_size)
     prompts = make_prompts(graph.config.vocab_size, num_prompts, prompt_len, seed, extra_prompts)

@@ -18,7 +18,7 @@ from xlstm_export.frontends import load_checkpoint
 from xlstm_export.graphs.io import IO_KEY
 from xlstm_export.torchscript import TorchScriptOptions, emit
 from xlstm_export.validation import (
-    FACTORIES, SUFFIXES, compare, detect_kind, judge, make_prompts, open_artifact, run_validation, step_metrics,
+    compare, detect_kind, judge, make_prompts, open_artifact, run_validation, step_metrics,
     tolerance_for, validate_artifact,
 )
 from xlstm_export.validation.prompts import task_prompts
@@ -232,15 +232,22 @@ def test_validate_exit_2_on_bad_input(artifacts, tmp_path):
     assert res.exit_code == 2 and IO_KEY in res.output
 
 
+def fake_runner(path, graph, **opts):
+    return ReferenceRunner(graph, **opts)
+
+
 def test_registry_detects_kind_and_takes_a_new_runner(artifacts, monkeypatch, tmp_path):
     _, graph, art = artifacts["hf"]
     assert detect_kind("a.pt") == "torchscript" and detect_kind("m.mlpackage") == "coreml"
     assert detect_kind("m.onnx") == "onnx"
     with pytest.raises(ArtifactError):
         detect_kind("m.gguf")
-    # what a target adds: a suffix and a factory
-    monkeypatch.setitem(SUFFIXES, ".ref", "fake")
-    monkeypatch.setitem(FACTORIES, "fake", lambda path, graph, **opts: ReferenceRunner(graph, **opts))
+    # what a target adds: one registration (its suffix and runner among the rest)
+    from xlstm_export import targets
+
+    fake = targets.Target("fake", "a fake target", (".ref",), "xlstm_export.validation", "Runner",
+                          f"{__name__}:fake_runner", (), "fake", ())
+    monkeypatch.setitem(targets.TARGETS, "fake", fake)
     (tmp_path / "m.ref").write_bytes(b"")
     runner = open_artifact(tmp_path / "m.ref", graph, batch_size=2)
     assert runner.batch_size == 2 and runner.kind == "reference"

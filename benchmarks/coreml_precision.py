@@ -1,7 +1,10 @@
-"""The measurement behind the Core ML precision choice (``lower.PRECISIONS["fp16"]``).
+"""The measurement behind the Core ML precision choice (``lowering.POLICIES[("coreml", "fp16")]``).
 
-    python -m xlstm_export.coreml.measure --checkpoint CKPT [--tokens 256] [--policies fp16,fp16-all,...]
-    python -m xlstm_export.coreml.measure --checkpoint CKPT --memory OUT.mlpackage   # export peak RSS
+    python benchmarks/coreml_precision.py --checkpoint CKPT [--tokens 256] [--policies fp16,fp16-plain,...]
+    python benchmarks/coreml_precision.py --checkpoint CKPT --memory OUT.mlpackage   # export peak RSS
+
+The experimental policies live here, not in the package: each is a ``PrecisionPolicy`` handed to the
+emitter's ``policy`` option.
 
 For each precision policy: export the package, execute it FROM DISK with the executor token by token
 over a seeded random sequence (or the example task's), and compare every step's logits and the final
@@ -19,16 +22,30 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..graphs import Graph
+from xlstm_export.graphs import Graph
+from xlstm_export.lowering import POLICIES as PACKAGE_POLICIES
+from xlstm_export.lowering import PrecisionPolicy, StateStorage
 
-POLICIES = ("fp32", "fp32-split-m", "fp32-round", "fp16", "fp16-split-m", "fp16-round", "fp16-plain", "fp16-stream16", "fp16-all")
+_FP16, _FP32 = PACKAGE_POLICIES[("coreml", "fp16")], PACKAGE_POLICIES[("coreml", "fp32")]
+_PLAIN = StateStorage("fp16", split=False)
+POLICIES: Dict[str, PrecisionPolicy] = {
+    "fp32": _FP32,
+    "fp32-split-m": _FP32.with_states("fp32-split-m", c=_PLAIN, n=_PLAIN, conv=_PLAIN, slstm=_PLAIN),
+    "fp16": _FP16,
+    "fp16-split-m": _FP16.with_states("fp16-split-m", c=_PLAIN, n=_PLAIN, slstm=_PLAIN),
+    "fp16-plain": _FP16.with_states("fp16-plain", c=_PLAIN, n=_PLAIN, m=_PLAIN, slstm=_PLAIN),
+    "fp16-stream16": PrecisionPolicy("coreml", "fp16-stream16", weights="fp16", stream="fp16", norm="fp32",
+                                     cell="fp32", act="fp16", states=_FP16.states),
+    "fp16-all": PrecisionPolicy("coreml", "fp16-all", weights="fp16", stream="fp16", norm="fp16", cell="fp16", act="fp16",
+                                states={r: _PLAIN for r in _FP16.states}),
+}
 
 
 def reference_run(graph: Graph, ids: np.ndarray):
     """Logits (B, T, V) and final states of the fp32 reference over ``ids``."""
     import torch
 
-    from ..reference import build_model
+    from xlstm_export.reference import build_model
 
     model = build_model(graph, device="cpu")
     with torch.no_grad():
@@ -38,11 +55,12 @@ def reference_run(graph: Graph, ids: np.ndarray):
 
 def measure_policy(graph: Graph, policy: str, ids: np.ndarray, ref_logits: np.ndarray, ref_states,
                    workdir: Path) -> Dict:
-    from .emit import CoreMLOptions, emit
-    from .runner import CoreMLRunner
+    from xlstm_export.coreml.emit import CoreMLOptions, emit
+    from xlstm_export.coreml.runner import CoreMLRunner
 
     path = workdir / f"{policy}.mlpackage"
-    emit(graph, CoreMLOptions(precision=policy, batch_size=ids.shape[0], force=True, swift=False), path)
+    emit(graph, CoreMLOptions(precision="fp16", batch_size=ids.shape[0], force=True, swift=False,
+                              policy=POLICIES[policy]), path)
     runner = CoreMLRunner(path, graph, backend="executor")
     states = runner.init_states()
     logits = []
@@ -118,7 +136,7 @@ def export_memory(checkpoint: str, out: str, precision: str = "fp16") -> Dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from ..frontends import load_checkpoint
+    from xlstm_export.frontends import load_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
@@ -136,7 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     graph = load_checkpoint(a.checkpoint)
     if a.task:
-        from ..validation.prompts import task_prompts
+        from xlstm_export.validation.prompts import task_prompts
 
         first = task_prompts(a.checkpoint, 1)
         if not first:

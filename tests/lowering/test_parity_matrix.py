@@ -1,0 +1,47 @@
+"""The parity matrix: every block kind x every artifact kind x every mode it is built in, exported from an
+upstream-made checkpoint holding that block kind and validated against the reference (the one tolerance
+table). A missing lowering or a missing target registration fails its cell; the matrix itself is derived
+from the registries, so a new block kind, target or mode adds cells without touching this file.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from xlstm_export import lowering, targets
+from xlstm_export.frontends import load_checkpoint
+from xlstm_export.validation import validate_artifact
+
+# the fixture holding each block kind (tests/fixtures.py: made by transformers / xlstm)
+FIXTURE_OF = {("mlstm", "large"): "hf", ("mlstm", "hybrid"): "hybrid_mlstm_only",
+              ("slstm", "vanilla"): "hybrid_slstm_only"}
+
+
+def cells():
+    for block_kind, kind in itertools.product(lowering.KINDS, sorted(targets.KINDS)):
+        for mode in targets.KINDS[kind].modes or ("reference",):
+            yield block_kind, kind, mode
+
+
+def test_every_block_kind_has_a_fixture_and_every_mode_is_known():
+    assert set(FIXTURE_OF) == set(lowering.KINDS)
+    assert {m for k in targets.KINDS.values() for m in k.modes} <= set(lowering.MODES)
+
+
+@pytest.mark.parametrize("block_kind, kind, mode", list(cells()),
+                         ids=[f"{b[0]}-{b[1]}-{k}-{m}" for b, k, m in cells()])
+def test_cell(checkpoint_factory, tmp_path, block_kind, kind, mode):
+    graph = load_checkpoint(checkpoint_factory(FIXTURE_OF[block_kind]))
+    assert block_kind in {lowering.kind_form(b) for b in graph.blocks}
+    if mode != "reference":  # built by the shared lowering: the cell must be registered
+        for block in graph.blocks:
+            lowering.LOWERINGS.get(block, mode)
+    k = targets.KINDS[kind]
+    art = k.emit(graph, tmp_path / k.filename, precision=k.demo_precision)
+    res = validate_artifact(art.path, graph, steps=4, num_prompts=2, prompt_len=6)
+    s = res.report["summary"]
+    print(f"\n[{block_kind[0]}/{block_kind[1]} x {kind} ({k.demo_precision}) x {mode}] max rel {s['max_rel']:.2e}, "
+          f"greedy {s['greedy_agreeing']}/{s['greedy_picks']}")
+    assert res.passed, res.summary_line()

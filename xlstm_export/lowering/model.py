@@ -1,0 +1,98 @@
+"""The whole model in a mode, from the per-block lowerings::
+
+    input_ids (B, 1) ─ gather(embedding) ─ block 0 .. N-1 ─ out_norm ─ lm_head ─ soft cap ─ logits (B, 1, V)
+
+``embed``, ``blocks`` and ``head`` are separate so that a backend can put the blocks inside a loop
+(ONNX's Scan body runs ``blocks`` once per token; the head runs once over all rows).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from ..graphs import Graph
+from .layers import norm, soft_cap
+from .ops import V, Ops
+from .registry import LOWERINGS
+from .states import block_states
+from .weights import WeightSpec
+
+
+def vocab_weights(graph: Graph) -> Tuple[WeightSpec, WeightSpec]:
+    """The embedding and LM head constants (the same data when tied)."""
+    emb = WeightSpec.tensor(graph, "embedding.weight", "embedding", "weights")
+    head = WeightSpec.tensor(graph, "lm_head.weight", "lm_head", "weights")
+    return emb, head
+
+
+def embed(ops: Ops, ids: V) -> V:
+    """ids (B, 1) -> (B, E) rows of the embedding, in the stream dtype."""
+    emb, _ = vocab_weights(ops.graph)
+    x = ops.gather(ops.weight(emb), ids, "embedding")  # (B, 1, E)
+    x = ops.reshape(x, (ops.batch, ops.graph.config.embedding_dim), "embedding.rows")  # (B, E)
+    return ops.cast(x, "stream", "embedding")
+
+
+def embed_sequence(ops: Ops, ids: V) -> V:
+    """ids (B, T) -> (T, B, E) time-major embedding rows, in the stream dtype (a Scan's input)."""
+    emb, _ = vocab_weights(ops.graph)
+    x = ops.cast(ops.gather(ops.weight(emb), ids, "embedding"), "stream", "embedding")  # (B, T, E)
+    return ops.transpose(x, (1, 0, 2), "embedding.time_major")
+
+
+def blocks(ops: Ops, x: V, mode: str = "step") -> V:
+    """Every block's lowering in order; x (B, E) -> (B, E)."""
+    graph = ops.graph
+    for i, (block, st) in enumerate(zip(graph.blocks, block_states(graph, ops.batch))):
+        x = LOWERINGS.get(block, mode)(ops, i, block, x, st)
+    return x
+
+
+def head_blocks(vocab: int, width: Optional[int]) -> List[Tuple[int, int]]:
+    """Row ranges [start, stop) of the LM head, each at most ``width`` (None: one block)."""
+    if width is None or vocab <= width:
+        return [(0, vocab)]
+    return [(s, min(s + width, vocab)) for s in range(0, vocab, width)]
+
+
+def head(ops: Ops, x: V, lead: Tuple[int, ...]) -> V:
+    """x rows (R, E) -> logits ``lead + (V,)`` (R = prod(lead)) in the logits dtype:
+    ``out_norm -> lm_head -> soft cap``.
+
+    When V exceeds the backend's ``max_matmul_width`` the LM head is several Linears over row blocks of
+    the weight, each capped and shaped on its own, then one Concat, so no tensor is wider than the
+    limit before the logits themselves::
+
+        x ─ out_norm ─┬─ lm_head.0 (rows 0:16384)     ─ cap ─ shape ─┐
+                      ├─ lm_head.1 (rows 16384:32768) ─ cap ─ shape ─┼─ concat ─ logits
+                      └─ ...                                         ┘
+    """
+    graph = ops.graph
+    cfg = graph.config
+    if cfg.out_norm is not None:
+        x = norm(ops, x, cfg.out_norm, "out_norm")
+    x = ops.cast(x, "weights", "lm_head.in")
+    _, spec = vocab_weights(graph)
+    ranges = head_blocks(cfg.vocab_size, ops.max_matmul_width)
+    if len(ranges) == 1:
+        y = _capped(ops, ops.cast(ops.linear(x, spec, None, "lm_head"), "logits", "lm_head"), "lm_head")
+        return ops.reshape(y, (*lead, cfg.vocab_size), "logits")
+    parts = []
+    for j, (s, e) in enumerate(ranges):
+        name = f"lm_head.{j}"
+        w = WeightSpec(f"lm_head.weight.{j}", spec.sources, "lm_head", "weights", (e - s, cfg.embedding_dim),
+                       rows=(s, e))
+        y = _capped(ops, ops.cast(ops.linear(x, w, None, name), "logits", name), name)  # (R, e - s)
+        parts.append(ops.reshape(y, (*lead, e - s), f"{name}.out"))
+    return ops.concat(parts, -1, "logits")
+
+
+def _capped(ops: Ops, y: V, name: str) -> V:
+    cap = ops.graph.config.output_logit_soft_cap
+    return soft_cap(ops, y, float(cap), f"{name}.capped") if cap else y
+
+
+def step(ops: Ops, ids: V) -> V:
+    """One decode step: ids (B, 1) -> logits (B, 1, V)."""
+    x = blocks(ops, embed(ops, ids), "step")
+    return head(ops, x, (ops.batch, 1))

@@ -1,0 +1,156 @@
+"""The ONNX backend: the lowering ops protocol (``lowering/ops.py``) as ONNX nodes (``builder.py``).
+
+One protocol op is one node, named by the canonical name (repeated names get ``_2``, ``_3`` ...).
+``linear`` is ``Gemm(x, W, b, transB=1)`` on rows, so Linear weights are stored as the checkpoint holds
+them ((out, in), shared with the embedding when tied). Weights are initializers whose data the
+per-weight hook makes when the model is written. States are graph inputs (``<name>``) and outputs
+(``<name>.next``); inside a Scan body, ``scan.<name>`` and ``scan.<name>.next``.
+
+Every op here is one the Core ML EP (MLProgram) takes: Neg and Abs are written by the lowering as
+``Mul(x, -1)`` and ``Max(x, -x)``, GELU is the opset-20 ``Gelu`` node, LayerNorm ``LayerNormalization``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import UnsupportedError
+from ..graphs import Graph, StateSpec
+from ..lowering import PrecisionPolicy, WeightSpec, marked, prepare_weight
+from .builder import F16, F32, GraphBuilder, Initializer
+
+ELEM = {"fp16": F16, "fp32": F32}
+DTYPE_OF = {F16: "fp16", F32: "fp32"}
+GELU_OPSET = 20
+
+
+class OnnxOps:
+    """The ops protocol over one :class:`GraphBuilder` (the main graph or a Scan body)."""
+
+    def __init__(self, b: GraphBuilder, graph: Graph, policy: PrecisionPolicy, batch_size: int,
+                 max_matmul_width: Optional[int], weights: Optional[Dict[tuple, str]] = None):
+        self.b = b
+        self.graph = graph
+        self.policy = policy
+        self.batch = batch_size
+        self.max_matmul_width = max_matmul_width
+        self._weights: Dict[tuple, str] = {} if weights is None else weights  # shared with Scan bodies
+        self.state_in: Dict[str, str] = {}  # canonical state name -> value read
+        self.state_out: Dict[str, str] = {}  # canonical state name -> value written
+
+    def on(self, b: GraphBuilder) -> "OnnxOps":
+        """The same backend writing into another graph (a Scan body); initializers stay shared."""
+        return OnnxOps(b, self.graph, self.policy, self.batch, self.max_matmul_width, self._weights)
+
+    # -- constants -------------------------------------------------------------------------------
+    def dtype(self, x: str) -> str:
+        return DTYPE_OF[self.b.dtype(x)]
+
+    def const(self, value: float, like: str) -> str:
+        return self.b.scalar_like(value, like)
+
+    def weight(self, spec: WeightSpec) -> str:
+        dtype = self.policy.dtype(spec.role)
+        ident = spec.identity(self.graph, dtype)
+        if ident not in self._weights:
+            ms = self.b.model
+            name = spec.key if spec.key not in ms.used_names else ms.unique(f"{spec.key}.{dtype}")
+            ms.used_names.discard(name)  # add_initializer claims it
+            graph, sources = self.graph, ", ".join(self.graph.weights[s].source for s in spec.sources)
+            ms.add_initializer(Initializer(name, ELEM[dtype], spec.shape,
+                                           lambda: prepare_weight(graph, spec, dtype), sources))
+            self._weights[ident] = name
+        return self._weights[ident]
+
+    # -- ops ---------------------------------------------------------------------------------------
+    def linear(self, x: str, w: WeightSpec, b: Optional[WeightSpec], name: str) -> str:
+        inputs = [x, self.weight(w)] + ([self.weight(b)] if b is not None else [])
+        return self.b.op("Gemm", inputs, name, transB=1)
+
+    def matmul(self, a: str, b: str, name: str) -> str:
+        return self.b.op("MatMul", [a, b], name)
+
+    def add(self, a: str, b: str, name: str) -> str:
+        return self.b.op("Add", [a, b], name)
+
+    def sub(self, a: str, b: str, name: str) -> str:
+        return self.b.op("Sub", [a, b], name)
+
+    def mul(self, a: str, b: str, name: str) -> str:
+        return self.b.op("Mul", [a, b], name)
+
+    def div(self, a: str, b: str, name: str) -> str:
+        return self.b.op("Div", [a, b], name)
+
+    def maximum(self, a: str, b: str, name: str) -> str:
+        return self.b.op("Max", [a, b], name)
+
+    def exp(self, x: str, name: str) -> str:
+        return self.b.op("Exp", [x], name)
+
+    def sqrt(self, x: str, name: str) -> str:
+        return self.b.op("Sqrt", [x], name)
+
+    def tanh(self, x: str, name: str) -> str:
+        return self.b.op("Tanh", [x], name)
+
+    def sigmoid(self, x: str, name: str) -> str:
+        return self.b.op("Sigmoid", [x], name)
+
+    def softplus(self, x: str, name: str) -> str:
+        return self.b.op("Softplus", [x], name)
+
+    def relu(self, x: str, name: str) -> str:
+        return self.b.op("Relu", [x], name)
+
+    def gelu(self, x: str, name: str) -> str:
+        if self.b.model.opset < GELU_OPSET:
+            raise UnsupportedError(f"onnx: {name} is a GELU, which needs opset >= {GELU_OPSET} "
+                                   f"(got {self.b.model.opset}); export with --opset {GELU_OPSET} or later")
+        return self.b.op("Gelu", [x], name)
+
+    def reduce_mean(self, x: str, axis: int, keepdims: bool, name: str) -> str:
+        return self.b.reduce_mean(x, [axis], keepdims, name)
+
+    def reduce_sum(self, x: str, axis: int, keepdims: bool, name: str) -> str:
+        return self.b.reduce_sum(x, [axis], keepdims, name)
+
+    def layer_norm(self, x: str, dim: int, eps: float, gamma: Optional[str], beta: Optional[str], name: str) -> str:
+        if gamma is None:
+            gamma = self.b.model.const(np.ones(dim, dtype=np.float32 if self.dtype(x) == "fp32" else np.float16))
+        inputs = [x, gamma] + ([beta] if beta is not None else [])
+        return self.b.op("LayerNormalization", inputs, name, axis=-1, epsilon=float(eps))
+
+    def reshape(self, x: str, shape: Sequence[int], name: str) -> str:
+        return self.b.reshape(x, shape, name)
+
+    def concat(self, xs: Sequence[str], axis: int, name: str) -> str:
+        return self.b.concat(xs, axis, name)
+
+    def split(self, x: str, sizes: Sequence[int], axis: int, name: str) -> List[str]:
+        return self.b.split(x, sizes, axis, name)
+
+    def slice(self, x: str, axis: int, start: int, stop: int, name: str) -> str:
+        return self.b.slice(x, [start], [stop], [axis], name)
+
+    def transpose(self, x: str, perm: Sequence[int], name: str) -> str:
+        return self.b.transpose(x, perm, name)
+
+    def gather(self, table: str, ids: str, name: str) -> str:
+        return self.b.gather(table, ids, name)
+
+    # -- precision and states ------------------------------------------------------------------------
+    def cast(self, x: str, role: str, place: str) -> str:
+        return self.b.cast(x, ELEM[self.policy.dtype(role)], marked(place, "cast"))
+
+    def read_state(self, state: StateSpec, role: str) -> str:
+        return self.b.cast(self.state_in[state.name], ELEM[self.policy.dtype(role)], marked(state.name, "cast"))
+
+    def write_state(self, state: StateSpec, value: str) -> None:
+        elem = ELEM[self.policy.storage(state.role).dtype]
+        self.state_out[state.name] = self.b.cast(value, elem, marked(state.name, "next"))
+
+
+__all__ = ["OnnxOps", "ELEM", "GELU_OPSET"]

@@ -1,0 +1,199 @@
+"""The target registry: every export target, registered once; the CLI, the demo, validation, the
+benchmarks and the reliability tests iterate it. Importing it loads no target package.
+
+    TARGETS["onnx"]                         # a Target: name, suffixes, options, kinds, emit, runner
+    artifact_kind("onnx-scan")              # an artifact kind: the target plus the options selecting it
+    target_for_path("model.mlpackage")      # by suffix (what ``validate`` opens an artifact with)
+
+A target is a package exposing an options dataclass, ``emit(graph, options, out)`` and a runner
+factory; registering it is one :func:`register` call below. Each artifact *kind* a target writes (ONNX
+writes ``onnx`` step graphs and ``onnx-scan`` Scan graphs) carries its tolerance per precision and
+the lowering modes it needs (the parity-matrix test checks every kind x block kind x mode).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from .errors import ArtifactError, RegistryError, UnsupportedError
+from .tolerances import BF16, FP16, FP32, Tolerance
+
+
+@dataclass(frozen=True)
+class Option:
+    """A target-specific export option: one CLI flag and one field of the target's options dataclass."""
+
+    flag: str  # "--precision"
+    dest: str  # the options field: "precision"
+    help: str
+    default: Any = None
+    choices: Tuple[str, ...] = ()  # a choice option
+    is_flag: bool = False
+    min: Optional[int] = None  # an int option's range
+    max: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """An artifact kind: what a target writes with some of its options fixed (``onnx-scan`` = onnx, scan)."""
+
+    name: str
+    target: str
+    fixed: Mapping[str, Any]  # options that select this kind
+    tolerances: Mapping[str, Tolerance]  # by precision
+    modes: Tuple[str, ...]  # lowering modes it is built from (empty: built from the reference module)
+    demo_precision: str
+    filename: str  # what the demo calls its file
+
+    def emit(self, graph, out: str | os.PathLike, **options):
+        """Export ``graph`` as this kind (``options`` are the target's, e.g. ``precision="fp16"``)."""
+        return TARGETS[self.target].emit(graph, out, **{**options, **self.fixed})
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # CLI command and artifact kind
+    summary: str  # the command's help line
+    suffixes: Tuple[str, ...]  # artifact path suffixes; the first is what exports write
+    package: str  # "xlstm_export.coreml": exposes ``emit`` and the options class
+    options_class: str
+    runner: str  # "module:function" (path, graph, **opts) -> Runner
+    requires: Tuple[str, ...]  # third-party modules it needs
+    extra: str  # the pip extra that installs them
+    options: Tuple[Option, ...]
+    kinds: Tuple[Kind, ...] = field(default=())
+
+    def _require(self) -> None:
+        for mod in self.requires:
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                raise UnsupportedError(f"{self.name}: needs the {mod!r} package; install it with "
+                                       f"pip install 'xlstm-export[{self.extra}]'") from None
+
+    def make_options(self, **values):
+        self._require()
+        cls = getattr(importlib.import_module(self.package), self.options_class)
+        known = {f for f in cls.__dataclass_fields__}
+        bad = sorted(set(values) - known)
+        if bad:
+            raise UnsupportedError(f"{self.name}: unknown option(s) {bad}; known: {sorted(known)}")
+        return cls(**values)
+
+    def emit(self, graph, out: str | os.PathLike, **options):
+        """Write the artifact of ``graph`` at ``out``; returns the emitter's ``Artifact``."""
+        opts = self.make_options(**options)
+        return importlib.import_module(self.package).emit(graph, opts, out)
+
+    def open_runner(self, path: Path, graph, **opts):
+        self._require()
+        return _resolve(self.runner)(path, graph, **opts)
+
+
+def describe_artifact(art) -> str:
+    """The line an export prints: files, kind, precision, batch, states, and the emitter's key figures."""
+    c = art.contract
+    B = c["inputs"][0]["shape"][0]
+    n, extra = len(c["states"]), len(c.get("extra_states", []))
+    parts = [art.kind, art.precision, f"batch {B}",
+             f"{n} states" + (f" in {n + extra} fp16 buffers" if extra else "")]
+    for key, label in (("nodes", "nodes"), ("ops_per_step", "ops per step")):
+        if key in art.stats:
+            parts.append(f"{art.stats[key]} {label}")
+    return f"wrote {' + '.join(str(f) for f in art.files)} ({', '.join(parts)})"
+
+
+def _resolve(ref: str) -> Callable:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+TARGETS: Dict[str, Target] = {}
+KINDS: Dict[str, Kind] = {}
+
+
+def register(target: Target) -> Target:
+    if target.name in TARGETS:
+        raise RegistryError(f"target {target.name!r} is already registered")
+    for s in target.suffixes:
+        owner = next((t.name for t in TARGETS.values() if s in t.suffixes), None)
+        if owner:
+            raise RegistryError(f"target {target.name!r}: suffix {s!r} already belongs to {owner!r}")
+    for k in target.kinds:
+        if k.name in KINDS:
+            raise RegistryError(f"artifact kind {k.name!r} is already registered")
+    TARGETS[target.name] = target
+    KINDS.update({k.name: k for k in target.kinds})
+    return target
+
+
+def artifact_kind(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UnsupportedError(f"unknown artifact kind {name!r}; registered: {sorted(KINDS)}") from None
+
+
+def target_for_path(path: str | os.PathLike) -> Target:
+    p = Path(path)
+    for t in TARGETS.values():
+        if p.suffix.lower() in t.suffixes:
+            return t
+    known = ", ".join(f"{s} ({t.name})" for t in TARGETS.values() for s in t.suffixes)
+    raise ArtifactError(f"{p}: unknown artifact kind from its suffix {p.suffix or '(none)'!r}; expected one of {known}")
+
+
+def check_suffix(target: str, out: str | os.PathLike) -> None:
+    """An export's output path must carry its target's suffix (checked before any work)."""
+    t, p = TARGETS[target], Path(out)
+    if p.suffix.lower() not in t.suffixes:
+        raise UnsupportedError(f"{p}: a {target} artifact's path must end in {' or '.join(t.suffixes)}")
+
+
+def _kind(name: str, target: str, tolerances: Mapping[str, Tolerance], modes: Tuple[str, ...], demo_precision: str,
+          filename: str, **fixed) -> Kind:
+    return Kind(name, target, fixed, tolerances, modes, demo_precision, filename)
+
+
+_BATCH = Option("--batch-size", "batch_size", "Static batch size of the artifact.", 1, min=1)
+
+register(Target(
+    "coreml", "Export a stateful Core ML decode step (.mlpackage, iOS 18 / macOS 15) and its Swift snippet.",
+    (".mlpackage",), "xlstm_export.coreml", "CoreMLOptions", "xlstm_export.coreml.runner:open_runner",
+    ("coremltools",), "coreml",
+    (Option("--precision", "precision", "fp16: fp16 weights and matmuls, fp32 residual stream and cell math; fp32: all "
+            "fp32. States are fp16 either way (Core ML).", "fp16", choices=("fp16", "fp32")),
+     Option("--batch-size", "batch_size", "Fixed batch size (Core ML states have a fixed shape).", 1, min=1),
+     Option("--compute-units", "compute_units", "Recorded in the package metadata; what validation on macOS runs on.",
+            "all", choices=("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne"))),
+    (_kind("coreml", "coreml", {"fp16": FP16, "fp32": FP32}, ("step",), "fp16", "model.mlpackage"),)))
+
+register(Target(
+    "onnx", "Export an ONNX graph for ONNX Runtime: the decode step (Core ML EP: one partition) or --scan.",
+    (".onnx",), "xlstm_export.onnx", "OnnxOptions", "xlstm_export.onnx.runner:open_runner",
+    ("onnx", "onnxruntime"), "onnx",
+    (Option("--scan", "scan", "The Scan sequence graph (input_ids (B, T), T dynamic) instead of the one-token decode "
+            "step.", False, is_flag=True),
+     _BATCH,
+     Option("--precision", "precision", "Weights and activations; norms, recurrent cells and states stay fp32.", "fp32",
+            choices=("fp32", "fp16")),
+     Option("--opset", "opset", "ONNX opset (17..26; GELU FFNs need 20; ORT 1.31 loads <= 26).", 20, min=17, max=26)),
+    (_kind("onnx", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=False),
+     _kind("onnx-scan", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=True))))
+
+register(Target(
+    "torchscript", "Export a scripted module: forward, init_states, forward_with_states, generate_greedy.",
+    (".pt", ".ts"), "xlstm_export.torchscript", "TorchScriptOptions", "xlstm_export.torchscript.runner:TorchScriptRunner",
+    (), "torchscript",
+    (Option("--precision", "precision", "Weight precision; states and cell math stay fp32.", "fp32",
+            choices=("fp32", "fp16", "bf16")),
+     Option("--batch-size", "batch_size", "Batch size recorded in the I/O contract (the module itself takes any).", 1,
+            min=1)),
+    (_kind("torchscript", "torchscript", {"fp32": FP32, "fp16": FP16, "bf16": BF16}, (), "fp32", "model.pt"),)))
+
+__all__ = ["Option", "Kind", "Target", "TARGETS", "KINDS", "register", "artifact_kind", "target_for_path",
+           "check_suffix", "describe_artifact"]
