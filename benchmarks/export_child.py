@@ -13,6 +13,7 @@ and for Core ML the MIL ops per decode step counted in the saved package.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -30,7 +31,9 @@ def rss_now(key: str = "VmRSS") -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--target", required=True, choices=("onnx", "onnx-scan", "coreml", "torchscript"))
+    from xlstm_export.targets import KINDS
+
+    ap.add_argument("--target", required=True, choices=sorted(KINDS), help="an artifact kind of the target registry")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--out", required=True)
     ap.add_argument("--external-data", action="store_true")
@@ -40,27 +43,18 @@ def main() -> None:
     from xlstm_export.frontends import load_checkpoint
     from xlstm_export.outputs import bytes_on_disk
 
-    if a.target == "coreml":
-        from xlstm_export.coreml.emit import CoreMLOptions, emit
+    kind = KINDS[a.target]
+    extra = {"coreml": {"swift": False}, "onnx": {"external_data": True if a.external_data else None}}
+    options = dict(precision=a.precision, force=True, **extra.get(kind.target, {}))
+    import torch  # noqa: F401  (emitters import it lazily; count it in the baseline)
 
-        options = CoreMLOptions(precision=a.precision, force=True, swift=False)
-    elif a.target == "torchscript":
-        import torch  # noqa: F401  (the emitter imports it lazily; count it in the baseline)
-
-        from xlstm_export.torchscript import TorchScriptOptions, emit
-
-        options = TorchScriptOptions(precision=a.precision, force=True)
-    else:
-        from xlstm_export.onnx import OnnxOptions, emit
-
-        options = OnnxOptions(scan=a.target == "onnx-scan", precision=a.precision, force=True,
-                              external_data=True if a.external_data else None)
+    importlib.import_module(f"xlstm_export.{kind.target}")  # the target's own imports, in the baseline
     baseline = rss_now()
     print(f"[child] {a.target} {a.precision}: imports {time.perf_counter() - t_import:.1f}s, "
           f"RSS {baseline / 2**20:.0f} MiB; exporting {a.checkpoint} -> {out}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     graph = load_checkpoint(a.checkpoint)
-    art = emit(graph, options, out)
+    art = kind.emit(graph, out, **options)
     seconds = time.perf_counter() - t0
     stats = dict(art.stats)
     weight_bytes = stats.get("weight_bytes")

@@ -25,6 +25,7 @@ from xlstm_export.frontends import load_checkpoint
 from xlstm_export.reference import build_model
 from xlstm_export.validation.contract import check_contract
 from xlstm_export.validation.tolerances import tolerance_for
+from xlstm_export.validation.compare import max_rel as _rel
 
 FIXTURES = ("hf", "large", "hybrid", "hybrid_slstm_only")
 FP16 = tolerance_for("coreml", "fp16")  # the one tolerance table
@@ -48,10 +49,6 @@ def packages(checkpoint_factory, tmp_path_factory):
         return built[name]
 
     return get
-
-
-def _rel(a: np.ndarray, r: np.ndarray) -> float:
-    return float(np.abs(a - r).max() / np.abs(r).max())
 
 
 def _compare(graph, runner, prompt: np.ndarray, steps: int):

@@ -24,6 +24,7 @@ from xlstm_export.onnx.builder import COREML_OPS
 from xlstm_export.onnx.emit import state_output_name
 from xlstm_export.reference import build_model
 from xlstm_export.validation.tolerances import tolerance_for
+from xlstm_export.validation.compare import max_rel as rel
 
 FIXTURES = ["hf", "large", "hybrid", "hybrid_slstm_only"]
 B = 2
@@ -31,10 +32,6 @@ PROMPT = 12
 DECODE = 4
 FP32_TOL = tolerance_for("onnx", "fp32").max_rel  # 1e-4
 FP16_TOL = tolerance_for("onnx", "fp16").max_rel  # 3e-2
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 @pytest.fixture(scope="module")

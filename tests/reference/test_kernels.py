@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from xlstm_export.reference import kernels as K
+from xlstm_export.validation.compare import max_rel as rel
 
 torch.manual_seed(0)
 
@@ -22,10 +23,6 @@ def _rand_cell(B=2, NH=2, T=37, DQK=8, DV=16, gate_scale=3.0, seed=0):
 
 def _zeros(B, NH, DQK, DV):
     return torch.zeros(B, NH, DQK, DV), torch.zeros(B, NH, DQK), torch.zeros(B, NH, 1)
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 16, 64])

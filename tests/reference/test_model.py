@@ -8,14 +8,11 @@ import torch
 
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.reference import build_model
+from xlstm_export.validation.compare import max_rel as rel_err
 
 ALL = ["hf", "hf_sharded", "large", "hybrid", "hybrid_slstm_only", "hybrid_mlstm_only", "hybrid_pt",
        "hybrid_cuda_layout"]
 REL_TOL = 1e-5
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def upstream_logits(model, ids: torch.Tensor) -> torch.Tensor:

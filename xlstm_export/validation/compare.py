@@ -82,6 +82,12 @@ def step_metrics(art: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
     }
 
 
+def max_rel(art, ref) -> float:
+    """``max |art - ref| / max |ref|``, the figure every comparison and tolerance uses (arrays or CPU tensors;
+    inf when ``art`` holds NaN/Inf). Tests measure with this, not with helpers of their own."""
+    return step_metrics(np.asarray(art, dtype=np.float64), np.asarray(ref, dtype=np.float64))["max_rel"]
+
+
 def _error(a: np.ndarray, r: np.ndarray) -> Dict[str, float]:
     if not np.isfinite(a).all():
         return {"max_abs": math.inf, "max_rel": math.inf}
