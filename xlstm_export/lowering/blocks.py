@@ -21,7 +21,7 @@ from .weights import WeightSpec
 def mlstm_large_step(ops: Ops, index: int, block: MLSTMBlock, x: V, st: MLSTMStates) -> V:
     """L family block (xLSTM-Large / xLSTM-7B), one step::
 
-        x ─ norm ─┬─ q (· DQK^-1/2 folded), k, v (Linear) ─┐
+        x ─ norm ─┬─ q (· DQK^-1/2), k, v (Linear) ─────────┐
                   ├─ [i f] (one Linear, soft cap) ─────────┴─ cell(C, n, m) ─ head_norm ─┐
                   └─ ogate (Linear) ─ sigmoid ──────────────────────────────────────── * ─┴─ out_proj ─ + x
         x ─ ffn_norm ─ down(act(gate) * up) ─ + x
@@ -29,12 +29,13 @@ def mlstm_large_step(ops: Ops, index: int, block: MLSTMBlock, x: V, st: MLSTMSta
     B, NH, DQK, DV = ops.batch, block.num_heads, block.qk_head_dim, block.v_head_dim
     p = f"blocks.{index}.mlstm"
     xn = norm(ops, x, block.norm, f"blocks.{index}.norm")  # (B, E)
-    q = linear(ops, xn, f"{p}.q", block.bias, scale=DQK ** -0.5)  # (B, NH*DQK)
+    q = linear(ops, xn, f"{p}.q", block.bias)  # (B, NH*DQK)
     k = linear(ops, xn, f"{p}.k", block.bias)
     v = linear(ops, xn, f"{p}.v", block.bias)  # (B, NH*DV)
     cap = float(block.gate_soft_cap) if block.gate_soft_cap is not None else None
     i, f = fused_gates(ops, xn, p, NH, cap)  # (B, NH, 1, 1) each
     q = ops.reshape(ops.cast(q, "cell", f"{p}.q"), (B, NH, 1, DQK), f"{p}.q.heads")
+    q = ops.mul(q, ops.const(DQK ** -0.5, q), f"{p}.q.scaled")
     k = ops.reshape(ops.cast(k, "cell", f"{p}.k"), (B, NH, DQK, 1), f"{p}.k.heads")
     v = ops.reshape(ops.cast(v, "cell", f"{p}.v"), (B, NH, 1, DV), f"{p}.v.heads")
     c = ops.read_state(st.c, "cell")  # (B, NH, DQK, DV)

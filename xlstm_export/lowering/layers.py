@@ -13,13 +13,12 @@ from .ops import V, Ops, marked
 from .weights import WeightSpec
 
 
-def linear(ops: Ops, x: V, prefix: str, bias: bool, scale: float = 1.0) -> V:
-    """``nn.Linear`` named ``prefix``: x (R, in) -> (R, out) in the weights dtype (``scale`` folded into
-    the weight and bias)."""
+def linear(ops: Ops, x: V, prefix: str, bias: bool) -> V:
+    """``nn.Linear`` named ``prefix``: x (R, in) -> (R, out) in the weights dtype."""
     g = ops.graph
     x = ops.cast(x, "weights", f"{prefix}.in")
-    b = WeightSpec.bias(g, prefix, scale=scale) if bias else None
-    return ops.linear(x, WeightSpec.linear(g, prefix, scale=scale), b, prefix)
+    b = WeightSpec.bias(g, prefix) if bias else None
+    return ops.linear(x, WeightSpec.linear(g, prefix), b, prefix)
 
 
 def fused_gates(ops: Ops, x: V, prefix: str, heads: int, cap: Optional[float]) -> Tuple[V, V]:

@@ -44,25 +44,24 @@ class WeightSpec:
     shape: Tuple[int, ...]  # of the prepared array
     build: str = "as_stored"
     offset: float = 0.0  # added in fp32 first (the H family's LayerNorm weights are stored as 1 + w)
-    scale: float = 1.0  # multiplied in fp32 first (q's DQK^-1/2 folded into its projection)
     rows: Optional[Tuple[int, int]] = None  # a row block [start, stop) of the one source (LM head split)
     groups: int = 1  # gatewise: number of gates
 
     def identity(self, graph: Graph, dtype: str) -> tuple:
         """Equal for constants with equal data (tied weights share a loader)."""
         loaders = tuple(id(graph.weights[s].loader) for s in self.sources)
-        return (loaders, self.build, self.shape, self.offset, self.scale, self.rows, self.groups, dtype)
+        return (loaders, self.build, self.shape, self.offset, self.rows, self.groups, dtype)
 
     # -- the specs lowerings use ------------------------------------------------------------------
     @staticmethod
-    def linear(graph: Graph, prefix: str, scale: float = 1.0) -> "WeightSpec":
+    def linear(graph: Graph, prefix: str) -> "WeightSpec":
         name = f"{prefix}.weight"
-        return WeightSpec(name, (name,), "linear", "weights", tuple(graph.weights[name].shape), scale=scale)
+        return WeightSpec(name, (name,), "linear", "weights", tuple(graph.weights[name].shape))
 
     @staticmethod
-    def bias(graph: Graph, prefix: str, scale: float = 1.0, role: str = "weights") -> "WeightSpec":
+    def bias(graph: Graph, prefix: str, role: str = "weights") -> "WeightSpec":
         name = f"{prefix}.bias"
-        return WeightSpec(name, (name,), "bias", role, tuple(graph.weights[name].shape), scale=scale)
+        return WeightSpec(name, (name,), "bias", role, tuple(graph.weights[name].shape))
 
     @staticmethod
     def stacked_rows(graph: Graph, key: str, names: Tuple[str, ...], use: str) -> "WeightSpec":
@@ -94,7 +93,7 @@ class WeightSpec:
 
 
 def prepare_weight(graph: Graph, spec: WeightSpec, dtype: str) -> np.ndarray:
-    """The array of ``spec`` in ``dtype``: loaded (float32, checked finite), offset and scale folded in
+    """The array of ``spec`` in ``dtype``: loaded (float32, checked finite), the offset folded in
     fp32, laid out, converted. One call per constant; nothing else converts weights."""
     if spec.build not in BUILDS:
         raise UnsupportedError(f"weight {spec.key}: unknown layout {spec.build!r}; known: {BUILDS}")
@@ -117,8 +116,6 @@ def prepare_weight(graph: Graph, spec: WeightSpec, dtype: str) -> np.ndarray:
     del arrs
     if spec.offset != 0.0:
         arr = arr + np.float32(spec.offset)
-    if spec.scale != 1.0:
-        arr = arr * np.float32(spec.scale)
     if tuple(arr.shape) != tuple(spec.shape):
         raise UnsupportedError(f"weight {spec.key}: prepared shape {tuple(arr.shape)}, declared {spec.shape}")
     return np.ascontiguousarray(arr.astype(NP_DTYPES[dtype], copy=False))

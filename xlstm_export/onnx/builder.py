@@ -46,6 +46,9 @@ COREML_OPS = frozenset({
 })
 
 
+BUG_NOTE = " (a bug in xlstm-export's ONNX lowering, not in the input; please report it)"
+
+
 class BuildError(XlstmExportError):
     """The graph builder or writer was used inconsistently (a name reused, a tensor of another shape than
     declared): a bug in a lowering, never a problem of the checkpoint or the options."""
@@ -54,9 +57,6 @@ class BuildError(XlstmExportError):
 
     def __init__(self, message: str):
         super().__init__(message + BUG_NOTE)
-
-
-BUG_NOTE = " (a bug in xlstm-export's ONNX lowering, not in the input; please report it)"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import ArtifactError, first_line
+from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY
 from ..validation.contract import check_run_args, contract_batch_size, parse_contract
@@ -29,11 +29,13 @@ def _providers(which: str) -> list:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
+    if which not in PROVIDERS:
+        raise UnsupportedError(f"onnx runner: providers must be one of {PROVIDERS}, got {which!r}")
     if which == "cpu":
         return ["CPUExecutionProvider"]
     if which == "coreml" and "CoreMLExecutionProvider" not in available:
-        raise ArtifactError("onnx: the Core ML execution provider is not available in this onnxruntime "
-                            f"(available: {available}); it exists on macOS builds only")
+        raise UnsupportedError("onnx: the Core ML execution provider is not available in this onnxruntime "
+                               f"(available: {available}); it exists on macOS builds only")
     if "CoreMLExecutionProvider" in available and which in ("auto", "coreml"):
         return [("CoreMLExecutionProvider", {"ModelFormat": "MLProgram"}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -54,8 +56,9 @@ class OnnxRunner:
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = threads
+        chosen = _providers(providers)  # UnsupportedError for one this onnxruntime lacks, not "cannot load it"
         try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=_providers(providers))
+            self.session = ort.InferenceSession(str(self.path), so, providers=chosen)
         except Exception as e:  # onnxruntime raises its own exception types for unloadable models
             first = first_line(e)
             raise ArtifactError(f"{where}: onnxruntime cannot load it ({first})") from None
