@@ -46,7 +46,8 @@ def main() -> None:
     kind = KINDS[a.target]
     extra = {"coreml": {"swift": False}, "onnx": {"external_data": True if a.external_data else None}}
     options = dict(precision=a.precision, force=True, **extra.get(kind.target, {}))
-    import torch  # noqa: F401  (emitters import it lazily; count it in the baseline)
+    if kind.target == "torchscript":
+        import torch  # noqa: F401  (the emitter imports it lazily; count it in the baseline)
 
     importlib.import_module(f"xlstm_export.{kind.target}")  # the target's own imports, in the baseline
     baseline = rss_now()

@@ -90,17 +90,6 @@ def example_task(checkpoint: Path) -> dict:
             "trained_accuracy": info.get("held_out_accuracy")}
 
 
-def task_samples(task: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` held-out sequences of the task: the eval seed, which no training batch uses."""
-    from . import tasks
-    from .errors import UnsupportedError
-
-    try:
-        return tasks.generate(task, n, seed)
-    except KeyError as e:
-        raise UnsupportedError(f"demo: {e.args[0]}") from None
-
-
 def reference_accuracy(graph, ids: np.ndarray, targets: np.ndarray) -> float:
     import torch
 
@@ -243,6 +232,7 @@ def run_demo(out: Path, examples: Sequence[str] = EXAMPLES, targets: Sequence[st
              samples: int = DEFAULT_SAMPLES, steps: int = 10, examples_dir: Path = EXAMPLES_DIR,
              force: bool = False) -> dict:
     """Run the demo; returns the summary (also written to ``out/summary.json``)."""
+    from . import tasks
     from .frontends import load_checkpoint
 
     prepare_out(out, force)
@@ -254,7 +244,7 @@ def run_demo(out: Path, examples: Sequence[str] = EXAMPLES, targets: Sequence[st
         log(f"{example}: loading {ckpt}")
         graph = load_checkpoint(ckpt)
         info = example_task(ckpt)
-        ids, labels = task_samples(info["task"], samples, info["eval_seed"])
+        ids, labels = tasks.generate(info["task"], samples, info["eval_seed"])  # held out: no training batch uses it
         ref_acc = reference_accuracy(graph, ids, labels)
         headers[example] = {
             "checkpoint": str(ckpt), "family": graph.config.family, "params": graph.num_params,

@@ -27,6 +27,11 @@ def test_policies_give_every_role_and_state_role_a_dtype():
         assert target in targets.TARGETS and p.target == target and p.name == name
         assert all(p.dtype(r) in ("fp16", "fp32") for r in ROLES)
         assert all(p.storage(r).dtype in ("fp16", "fp32") for r in STATE_ROLES)
+    for name, t in targets.TARGETS.items():  # the CLI offers exactly the policies of lowered targets
+        if any(k.modes for k in t.kinds):
+            offered = next(o.choices for o in t.options if o.dest == "precision")
+            assert set(offered) == {p for tt, p in POLICIES if tt == name}, name
+            assert set(offered) == {p for k in t.kinds for p in k.tolerances}, name
     assert POLICIES[("coreml", "fp16")].split_roles() == ("c", "n", "m", "slstm")
     assert all(POLICIES[("coreml", p)].storage(r).dtype == "fp16" for p in ("fp16", "fp32") for r in STATE_ROLES)
     with pytest.raises(UnsupportedError, match="precision must be one of"):

@@ -23,7 +23,7 @@ from xlstm_export.onnx import OnnxOptions, OnnxRunner, emit
 from xlstm_export.onnx.builder import COREML_OPS
 from xlstm_export.onnx.emit import state_output_name
 from xlstm_export.reference import build_model
-from xlstm_export.validation.tolerances import tolerance_for
+from xlstm_export.tolerances import tolerance_for
 from xlstm_export.validation.compare import max_rel as rel
 
 FIXTURES = ["hf", "large", "hybrid", "hybrid_slstm_only"]

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..lowering import LOW_SCALE, PrecisionPolicy, core_ml_name, policy_for, step
-
 from ._ct import ct as _ct
 from .. import __version__
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
+from ..lowering import LOW_SCALE, PrecisionPolicy, core_ml_name, policy_for, step
 from ..outputs import Artifact, atomic_output, check_output_path
+from ..targets import check_suffix
 from .swift import shape_str
 from .backend import MILOps, stored_states
 
@@ -75,8 +75,8 @@ class CoreMLOptions:
     policy: Optional[PrecisionPolicy] = None  # measurements only (benchmarks/): replaces the named policy
 
 
-def precision_policy(options: "CoreMLOptions") -> PrecisionPolicy:
-    return options.policy if options.policy is not None else policy_for(TARGET, options.precision)
+def precision_policy(options: CoreMLOptions) -> PrecisionPolicy:
+    return policy_for(TARGET, options.precision, options.policy)
 
 
 def check_options(options: CoreMLOptions) -> PrecisionPolicy:
@@ -248,8 +248,7 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
 
     out_path = Path(out_path)
     policy = check_options(options)
-    if out_path.suffix != ".mlpackage":
-        raise UnsupportedError(f"{out_path}: a Core ML package path must end in .mlpackage")
+    check_suffix(TARGET, out_path)
     check_output_path(out_path, options.force)  # fail before the build
     swift_path = swift_path_for(out_path) if options.swift else None
     if swift_path is not None:

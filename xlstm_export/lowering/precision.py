@@ -105,7 +105,10 @@ POLICIES: Dict[Tuple[str, str], PrecisionPolicy] = {
 }
 
 
-def policy_for(target: str, precision: str) -> PrecisionPolicy:
+def policy_for(target: str, precision: str, override: "PrecisionPolicy | None" = None) -> PrecisionPolicy:
+    """The policy a target's ``precision`` option names (``override``: a measurement's own policy)."""
+    if override is not None:
+        return override
     try:
         return POLICIES[(target, precision)]
     except KeyError:

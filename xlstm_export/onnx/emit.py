@@ -22,7 +22,7 @@ measurement during development (not re-run by the tests, which bound fp16 at 3e-
 decode steps): Scan graphs over 768 tokens of the test fixtures, against the fp32 reference, max rel logits / states
 were <= 3.1e-3 / 1.5e-3 with fp32 cells and <= 1.0e-2 / 9.1e-3 with fp16 cells and states (the
 stabilizer m and the normaliser n lose most); fp32 cells cost a few Casts per block.
-``benchmarks/precision.py`` re-runs such comparisons with policies of its own (``policy=``). Logits are always
+A measurement can pass a ``PrecisionPolicy`` of its own (``OnnxOptions.policy``). Logits are always
 fp32; the states' dtype is in the contract (``xlstm_export.io``).
 
 Files: ``model.onnx``, plus ``model.onnx.data`` when the weights reach ``external_data_threshold``
@@ -46,13 +46,13 @@ from ..graphs.io import IO_KEY, dumps, io_contract
 from ..lowering import PrecisionPolicy, policy_for
 from ..lowering.precision import STATE_ROLES
 from ..outputs import Artifact, atomic_output, check_output_path
+from ..targets import check_suffix
 from .backend import ELEM, OnnxOps
-from .builder import COREML_OPS, DTYPE_NAME, I64, GraphBuilder, ModelState
+from .builder import COREML_OPS, DTYPE_NAME, I64, BuildError, GraphBuilder, ModelState
 from .writer import External, write_model
 
 TARGET_STEP = "onnx"
 TARGET_SCAN = "onnx-scan"
-PRECISIONS = ("fp32", "fp16")
 MIN_OPSET, MAX_OPSET = 17, 26  # 17: LayerNormalization (GELU needs 20); 26: what ORT 1.31 loads
 DEFAULT_OPSET = 20
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights from which the data goes to a side file
@@ -77,10 +77,6 @@ def state_output_name(name: str) -> str:
     return f"{name}.next"
 
 
-def precision_policy(options: OnnxOptions) -> PrecisionPolicy:
-    return options.policy if options.policy is not None else policy_for("onnx", options.precision)
-
-
 def check_options(options: OnnxOptions) -> PrecisionPolicy:
     if not isinstance(options.batch_size, int) or isinstance(options.batch_size, bool) or options.batch_size < 1:
         raise UnsupportedError(f"onnx: batch size must be a positive integer, got {options.batch_size!r}")
@@ -89,7 +85,7 @@ def check_options(options: OnnxOptions) -> PrecisionPolicy:
                                f"LayerNormalization needs >= {MIN_OPSET}), got {options.opset!r}")
     if not isinstance(options.lm_head_block, int) or options.lm_head_block < 1:
         raise UnsupportedError(f"onnx: lm_head_block must be a positive integer, got {options.lm_head_block!r}")
-    policy = precision_policy(options)
+    policy = policy_for(TARGET_STEP, options.precision, options.policy)
     dtypes = {policy.storage(r).dtype for r in STATE_ROLES}
     if len(dtypes) != 1 or any(policy.storage(r).split for r in STATE_ROLES):
         raise UnsupportedError(f"onnx: policy {policy.name!r} stores states unevenly or split; ONNX states are "
@@ -102,7 +98,7 @@ def state_dtype(policy: PrecisionPolicy) -> int:
 
 
 def contract_for(graph: Graph, options: OnnxOptions) -> dict:
-    policy = precision_policy(options)
+    policy = policy_for(TARGET_STEP, options.precision, options.policy)
     return io_contract(
         graph, batch_size=options.batch_size, seq_len=None if options.scan else 1, ids_dtype="int64",
         logits_dtype="float32", state_dtype=DTYPE_NAME[state_dtype(policy)], state_input=lambda n: n,
@@ -178,8 +174,7 @@ def _check_coreml_ops(model: onnx.ModelProto) -> None:
     nodes = list(model.graph.node)
     bad = [f"{n.op_type}:{n.name}" for n in nodes[1:] if n.op_type not in COREML_OPS]
     if nodes[0].op_type != "Gather" or bad:
-        raise UnsupportedError(f"onnx step graph: nodes outside the Core ML EP's op set: {bad[:8]} (a bug in "
-                               f"the ONNX backend; please report it)")
+        raise BuildError(f"onnx step graph: nodes outside the Core ML EP's op set: {bad[:8]}")
 
 
 def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
@@ -187,6 +182,7 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
     t0 = time.perf_counter()
     out_path = Path(out_path)
     check_options(options)
+    check_suffix(TARGET_STEP, out_path)
     check_output_path(out_path, options.force)
     model, ms = build(graph, options)
     weight_bytes = sum(i.nbytes for i in ms.initializers)
@@ -209,4 +205,4 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
 
 
 __all__ = ["OnnxOptions", "Artifact", "emit", "build", "contract_for", "state_output_name", "TARGET_STEP",
-           "TARGET_SCAN", "PRECISIONS", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET"]
+           "TARGET_SCAN", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET"]

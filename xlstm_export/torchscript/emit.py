@@ -44,6 +44,7 @@ from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
 from ..outputs import Artifact, atomic_output, check_output_path
+from ..targets import check_suffix
 
 TARGET = "torchscript"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -88,6 +89,7 @@ def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike)
 
     out_path = Path(out_path)
     check_options(options)
+    check_suffix(TARGET, out_path)
     check_output_path(out_path, options.force)  # fail before the (slow) build
     contract = contract_for(graph, options)
     scripted = script_model(graph, options.precision)

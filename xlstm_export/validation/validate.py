@@ -20,7 +20,7 @@ from .compare import fmt, compare, judge, localise, make_prompts, where_line
 from .registry import open_artifact
 from .report import REPORT_FORMAT, write_report
 from .runner import Runner
-from .tolerances import tolerance_for
+from ..tolerances import tolerance_for
 
 DEFAULT_STEPS = 10
 DEFAULT_PROMPTS = 3
