@@ -13,11 +13,11 @@ from xlstm_export.lowering.precision import ROLES, STATE_ROLES
 
 
 def test_registry_is_keyed_by_kind_form_mode_and_names_what_is_registered(checkpoint_factory):
-    assert LOWERINGS.keys() == sorted((*k, "step") for k in lowering.KINDS)
+    assert LOWERINGS.keys() == sorted((*k, m) for k in lowering.KINDS for m in lowering.MODES)
     with pytest.raises(RegistryError, match="already registered"):
         LOWERINGS.register("slstm", "vanilla", "step")(lambda *a: None)
     with pytest.raises(RegistryError, match="unknown mode"):
-        LOWERINGS.register("slstm", "vanilla", "prefill")
+        LOWERINGS.register("slstm", "vanilla", "scan")
     with pytest.raises(RegistryError, match=r"registered: \[\('mlstm'"):
         LOWERINGS.get(load_checkpoint(checkpoint_factory("hybrid")).blocks[1], "bogus")
 

@@ -42,13 +42,17 @@ class MILOps:
 
     max_matmul_width = None
 
-    def __init__(self, graph: Graph, policy: PrecisionPolicy, batch_size: int, state_vars: dict):
+    def __init__(self, graph: Graph, policy: PrecisionPolicy, batch_size: int, state_vars: dict, tokens: int = 1,
+                 prepared: Optional[Dict[tuple, np.ndarray]] = None):
         from coremltools.converters.mil.mil import Builder as mb
 
         self.mb = mb
         self.graph = graph
         self.policy = policy
         self.batch = batch_size
+        self.tokens = tokens
+        # prepared weight arrays by identity, shared by the functions of one program (one array each)
+        self.prepared: Dict[tuple, np.ndarray] = {} if prepared is None else prepared
         self.state_vars = state_vars  # canonical state key -> MIL state placeholder
         self._names: Dict[str, int] = {}
         self._weights: Dict[tuple, object] = {}
@@ -70,10 +74,19 @@ class MILOps:
         dtype = self.policy.dtype(spec.role)
         ident = spec.identity(self.graph, dtype)
         if ident not in self._weights:
-            arr = prepare_weight(self.graph, spec, dtype)
-            self.weight_bytes += arr.nbytes
+            arr = self.prepared.get(ident)
+            if arr is None:
+                arr = self.prepared[ident] = prepare_weight(self.graph, spec, dtype)
+                self.weight_bytes += arr.nbytes
             self._weights[ident] = self.mb.const(val=arr, name=self._n(spec.key))
         return self._weights[ident]
+
+    def constant(self, value: np.ndarray, role: str, name: str):
+        key = ("constant", name)
+        if key not in self._weights:
+            arr = np.ascontiguousarray(value, dtype=NP_DTYPES[self.policy.dtype(role)])
+            self._weights[key] = self.mb.const(val=arr, name=self._n(name))
+        return self._weights[key]
 
     # -- ops ---------------------------------------------------------------------------------------
     def linear(self, x, w: WeightSpec, b: Optional[WeightSpec], name: str):
@@ -124,6 +137,9 @@ class MILOps:
 
     def reduce_sum(self, x, axis: int, keepdims: bool, name: str):
         return self.mb.reduce_sum(x=x, axes=[axis], keep_dims=keepdims, name=self._n(name))
+
+    def reduce_max(self, x, axis: int, keepdims: bool, name: str):
+        return self.mb.reduce_max(x=x, axes=[axis], keep_dims=keepdims, name=self._n(name))
 
     def layer_norm(self, x, dim: int, eps: float, gamma, beta, name: str):
         kw = {k: v for k, v in (("gamma", gamma), ("beta", beta)) if v is not None}

@@ -9,17 +9,17 @@ that each graph backend (``coreml/backend.py``, ``onnx/backend.py``) implements.
     registry.py   LOWERINGS, keyed by (kind, form, mode)
     layers.py     norm, linear, gates, conv ring, the mLSTM and sLSTM cells, FFN
     blocks.py     the block lowerings
-    model.py      embedding, blocks, head: the whole step
+    model.py      embedding, blocks, head: the whole step or prefill chunk
 """
 
 from . import blocks as _blocks  # noqa: F401  (registers the block lowerings)
-from .model import step
+from .model import prefill, step
 from .ops import MARK, Ops, core_ml_name, is_marked, marked
 from .precision import LOW_SCALE, LOW_SUFFIX, POLICIES, PrecisionPolicy, StateStorage, policy_for
 from .registry import KINDS, LOWERINGS, MODES, kind_form
 from .states import MLSTMStates, SLSTMStates, block_states
 from .weights import WeightSpec, prepare_weight
 
-__all__ = ["step", "MARK", "Ops", "core_ml_name", "is_marked", "marked", "LOW_SCALE", "LOW_SUFFIX", "POLICIES",
+__all__ = ["step", "prefill", "MARK", "Ops", "core_ml_name", "is_marked", "marked", "LOW_SCALE", "LOW_SUFFIX", "POLICIES",
            "PrecisionPolicy", "StateStorage", "policy_for", "KINDS", "LOWERINGS", "MODES", "kind_form",
            "MLSTMStates", "SLSTMStates", "block_states", "WeightSpec", "prepare_weight"]

@@ -1,6 +1,8 @@
 """The whole model in a mode, from the per-block lowerings::
 
-    input_ids (B, 1) ─ gather(embedding) ─ block 0 .. N-1 ─ out_norm ─ lm_head ─ soft cap ─ logits (B, 1, V)
+    step:     input_ids (B, 1) ─ gather(embedding) ─ block 0 .. N-1 ─ out_norm ─ lm_head ─ soft cap ─ logits (B, 1, V)
+    prefill:  input_ids (B, T) ─ gather ─ rows (B*T, E) ─ blocks (chunkwise) ─ head ─ logits (B, T, V)
+              (or the last position only: (B, 1, V))
 
 ``embed``, ``blocks`` and ``head`` are separate so that a backend can put the blocks inside a loop
 (ONNX's Scan body runs ``blocks`` once per token; the head runs once over all rows).
@@ -26,10 +28,10 @@ def vocab_weights(graph: Graph) -> Tuple[WeightSpec, WeightSpec]:
 
 
 def embed(ops: Ops, ids: V) -> V:
-    """ids (B, 1) -> (B, E) rows of the embedding, in the stream dtype."""
+    """ids (B, T) -> (B*T, E) rows of the embedding (row b*T + t), in the stream dtype; T = ``ops.tokens``."""
     emb, _ = vocab_weights(ops.graph)
-    x = ops.gather(ops.weight(emb), ids, "embedding")  # (B, 1, E)
-    x = ops.reshape(x, (ops.batch, ops.graph.config.embedding_dim), "embedding.rows")  # (B, E)
+    x = ops.gather(ops.weight(emb), ids, "embedding")  # (B, T, E)
+    x = ops.reshape(x, (ops.batch * ops.tokens, ops.graph.config.embedding_dim), "embedding.rows")  # (B*T, E)
     return ops.cast(x, "stream", "embedding")
 
 
@@ -41,7 +43,7 @@ def embed_sequence(ops: Ops, ids: V) -> V:
 
 
 def blocks(ops: Ops, x: V, mode: str = "step") -> V:
-    """Every block's lowering in order; x (B, E) -> (B, E)."""
+    """Every block's lowering in order; rows x (R, E) -> (R, E)."""
     graph = ops.graph
     for i, (block, st) in enumerate(zip(graph.blocks, block_states(graph, ops.batch))):
         x = LOWERINGS.get(block, mode)(ops, i, block, x, st)
@@ -96,3 +98,16 @@ def step(ops: Ops, ids: V) -> V:
     """One decode step: ids (B, 1) -> logits (B, 1, V)."""
     x = blocks(ops, embed(ops, ids), "step")
     return head(ops, x, (ops.batch, 1))
+
+
+def prefill(ops: Ops, ids: V, last_only: bool = False) -> V:
+    """A chunk of T = ``ops.tokens`` tokens: ids (B, T) -> logits (B, T, V), or (B, 1, V) of the last
+    position with ``last_only`` (the head then runs on B rows instead of B*T)."""
+    B, T, E = ops.batch, ops.tokens, ops.graph.config.embedding_dim
+    x = blocks(ops, embed(ops, ids), "prefill")  # (B*T, E)
+    if not last_only:
+        return head(ops, x, (B, T))
+    if T > 1:
+        x = ops.slice(ops.reshape(x, (B, T, E), "last.time"), 1, T - 1, T, "last.position")  # (B, 1, E)
+        x = ops.reshape(x, (B, E), "last.rows")
+    return head(ops, x, (B, 1))

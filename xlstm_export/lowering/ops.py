@@ -7,7 +7,8 @@ every backend, so the same computation has the same name in every target (Core M
 roles, state reads and writes, the high/low parts of split states -- are named with the :data:`MARK`
 segment (``blocks.0.mlstm.q.io.cast``), so a comparison of node names can set them aside.
 
-Shapes are static. Activations between blocks are rows ``(R, E)`` (R = B for one decode step).
+Shapes are static. Activations between blocks are rows ``(R, E)``: R = B for one decode step, R = B*T
+for a prefill chunk of T tokens (row ``b*T + t``; ``ops.tokens`` is T, 1 when stepping).
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class Ops(Protocol):
     graph: Graph
     policy: PrecisionPolicy
     batch: int
+    tokens: int  # tokens per call: 1 for a decode step, T for a prefill chunk
     max_matmul_width: Optional[int]  # widest matmul output a backend's runtime takes (ONNX for the Core ML EP)
 
     def dtype(self, x: V) -> str: ...  # "fp16" | "fp32"
     def const(self, value: float, like: V) -> V: ...  # a scalar in x's dtype (not a node)
     def weight(self, spec: WeightSpec) -> V: ...  # through the per-weight hook, cached
+    def constant(self, value: Any, role: str, name: str) -> V: ...  # a named tensor constant in role's dtype, cached by name
 
     # matmuls: linear takes rows x (R, in) -> (R, out); matmul is batched over leading axes
     def linear(self, x: V, w: WeightSpec, b: Optional[WeightSpec], name: str) -> V: ...
@@ -69,6 +72,7 @@ class Ops(Protocol):
     # reductions and norms over the last axis
     def reduce_mean(self, x: V, axis: int, keepdims: bool, name: str) -> V: ...
     def reduce_sum(self, x: V, axis: int, keepdims: bool, name: str) -> V: ...
+    def reduce_max(self, x: V, axis: int, keepdims: bool, name: str) -> V: ...
     def layer_norm(self, x: V, dim: int, eps: float, gamma: Optional[V], beta: Optional[V], name: str) -> V: ...
 
     # shapes

@@ -19,7 +19,7 @@ from ..graphs import BlockSpec
 
 Key = Tuple[str, str, str]
 KINDS: Tuple[Tuple[str, str], ...] = (("mlstm", "large"), ("mlstm", "hybrid"), ("slstm", "vanilla"))
-MODES = ("step",)
+MODES = ("step", "prefill")  # one token per call; a chunk of T tokens (chunkwise mLSTM, unrolled sLSTM)
 
 
 def kind_form(block: BlockSpec) -> Tuple[str, str]:

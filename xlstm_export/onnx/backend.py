@@ -30,11 +30,12 @@ class OnnxOps:
     """The ops protocol over one :class:`GraphBuilder` (the main graph or a Scan body)."""
 
     def __init__(self, b: GraphBuilder, graph: Graph, policy: PrecisionPolicy, batch_size: int,
-                 max_matmul_width: Optional[int], weights: Optional[Dict[tuple, str]] = None):
+                 max_matmul_width: Optional[int], weights: Optional[Dict[tuple, str]] = None, tokens: int = 1):
         self.b = b
         self.graph = graph
         self.policy = policy
         self.batch = batch_size
+        self.tokens = tokens
         self.max_matmul_width = max_matmul_width
         self._weights: Dict[tuple, str] = {} if weights is None else weights  # shared with Scan bodies
         self.state_in: Dict[str, str] = {}  # canonical state name -> value read
@@ -42,7 +43,7 @@ class OnnxOps:
 
     def on(self, b: GraphBuilder) -> "OnnxOps":
         """The same backend writing into another graph (a Scan body); initializers stay shared."""
-        return OnnxOps(b, self.graph, self.policy, self.batch, self.max_matmul_width, self._weights)
+        return OnnxOps(b, self.graph, self.policy, self.batch, self.max_matmul_width, self._weights, self.tokens)
 
     # -- constants -------------------------------------------------------------------------------
     def dtype(self, x: str) -> str:
@@ -60,9 +61,20 @@ class OnnxOps:
             ms.used_names.discard(name)  # add_initializer claims it
             graph, sources = self.graph, ", ".join(self.graph.weights[s].source for s in spec.sources)
             ms.add_initializer(Initializer(name, ELEM[dtype], spec.shape,
-                                           lambda: prepare_weight(graph, spec, dtype), sources))
+                                           lambda: prepare_weight(graph, spec, dtype), sources, ident))
             self._weights[ident] = name
         return self._weights[ident]
+
+    def constant(self, value: np.ndarray, role: str, name: str) -> str:
+        key = ("constant", name)
+        if key not in self._weights:
+            arr = np.ascontiguousarray(value, dtype=np.float32 if self.policy.dtype(role) == "fp32" else np.float16)
+            ms = self.b.model
+            unique = ms.unique(name)
+            ms.used_names.discard(unique)  # add_initializer claims it
+            self._weights[key] = ms.add_initializer(Initializer(unique, ELEM[self.policy.dtype(role)], arr.shape,
+                                                                lambda: arr, "<constant>"))
+        return self._weights[key]
 
     # -- ops ---------------------------------------------------------------------------------------
     def linear(self, x: str, w: WeightSpec, b: Optional[WeightSpec], name: str) -> str:
@@ -116,6 +128,9 @@ class OnnxOps:
 
     def reduce_sum(self, x: str, axis: int, keepdims: bool, name: str) -> str:
         return self.b.reduce_sum(x, [axis], keepdims, name)
+
+    def reduce_max(self, x: str, axis: int, keepdims: bool, name: str) -> str:
+        return self.b.reduce_max(x, [axis], keepdims, name)
 
     def layer_norm(self, x: str, dim: int, eps: float, gamma: Optional[str], beta: Optional[str], name: str) -> str:
         if gamma is None:

@@ -68,6 +68,7 @@ class Initializer:
     dims: Tuple[int, ...]
     load: Callable[[], np.ndarray]  # -> array of exactly ``dims`` and ``NP_DTYPE[data_type]``
     source: str = ""
+    ident: Optional[tuple] = None  # what the data is (a weight's identity): equal idents hold equal data
 
     @property
     def nbytes(self) -> int:
@@ -340,6 +341,9 @@ class GraphBuilder:
 
     def reduce_sum(self, x: str, axes: Sequence[int], keepdims: bool = True, name: str = "sum") -> str:
         return self._reduce("ReduceSum", x, axes, keepdims, name)
+
+    def reduce_max(self, x: str, axes: Sequence[int], keepdims: bool = True, name: str = "max") -> str:
+        return self._reduce("ReduceMax", x, axes, keepdims, name)
 
     # the one op outside the Core ML EP's set, used once at the very start
     def gather(self, table: str, ids: str, name: str = "gather") -> str:

@@ -13,7 +13,20 @@ Scan graph (``target "onnx-scan"``), T dynamic::
     input_ids (B, T) -> Gather -> (B, T, E) -> Transpose (T, B, E) -> Scan(body: blocks on (B, E), carrying
     the states) -> (T, B, E) -> Transpose -> head -> logits (B, T, V);  final states -> <state>.next
 
-Both are built by the shared lowering (``lowering/``) over the ONNX backend (``backend.py``); the Scan
+Prefill graph (``--prefill-chunk T``), written *with* the step graph, the weights once in one shared data
+file (``model.onnx`` + ``model.prefill.onnx`` + ``model.onnx.data``)::
+
+    input_ids (B, T) int64, T static --Gather--> rows (B*T, E) --blocks, chunkwise--> head --> logits (B, T, V)
+    <state> (the step graph's contract) ------------------------^  \--> <state>.next
+
+mLSTM blocks run the chunkwise form (``lowering.layers.mlstm_chunk``: the cumulative gate sum is a
+matmul with a constant lower-triangular matrix, the causal mask a constant), sLSTM blocks are unrolled
+over the T steps. Like the step graph, only the embedding Gather lies outside the Core ML EP's op set.
+A prompt of L tokens is floor(L / T) prefill calls, then L mod T step calls, then decoding; the step
+graph's contract names its prefill companion (``"prefill"``), so runners and ``validate`` use both.
+``--last-logits-only``: the prefill graph returns logits (B, 1, V) of the chunk's last position.
+
+All are built by the shared lowering (``lowering/``) over the ONNX backend (``backend.py``); the Scan
 body runs ``lowering.model.blocks`` (the step lowerings), the head runs once over all B*T rows.
 
 Precision: ``fp32``, or ``fp16`` weights and activations with the recurrent cells and states in fp32
@@ -31,6 +44,7 @@ Files: ``model.onnx``, plus ``model.onnx.data`` when the weights reach ``externa
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +71,8 @@ MIN_OPSET, MAX_OPSET = 17, 26  # 17: LayerNormalization (GELU needs 20); 26: wha
 DEFAULT_OPSET = 20
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights from which the data goes to a side file
 COREML_MAX_DIM = 16384
+MAX_PREFILL_CHUNK = 1024  # T x T decay matrices per head; ORT's Core ML EP rejects dims > 16384
+PREFILL_SUFFIX = ".prefill.onnx"
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,8 @@ class OnnxOptions:
     external_data: Optional[bool] = None  # None: when the weights reach external_data_threshold
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
     policy: Optional[PrecisionPolicy] = None  # measurements only (benchmarks/): replaces the named policy
+    prefill_chunk: Optional[int] = None  # T: also write the chunkwise prefill graph (<stem>.prefill.onnx)
+    last_logits_only: bool = False  # the prefill graph returns the chunk's last logits only
 
 
 def state_output_name(name: str) -> str:
@@ -85,6 +103,9 @@ def check_options(options: OnnxOptions) -> PrecisionPolicy:
                                f"LayerNormalization needs >= {MIN_OPSET}), got {options.opset!r}")
     if not isinstance(options.lm_head_block, int) or options.lm_head_block < 1:
         raise UnsupportedError(f"onnx: lm_head_block must be a positive integer, got {options.lm_head_block!r}")
+    check_prefill_chunk(options.prefill_chunk, "onnx", options.scan)
+    if options.last_logits_only and options.prefill_chunk is None:
+        raise UnsupportedError("onnx: --last-logits-only applies to the prefill graph; add --prefill-chunk T")
     policy = policy_for(TARGET_STEP, options.precision, options.policy)
     dtypes = {policy.storage(r).dtype for r in STATE_ROLES}
     if len(dtypes) != 1 or any(policy.storage(r).split for r in STATE_ROLES):
@@ -93,33 +114,70 @@ def check_options(options: OnnxOptions) -> PrecisionPolicy:
     return policy
 
 
+def check_prefill_chunk(chunk, target: str, scan: bool = False, limit: int = MAX_PREFILL_CHUNK) -> None:
+    """A prefill chunk T is a positive integer no larger than ``limit`` (one clear line otherwise)."""
+    if chunk is None:
+        return
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise UnsupportedError(f"{target}: --prefill-chunk must be a positive integer (tokens per prefill call), "
+                               f"got {chunk!r}")
+    if chunk > limit:
+        raise UnsupportedError(f"{target}: --prefill-chunk {chunk} exceeds {limit} (each mLSTM head holds a T x T "
+                               f"decay matrix per call; prompts longer than T run in several calls)")
+    if scan:
+        raise UnsupportedError(f"{target}: --prefill-chunk and --scan are two sequence graphs; choose one")
+
+
+def prefill_path_for(out_path: Path) -> Path:
+    """``model.onnx`` -> ``model.prefill.onnx``."""
+    return out_path.with_name(out_path.stem + PREFILL_SUFFIX)
+
+
 def state_dtype(policy: PrecisionPolicy) -> int:
     return ELEM[policy.storage("c").dtype]
 
 
-def contract_for(graph: Graph, options: OnnxOptions) -> dict:
+def contract_for(graph: Graph, options: OnnxOptions, out_path: Optional[Path] = None, prefill: bool = False) -> dict:
+    """The I/O contract of the step (or Scan) graph; ``prefill``: of the prefill graph. With a prefill chunk
+    both name each other: ``"prefill": {"path", "chunk", "last_logits_only"}`` in the step graph's,
+    ``"step": {"path"}`` in the prefill graph's (paths relative to the graph's folder)."""
     policy = policy_for(TARGET_STEP, options.precision, options.policy)
-    return io_contract(
-        graph, batch_size=options.batch_size, seq_len=None if options.scan else 1, ids_dtype="int64",
-        logits_dtype="float32", state_dtype=DTYPE_NAME[state_dtype(policy)], state_input=lambda n: n,
-        state_output=state_output_name, target=TARGET_SCAN if options.scan else TARGET_STEP,
+    T = options.prefill_chunk
+    io = io_contract(
+        graph, batch_size=options.batch_size, seq_len=T if prefill else (None if options.scan else 1),
+        ids_dtype="int64", logits_dtype="float32", state_dtype=DTYPE_NAME[state_dtype(policy)],
+        state_input=lambda n: n, state_output=state_output_name, target=TARGET_SCAN if options.scan else TARGET_STEP,
         precision=options.precision if options.policy is None else policy.name)
+    if T is not None:
+        out_path = Path(out_path or "model.onnx")
+        if prefill:
+            io["outputs"][0]["shape"][1] = 1 if options.last_logits_only else T
+            io["step"] = {"path": out_path.name}
+        io["prefill"] = {"path": prefill_path_for(out_path).name, "chunk": T,
+                         "last_logits_only": bool(options.last_logits_only)}
+    return io
 
 
-def build(graph: Graph, options: OnnxOptions) -> Tuple[onnx.ModelProto, ModelState]:
-    """The ModelProto (no initializer data) and its lazy initializers."""
+def build(graph: Graph, options: OnnxOptions, prefill: bool = False,
+          out_path: Optional[Path] = None) -> Tuple[onnx.ModelProto, ModelState]:
+    """The ModelProto (no initializer data) and its lazy initializers: the step or Scan graph, or with
+    ``prefill`` the prefill graph of ``options.prefill_chunk`` tokens."""
     policy = check_options(options)
     B, E, V = options.batch_size, graph.config.embedding_dim, graph.config.vocab_size
     contract = graph.state_contract(B)
     selem = state_dtype(policy)
     ms = ModelState(options.opset)
-    name = "xlstm_scan" if options.scan else "xlstm_step"
+    name = "xlstm_prefill" if prefill else ("xlstm_scan" if options.scan else "xlstm_step")
     b = GraphBuilder(ms, name)
-    ops = OnnxOps(b, graph, policy, B, options.lm_head_block)
-    T = "T" if options.scan else 1
+    T = options.prefill_chunk if prefill else ("T" if options.scan else 1)
+    ops = OnnxOps(b, graph, policy, B, options.lm_head_block, tokens=T if prefill else 1)
     ids = b.input("input_ids", I64, [B, T])
     states = {s.name: b.input(s.name, selem, s.shape) for s in contract}
-    if not options.scan:
+    if prefill:
+        ops.state_in = states
+        logits = lowering.prefill(ops, ids, options.last_logits_only)  # (B, T | 1, V)
+        new_states = ops.state_out
+    elif not options.scan:
         ops.state_in = states
         logits = lowering.step(ops, ids)  # (B, 1, V)
         new_states = ops.state_out
@@ -140,28 +198,34 @@ def build(graph: Graph, options: OnnxOptions) -> Tuple[onnx.ModelProto, ModelSta
         new_states = {s.name: v for s, v in zip(contract, outs[:-1])}
         x = b.reshape(b.transpose(outs[-1], [1, 0, 2], "scan.batch_major"), [-1, E], "head.rows")  # (B*T, E)
         logits = lowering.model.head(ops, x, (B, -1))  # (B, T, V)
-    b.output(logits, "logits", [B, T, V])
+    b.output(logits, "logits", [B, 1 if prefill and options.last_logits_only else T, V])
     for s in contract:
         b.output(new_states[s.name], state_output_name(s.name), s.shape)
 
-    io = contract_for(graph, options)
-    doc = _doc(graph, options)
+    io = contract_for(graph, options, out_path, prefill)
+    doc = _doc(graph, options, prefill)
     model = helper.make_model(
         b.to_graph(doc), opset_imports=[helper.make_opsetid("", options.opset)],
         producer_name="xlstm-export", producer_version=__version__, doc_string=doc,
         ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", options.opset)]))
     helper.set_model_props(model, {IO_KEY: dumps(io)})
     if not options.scan:
-        _check_coreml_ops(model)
+        _check_coreml_ops(model, name)
     return model, ms
 
 
-def _doc(graph: Graph, options: OnnxOptions) -> str:
+def _doc(graph: Graph, options: OnnxOptions, prefill: bool = False) -> str:
     cfg = graph.config
-    B = options.batch_size
+    B, T = options.batch_size, options.prefill_chunk
     n = len(graph.state_contract(B))
-    kind = ("Scan sequence graph: input_ids (B, T) int64, T dynamic -> logits (B, T, V) float32"
-            if options.scan else "decode step: input_ids (B, 1) int64 -> logits (B, 1, V) float32")
+    if prefill:
+        kind = (f"chunkwise prefill of T = {T} tokens: input_ids (B, {T}) int64 -> logits "
+                f"{'(B, 1, V) of the last position' if options.last_logits_only else f'(B, {T}, V)'} float32; "
+                f"a prompt's remainder (length mod {T}) and the decoding go through the step graph")
+    elif options.scan:
+        kind = "Scan sequence graph: input_ids (B, T) int64, T dynamic -> logits (B, T, V) float32"
+    else:
+        kind = "decode step: input_ids (B, 1) int64 -> logits (B, 1, V) float32"
     return (f"xLSTM ({cfg.family} family, {len(graph.blocks)} blocks, vocab {cfg.vocab_size}, "
             f"embedding {cfg.embedding_dim}) {kind}, B = {B}. Every one of the {n} recurrent states is an "
             f"input under its canonical name and an output under '<name>.next'; zeros are the empty "
@@ -169,40 +233,55 @@ def _doc(graph: Graph, options: OnnxOptions) -> str:
             f"contract is the JSON in metadata_props['{IO_KEY}']. Written by xlstm-export {__version__}.")
 
 
-def _check_coreml_ops(model: onnx.ModelProto) -> None:
+def _check_coreml_ops(model: onnx.ModelProto, what: str) -> None:
     """Every node after the embedding Gather is an op the Core ML EP takes (a bug otherwise)."""
     nodes = list(model.graph.node)
     bad = [f"{n.op_type}:{n.name}" for n in nodes[1:] if n.op_type not in COREML_OPS]
     if nodes[0].op_type != "Gather" or bad:
-        raise BuildError(f"onnx step graph: nodes outside the Core ML EP's op set: {bad[:8]}")
+        raise BuildError(f"onnx {what} graph: nodes outside the Core ML EP's op set: {bad[:8]}")
 
 
 def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
-    """Write the ONNX graph of ``graph`` to ``out_path`` (atomically; ``.data`` beside it if external)."""
+    """Write the ONNX graph of ``graph`` to ``out_path`` (atomically; ``.data`` beside it if external).
+    With ``prefill_chunk`` also the prefill graph (``<stem>.prefill.onnx``), both over one data file."""
     t0 = time.perf_counter()
     out_path = Path(out_path)
     check_options(options)
     check_suffix(TARGET_STEP, out_path)
     check_output_path(out_path, options.force)
-    model, ms = build(graph, options)
+    prefill_path = prefill_path_for(out_path) if options.prefill_chunk is not None else None
+    if prefill_path is not None:
+        check_output_path(prefill_path, options.force)
+    model, ms = build(graph, options, out_path=out_path)
+    pre = build(graph, options, prefill=True, out_path=out_path) if prefill_path is not None else None
     weight_bytes = sum(i.nbytes for i in ms.initializers)
-    external = options.external_data if options.external_data is not None else (
-        weight_bytes >= options.external_data_threshold)
+    external = prefill_path is not None or (options.external_data if options.external_data is not None else (
+        weight_bytes >= options.external_data_threshold))
     data_path = out_path.with_name(out_path.name + ".data")
     files: Tuple[Path, ...] = (out_path,)
     if external:
         check_output_path(data_path, options.force)
-        with atomic_output(data_path, options.force) as tmp_data, atomic_output(out_path, options.force) as tmp:
+        with contextlib.ExitStack() as stack:
+            tmp_data = stack.enter_context(atomic_output(data_path, options.force))
+            tmp = stack.enter_context(atomic_output(out_path, options.force))
             stats = write_model(model, ms.initializers, tmp, External(tmp_data, data_path.name))
-        files = (out_path, data_path)
+            if pre is not None:
+                tmp_pre = stack.enter_context(atomic_output(prefill_path, options.force))
+                pstats = write_model(pre[0], pre[1].initializers, tmp_pre, shared=stats["external"])
+        files = (out_path, data_path) if pre is None else (out_path, prefill_path, data_path)
     else:
         with atomic_output(out_path, options.force) as tmp:
             stats = write_model(model, ms.initializers, tmp)
+    stats.pop("external", None)
     stats.update(nodes=len(model.graph.node), weight_bytes=weight_bytes, external=bool(external),
                  seconds=round(time.perf_counter() - t0, 3))
-    io = contract_for(graph, options)
+    if pre is not None:
+        stats.update(prefill_nodes=len(pre[0].graph.node), prefill_chunk=options.prefill_chunk,
+                     prefill_inline_bytes=pstats["inline_bytes"], prefill_shared_bytes=pstats["shared_bytes"])
+    io = contract_for(graph, options, out_path)
     return Artifact(out_path, io["target"], options.precision, io, files, stats)
 
 
-__all__ = ["OnnxOptions", "Artifact", "emit", "build", "contract_for", "state_output_name", "TARGET_STEP",
-           "TARGET_SCAN", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET"]
+__all__ = ["OnnxOptions", "Artifact", "emit", "build", "contract_for", "state_output_name", "prefill_path_for",
+           "check_prefill_chunk", "TARGET_STEP", "TARGET_SCAN", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET",
+           "MAX_PREFILL_CHUNK"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, List, Optional, Tuple
+from typing import BinaryIO, Dict, Iterable, List, Optional, Tuple
 
 import onnx
 from onnx import TensorProto
@@ -90,15 +90,30 @@ def plan_external(inits: Iterable[Initializer], location: str) -> dict[str, Tupl
     return plan
 
 
+Shared = Dict[tuple, Tuple[str, int, int]]  # initializer identity -> (location, offset, nbytes) in a data file
+
+
 def write_model(model: onnx.ModelProto, inits: List[Initializer], path: Path,
-                external: Optional[External] = None) -> dict:
+                external: Optional[External] = None, shared: Optional[Shared] = None) -> dict:
     """Write ``model`` with ``inits`` as its main graph's initializers to ``path`` (and the data file).
 
-    ``model.graph`` must hold no initializers. Returns figures: bytes inline / external, tensors.
+    ``model.graph`` must hold no initializers. ``shared``: tensors another model already wrote to a data
+    file (its ``stats["external"]``): an initializer of the same identity refers to that data instead
+    of being written again (how the step and prefill graphs hold their weights once). Returns figures:
+    bytes inline / external / shared, tensors, and ``external``, the :data:`Shared` map of what went
+    to the data file.
     """
     if len(model.graph.initializer):
         raise BuildError("write_model: the graph already holds initializers")
     plan = plan_external(inits, external.location) if external is not None else {}
+    reused = {}
+    for i in inits:
+        ref = (shared or {}).get(i.ident) if i.ident is not None else None
+        if ref is not None and i.name not in plan:
+            if ref[2] != i.nbytes:
+                raise BuildError(f"initializer {i.name!r}: {i.nbytes} bytes, the shared data holds {ref[2]}")
+            plan[i.name] = (ref[0], ref[1])
+            reused[i.name] = ref[2]
     headers = [_header(i, plan.get(i.name)) for i in inits]
     raw_key = _key(9)
 
@@ -116,7 +131,9 @@ def write_model(model: onnx.ModelProto, inits: List[Initializer], path: Path,
         graph_len += len(init_key) + len(_varint(n)) + n
     m_lo, m_hi = _split_fields(model, 7)  # ir_version ... doc_string | graph | opset_import, metadata ...
 
-    stats = {"inline_bytes": 0, "external_bytes": 0, "tensors": len(inits)}
+    stats = {"inline_bytes": 0, "external_bytes": 0, "shared_bytes": sum(reused.values()), "tensors": len(inits),
+             "external": {i.ident: (*plan[i.name], i.nbytes) for i in inits
+                          if i.ident is not None and i.name in plan and i.name not in reused}}
     data_f: Optional[BinaryIO] = open(external.path, "wb") if external is not None else None
     try:
         with open(path, "wb") as f:
@@ -126,6 +143,8 @@ def write_model(model: onnx.ModelProto, inits: List[Initializer], path: Path,
             for init, h in zip(inits, headers):
                 n = tensor_len(init, h)
                 f.write(init_key + _varint(n) + h)
+                if init.name in reused:
+                    continue
                 arr = init.materialize()
                 if arr.nbytes != init.nbytes:
                     raise BuildError(f"initializer {init.name!r}: {arr.nbytes} bytes, declared {init.nbytes}")
