@@ -160,6 +160,16 @@ def _kind(name: str, target: str, tolerances: Mapping[str, Tolerance], modes: Tu
 
 
 _BATCH = Option("--batch-size", "batch_size", "Static batch size of the artifact.", 1, min=1)
+MAX_PREFILL_CHUNK = 1024  # lowering.MAX_PREFILL_CHUNK (a test ties them; importing lowering here would load numpy)
+DEMO_PREFILL_CHUNK = 8  # the demo's and the parity matrix's chunk: its prompts are and are not multiples of it
+
+
+def _prefill_options(what: str) -> Tuple[Option, ...]:
+    return (Option("--prefill-chunk", "prefill_chunk", f"Also {what} of T prompt tokens per call (chunkwise mLSTM, "
+                   f"unrolled sLSTM), same states; prompts run as floor(L/T) prefill calls + L mod T steps.",
+                   None, min=1, max=MAX_PREFILL_CHUNK),
+            Option("--last-logits-only", "last_logits_only", "The prefill returns the logits of the chunk's last "
+                   "position only (B, 1, V): what generation needs, T times less head work.", False, is_flag=True))
 
 register(Target(
     "coreml", "Export a stateful Core ML decode step (.mlpackage, iOS 18 / macOS 15) and its Swift snippet.",
@@ -169,8 +179,11 @@ register(Target(
             "fp32. States are fp16 either way (Core ML).", "fp16", choices=("fp16", "fp32")),
      Option("--batch-size", "batch_size", "Fixed batch size (Core ML states have a fixed shape).", 1, min=1),
      Option("--compute-units", "compute_units", "Recorded in the package metadata; what validation on macOS runs on.",
-            "all", choices=("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne"))),
-    (_kind("coreml", "coreml", {"fp16": FP16, "fp32": FP32}, ("step",), "fp16", "model.mlpackage"),)))
+            "all", choices=("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")),
+     *_prefill_options("write a 'prefill' function (multifunction package, weights shared)")),
+    (_kind("coreml", "coreml", {"fp16": FP16, "fp32": FP32}, ("step",), "fp16", "model.mlpackage"),
+     _kind("coreml-prefill", "coreml", {"fp16": FP16, "fp32": FP32}, ("step", "prefill"), "fp16",
+           "model.prefill.mlpackage", prefill_chunk=DEMO_PREFILL_CHUNK))))
 
 register(Target(
     "onnx", "Export an ONNX graph for ONNX Runtime: the decode step (Core ML EP: one partition) or --scan.",
@@ -181,9 +194,12 @@ register(Target(
      _BATCH,
      Option("--precision", "precision", "Weights and activations; norms, recurrent cells and states stay fp32.", "fp32",
             choices=("fp32", "fp16")),
-     Option("--opset", "opset", "ONNX opset (17..26; GELU FFNs need 20; ORT 1.31 loads <= 26).", 20, min=17, max=26)),
+     Option("--opset", "opset", "ONNX opset (17..26; GELU FFNs need 20; ORT 1.31 loads <= 26).", 20, min=17, max=26),
+     *_prefill_options("write <stem>.prefill.onnx, a static graph (weights in one data file with the step's)")),
     (_kind("onnx", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=False),
-     _kind("onnx-scan", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=True))))
+     _kind("onnx-scan", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=True),
+     _kind("onnx-prefill", "onnx", {"fp32": FP32, "fp16": FP16}, ("step", "prefill"), "fp32", "model.onnx",
+           prefill_chunk=DEMO_PREFILL_CHUNK))))
 
 register(Target(
     "torchscript", "Export a scripted module: forward, init_states, forward_with_states, generate_greedy.",

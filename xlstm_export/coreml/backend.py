@@ -78,7 +78,10 @@ class MILOps:
             if arr is None:
                 arr = self.prepared[ident] = prepare_weight(self.graph, spec, dtype)
                 self.weight_bytes += arr.nbytes
-            self._weights[ident] = self.mb.const(val=arr, name=self._n(spec.key))
+            var = self.mb.const(val=arr, name=self._n(spec.key))
+            # the functions of one program store each weight once: equal weight_ids share one blob
+            var.op.weight_id = f"w{list(self.prepared).index(ident)}"
+            self._weights[ident] = var
         return self._weights[ident]
 
     def constant(self, value: np.ndarray, role: str, name: str):

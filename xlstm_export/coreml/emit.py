@@ -39,13 +39,14 @@ from .. import __version__
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..lowering import LOW_SCALE, PrecisionPolicy, core_ml_name, policy_for, step
+from ..lowering import LOW_SCALE, PrecisionPolicy, check_prefill_chunk, core_ml_name, policy_for, prefill, step
 from ..outputs import Artifact, atomic_output, check_output_path
 from ..targets import check_suffix
 from .swift import shape_str
 from .backend import MILOps, stored_states
 
 TARGET = "coreml"
+PREFILL_FUNCTION = "prefill"
 COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
 SPEC_PATH = ("Data", "com.apple.CoreML", "model.mlmodel")
 WEIGHTS_PATH = ("Data", "com.apple.CoreML", "weights")
@@ -73,6 +74,8 @@ class CoreMLOptions:
     version: Optional[str] = None
     description: Optional[str] = None
     policy: Optional[PrecisionPolicy] = None  # measurements only (benchmarks/): replaces the named policy
+    prefill_chunk: Optional[int] = None  # T: add the ``prefill`` function of T tokens (same states and weights)
+    last_logits_only: bool = False  # the prefill function returns the chunk's last logits only
 
 
 def precision_policy(options: CoreMLOptions) -> PrecisionPolicy:
@@ -80,6 +83,8 @@ def precision_policy(options: CoreMLOptions) -> PrecisionPolicy:
 
 
 def check_options(options: CoreMLOptions) -> PrecisionPolicy:
+    if options.last_logits_only and options.prefill_chunk is None:
+        raise UnsupportedError("coreml: --last-logits-only applies to the prefill function; add --prefill-chunk T")
     if not isinstance(options.batch_size, int) or isinstance(options.batch_size, bool) or options.batch_size < 1:
         raise UnsupportedError(f"coreml: batch size must be a positive integer, got {options.batch_size!r}")
     if options.compute_units not in COMPUTE_UNITS:
@@ -98,6 +103,9 @@ def contract_for(graph: Graph, options: CoreMLOptions) -> dict:
         graph, batch_size=options.batch_size, seq_len=1, ids_dtype="int32", logits_dtype="float32",
         state_dtype="float16", state_input=core_ml_name, state_output=lambda n: None, target=TARGET,
         precision=options.precision)
+    if options.prefill_chunk is not None:
+        contract["prefill"] = {"function": PREFILL_FUNCTION, "chunk": options.prefill_chunk,
+                               "last_logits_only": bool(options.last_logits_only)}
     contract["extra_states"] = [
         {"name": key, "part_of": of, "part": "low", "scale": LOW_SCALE, "input": cm, "shape": list(shape),
          "dtype": "float16"}
@@ -111,8 +119,12 @@ def swift_path_for(out_path: Path) -> Path:
 
 
 # -- building the program ----------------------------------------------------------------------
-def build_program(graph: Graph, policy: PrecisionPolicy, batch_size: int):
-    """The MIL program of one decode step (``Program`` with function ``main``) and its ops backend."""
+def build_program(graph: Graph, policy: PrecisionPolicy, batch_size: int, prefill_chunk: Optional[int] = None,
+                  last_logits_only: bool = False):
+    """The MIL program: function ``main``, one decode step, and with ``prefill_chunk`` T the function
+    ``prefill`` (input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with ``last_logits_only``) over the same
+    states, its weights the same constants (one blob each on disk). Returns the program and the step's
+    ops backend."""
     ct = _ct()
     from coremltools.converters.mil.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, Program, types
@@ -121,16 +133,27 @@ def build_program(graph: Graph, policy: PrecisionPolicy, batch_size: int):
     # counters makes the names of the few ops its passes add the same in every export.
     mb.name_count.clear()
     stored = stored_states(graph, batch_size, policy)
-    specs = {"input_ids": mb.TensorSpec((batch_size, 1), types.int32)}
-    for _, cm, shape, _ in stored:
-        specs[cm] = mb.StateTensorSpec(shape, types.fp16)
-    with Function(specs, opset_version=ct.target.iOS18) as func:
-        states = {key: func.inputs[cm] for key, cm, _, _ in stored}
-        ops = MILOps(graph, policy, batch_size, states)
-        logits = step(ops, func.inputs["input_ids"])
-        func.set_outputs([logits])
     prog = Program()
-    prog.add_function("main", func)
+    ops = None
+    for fname, T in (("main", 1), (PREFILL_FUNCTION, prefill_chunk)):
+        if T is None:
+            continue
+        specs = {"input_ids": mb.TensorSpec((batch_size, T), types.int32)}
+        for _, cm, shape, _ in stored:
+            specs[cm] = mb.StateTensorSpec(shape, types.fp16)
+        with Function(specs, opset_version=ct.target.iOS18) as func:
+            states = {key: func.inputs[cm] for key, cm, _, _ in stored}
+            f_ops = MILOps(graph, policy, batch_size, states, tokens=T, prepared=ops.prepared if ops else None)
+            if fname == "main":
+                logits = step(f_ops, func.inputs["input_ids"])
+                ops = f_ops
+            else:
+                logits = prefill(f_ops, func.inputs["input_ids"], last_logits_only)
+            func.set_outputs([logits])
+        prog.add_function(fname, func)
+    if prefill_chunk is not None:
+        prog.default_function_name = "main"
+        prog.export_as_multifunction = True
     return prog, ops
 
 
@@ -153,10 +176,13 @@ def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None
     md.author = options.author or f"xlstm-export {__version__}"
     md.license = options.license or f"Same license as the source checkpoint ({src})"
     md.versionString = options.version or "1.0"
+    how = (f"Functions: 'main', one decode step, and '{PREFILL_FUNCTION}', {options.prefill_chunk} prompt tokens per "
+           f"prediction; run a prompt through '{PREFILL_FUNCTION}' in chunks and its remainder through 'main', "
+           f"all with the same MLState" if options.prefill_chunk else
+           "One decode step. Feed one token per prediction (prompt included) with the same MLState")
     md.shortDescription = options.description or (
-        f"{fam}, {len(graph.blocks)} blocks, vocab {cfg.vocab_size}: one decode step. Feed one token per "
-        f"prediction (prompt included) with the same MLState; a fresh makeState() is an empty context. "
-        f"Exported from {src} by xlstm-export.")
+        f"{fam}, {len(graph.blocks)} blocks, vocab {cfg.vocab_size}. {how}; a fresh makeState() is an empty "
+        f"context. Exported from {src} by xlstm-export.")
     ud = md.userDefined
     ud.pop("com.github.apple.coremltools.conversion_date", None)  # the date would break reproducibility
     ud[IO_KEY] = dumps(contract)
@@ -165,32 +191,42 @@ def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None
     ud["xlstm_export.compute_units"] = options.compute_units
     ud["xlstm_export.family"] = cfg.family
     B = options.batch_size
-    for f in spec.description.input:
-        if f.name == "input_ids":
-            f.shortDescription = (f"int32 {shape_str((B, 1))}: the next token id of each of the {B} sequence(s). "
-                                  f"Prompts are fed one token per prediction too.")
-    for f in spec.description.output:
-        if f.name == "logits":
-            f.shortDescription = (f"float32 {shape_str((B, 1, cfg.vocab_size))}: next-token logits"
-                                  + (f" (soft-capped at {cfg.output_logit_soft_cap:g})"
-                                     if cfg.output_logit_soft_cap else "") + ".")
     by_name = {s["input"]: s for s in contract["states"]}
     low = {s["input"]: s for s in contract.get("extra_states", [])}
     low_of = {s["part_of"]: s["input"] for s in low.values()}
     roles = {s.name: s.role for s in graph.state_contract(B)}
-    for f in spec.description.state:
-        if f.name in by_name:
-            s = by_name[f.name]
-            text = f"{ROLE_TEXT[roles[s['name']]]} of block {s['name'].split('.')[1]} ({s['name']})"
-            if s["name"] in low_of:
-                text += f", high part (value = {f.name} + {low_of[s['name']]} / {LOW_SCALE:g})"
-        elif f.name in low:
-            s = low[f.name]
-            text = (f"low part of {s['part_of']} (value = {core_ml_name(s['part_of'])} + {f.name} / "
-                    f"{LOW_SCALE:g}; fp16 alone loses the recurrence over long sequences)")
-        else:
-            continue
-        f.shortDescription = f"{text}, fp16 {shape_str(s['shape'])}. Zeros = empty context."
+    cap = f" (soft-capped at {cfg.output_logit_soft_cap:g})" if cfg.output_logit_soft_cap else ""
+    T = options.prefill_chunk
+    functions = list(spec.description.functions) or [spec.description]
+    for desc in functions:
+        prefill_fn = getattr(desc, "name", "") == PREFILL_FUNCTION
+        n_out = 1 if not prefill_fn or options.last_logits_only else T
+        for f in desc.input:
+            if f.name == "input_ids" and prefill_fn:
+                f.shortDescription = (f"int32 {shape_str((B, T))}: the next {T} prompt tokens of each of the {B} "
+                                      f"sequence(s); a prompt's last (length mod {T}) tokens go through 'main'.")
+            elif f.name == "input_ids":
+                f.shortDescription = (f"int32 {shape_str((B, 1))}: the next token id of each of the {B} sequence(s)"
+                                      + (f"; prompts enter through 'prefill' in chunks of {T}, the remainder here."
+                                         if T else ". Prompts are fed one token per prediction too."))
+        for f in desc.output:
+            if f.name == "logits":
+                what = "the chunk's last position's next-token logits" if prefill_fn and n_out == 1 and T != 1 \
+                    else "next-token logits"
+                f.shortDescription = f"float32 {shape_str((B, n_out, cfg.vocab_size))}: {what}{cap}."
+        for f in desc.state:
+            if f.name in by_name:
+                s = by_name[f.name]
+                text = f"{ROLE_TEXT[roles[s['name']]]} of block {s['name'].split('.')[1]} ({s['name']})"
+                if s["name"] in low_of:
+                    text += f", high part (value = {f.name} + {low_of[s['name']]} / {LOW_SCALE:g})"
+            elif f.name in low:
+                s = low[f.name]
+                text = (f"low part of {s['part_of']} (value = {core_ml_name(s['part_of'])} + {f.name} / "
+                        f"{LOW_SCALE:g}; fp16 alone loses the recurrence over long sequences)")
+            else:
+                continue
+            f.shortDescription = f"{text}, fp16 {shape_str(s['shape'])}. Zeros = empty context."
 
 
 # -- writing the package -----------------------------------------------------------------------
@@ -232,9 +268,9 @@ def write_package(mlmodel, spec, dest: Path) -> None:
     write_manifest(dest)
 
 
-def count_ops(spec) -> dict:
-    """Ops of the saved program's main function: total non-const ops per step and counts per type."""
-    fn = spec.mlProgram.functions["main"]
+def count_ops(spec, function: str = "main") -> dict:
+    """Ops of one function of the saved program: total non-const ops per call and counts per type."""
+    fn = spec.mlProgram.functions[function]
     block = fn.block_specializations[fn.opset]
     types: dict = {}
     for op in block.operations:
@@ -248,13 +284,14 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
 
     out_path = Path(out_path)
     policy = check_options(options)
+    check_prefill_chunk(graph, options.prefill_chunk, TARGET)
     check_suffix(TARGET, out_path)
     check_output_path(out_path, options.force)  # fail before the build
     swift_path = swift_path_for(out_path) if options.swift else None
     if swift_path is not None:
         check_output_path(swift_path, options.force)
     contract = contract_for(graph, options)
-    prog, ops = build_program(graph, policy, options.batch_size)
+    prog, ops = build_program(graph, policy, options.batch_size, options.prefill_chunk, options.last_logits_only)
     weight_bytes = ops.weight_bytes
     del ops
     mlmodel = convert(prog)
@@ -263,6 +300,10 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
     describe(spec, graph, contract, options)  # would write random manifest UUIDs)
     stats = count_ops(spec)
     stats["weight_bytes"] = weight_bytes
+    if options.prefill_chunk is not None:
+        p = count_ops(spec, PREFILL_FUNCTION)
+        stats.update(prefill_chunk=options.prefill_chunk, prefill_ops=p["ops_per_step"],
+                     prefill_ops_per_token=round(p["ops_per_step"] / options.prefill_chunk, 2))
     with atomic_output(out_path, options.force) as tmp:
         write_package(mlmodel, spec, tmp)
     if swift_path is not None:

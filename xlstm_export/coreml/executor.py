@@ -87,28 +87,36 @@ def load_program(path: str | os.PathLike):
 
 
 class ProgramExecutor:
-    """Runs the ``main`` function of a saved package's program; owns its state buffers."""
+    """Runs the functions of a saved package's program (``main``, and ``prefill`` when the package has
+    one); owns the state buffers, which every function reads and updates (as an ``MLState`` shared by
+    the functions of one model)."""
 
     def __init__(self, path: str | os.PathLike):
         from coremltools.converters.mil.mil import types
 
         self.path = Path(path)
         self.prog, self.spec = load_program(self.path)
-        func = self.prog.functions["main"]
-        self.ops = list(func.operations)
-        self.input_vars = {n: v for n, v in func.inputs.items() if not types.is_state(v.sym_type)}
-        self.state_vars = {n: v for n, v in func.inputs.items() if types.is_state(v.sym_type)}
-        self.output_vars = list(func.outputs)
-        for op in self.ops:
-            if op.op_type == "const":
-                _python_bool(op.outputs[0])
-            if op.blocks:
-                raise ExecutorError(f"{self.path}: op {op.name} ({op.op_type}) has nested blocks; control flow "
-                                    f"is not supported by this executor")
-            if op.op_type != "const" and op.op_type not in HANDWRITTEN and not _has_value_inference(op):
-                raise ExecutorError(f"{self.path}: op {op.name}: type {op.op_type!r} has no numpy semantics "
-                                    f"in coremltools (no value_inference) and none is written here; add one to "
-                                    f"xlstm_export/coreml/executor.py HANDWRITTEN")
+        self.functions: Dict[str, tuple] = {}
+        for fname, func in self.prog.functions.items():
+            ops = list(func.operations)
+            inputs = {n: v for n, v in func.inputs.items() if not types.is_state(v.sym_type)}
+            states = {n: v for n, v in func.inputs.items() if types.is_state(v.sym_type)}
+            self.functions[fname] = (ops, inputs, states, list(func.outputs))
+            for op in ops:
+                if op.op_type == "const":
+                    _python_bool(op.outputs[0])
+                if op.blocks:
+                    raise ExecutorError(f"{self.path}: op {op.name} ({op.op_type}) has nested blocks; control "
+                                        f"flow is not supported by this executor")
+                if op.op_type != "const" and op.op_type not in HANDWRITTEN and not _has_value_inference(op):
+                    raise ExecutorError(f"{self.path}: op {op.name}: type {op.op_type!r} has no numpy semantics "
+                                        f"in coremltools (no value_inference) and none is written here; add one "
+                                        f"to xlstm_export/coreml/executor.py HANDWRITTEN")
+        self.ops, self.input_vars, self.state_vars, self.output_vars = self.functions["main"]
+        for fname, (_, _, states, _) in self.functions.items():
+            shapes = {n: (tuple(v.shape), v.dtype) for n, v in states.items()}
+            if shapes != {n: (tuple(v.shape), v.dtype) for n, v in self.state_vars.items()}:
+                raise ArtifactError(f"{self.path}: function {fname!r} declares other states than 'main'")
         self.states: Dict[str, np.ndarray] = {}
         self.reset_states()
 
@@ -136,15 +144,19 @@ class ProgramExecutor:
         self.states[name] = value.astype(dtype)
 
     # -- running -----------------------------------------------------------------------------
-    def predict(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """One call of the program: ``feeds`` are its tensor inputs; states are read and updated in place."""
+    def predict(self, feeds: Dict[str, np.ndarray], function: str = "main") -> Dict[str, np.ndarray]:
+        """One call of a function of the program: ``feeds`` are its tensor inputs; states are read and
+        updated in place."""
+        if function not in self.functions:
+            raise ExecutorError(f"{self.path}: the program has no function {function!r} (has {sorted(self.functions)})")
+        ops, input_vars, _, output_vars = self.functions[function]
         env: Dict[int, object] = {}
-        for name, var in self.input_vars.items():
+        for name, var in input_vars.items():
             if name not in feeds:
                 raise ExecutorError(f"{self.path}: input {name!r} is missing")
             env[id(var)] = self._coerce(np.asarray(feeds[name]), var, f"input {name}")
         with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-            for op in self.ops:
+            for op in ops:
                 if op.op_type == "const":
                     continue  # consts carry their value (read from weight.bin by the loader)
                 fn = HANDWRITTEN.get(op.op_type)
@@ -153,7 +165,7 @@ class ProgramExecutor:
                     vals = (vals,)
                 for out, v in zip(op.outputs, vals):
                     env[id(out)] = self._coerce(v, out, f"op {op.name} ({op.op_type})")
-        return {v.name: np.asarray(self._get(env, v)) for v in self.output_vars}
+        return {v.name: np.asarray(self._get(env, v)) for v in output_vars}
 
     def _get(self, env: Dict[int, object], var):
         if id(var) in env:

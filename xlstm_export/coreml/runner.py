@@ -4,8 +4,10 @@ On macOS with the Core ML framework: the real runtime (``MLModel.predict`` with 
 Elsewhere: :class:`~xlstm_export.coreml.executor.ProgramExecutor`, which reads the package back from disk
 and runs its MIL program op by op with coremltools' numpy op semantics.
 
-The package is a single decode step (``max_tokens_per_call = 1``): ``run`` feeds a prompt one token per
-call. States cross the :class:`~xlstm_export.validation.runner.Runner` interface as float32 numpy arrays
+The package's ``main`` function is a single decode step (``max_tokens_per_call = 1``): ``run`` feeds a
+prompt one token per call. A package exported with ``--prefill-chunk T`` also has a ``prefill`` function
+of T tokens over the same states (kind ``coreml-prefill``): ``run`` then feeds a prompt as prefill calls
+and the remainder as step calls, as an app does. States cross the :class:`~xlstm_export.validation.runner.Runner` interface as float32 numpy arrays
 in contract order (the package stores them fp16, so they are rounded on the way in); the I/O contract in
 the package's metadata maps each canonical state name to its Core ML state name.
 """
@@ -23,6 +25,7 @@ from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..validation.contract import (IO_KEY, check_contract, check_run_args, contract_batch_size, parse_contract,
                                    state_slots)
+from ..validation.runner import PrefillPlan, prefill_plan
 from .executor import open_package
 
 BACKENDS = ("auto", "coreml", "executor")
@@ -34,6 +37,15 @@ def read_contract(path: Path) -> Tuple[dict, object]:
     spec = open_package(path).get_spec()
     text = spec.description.metadata.userDefined.get(IO_KEY)
     return parse_contract(text, str(path)), spec
+
+
+def function_description(spec, function: str = "main"):
+    """The feature description (inputs, outputs, states) of one function: the model's own for a
+    single-function package, the function's for a multifunction one (None if it has no such function)."""
+    desc = spec.description
+    if not len(desc.functions):
+        return desc if function == "main" else None
+    return next((f for f in desc.functions if f.name == function), None)
 
 
 def coreml_runtime_available() -> bool:
@@ -74,7 +86,11 @@ class CoreMLRunner:
         # low parts of split states (stabilizer m stored as fp16 high + fp16 low): contract name -> Core ML name
         self.low_parts = {s["part_of"]: str(s["input"]) for s in self.contract.get("extra_states", [])}
         self.low_scale = {s["part_of"]: float(s.get("scale", 1.0)) for s in self.contract.get("extra_states", [])}
-        declared = {f.name for f in spec.description.state}
+        main = function_description(spec, "main")
+        if main is None:
+            raise ArtifactError(f"{where}: the package has no 'main' function (has "
+                                f"{[f.name for f in spec.description.functions]})")
+        declared = {f.name for f in main.state}
         missing = [n for n in self.core_ml_names + list(self.low_parts.values()) if n not in declared]
         if missing:
             raise ArtifactError(f"{where}: the contract names states {missing} that the package does not declare "
@@ -83,7 +99,7 @@ class CoreMLRunner:
         if unknown:
             raise ArtifactError(f"{where}: the contract's extra_states are low parts of {unknown}, which are not "
                                 f"its states")
-        io = [f.name for f in spec.description.input], [f.name for f in spec.description.output]
+        io = [f.name for f in main.input], [f.name for f in main.output]
         if "input_ids" not in io[0] or "logits" not in io[1]:
             raise ArtifactError(f"{where}: the package must have input 'input_ids' and output 'logits', has "
                                 f"inputs {io[0]} and outputs {io[1]}")
@@ -98,6 +114,9 @@ class CoreMLRunner:
             raise ArtifactError(f"{where}: the contract must declare output 'logits' of shape (B, 1, V), got "
                                 f"{logits!r}")
         self.vocab_size = v
+        self.prefill: Optional[PrefillPlan] = prefill_plan(self.contract, where)
+        if self.prefill is not None:
+            self._check_prefill(spec, declared)
         if backend == "auto":
             backend = "coreml" if coreml_runtime_available() else "executor"
         self.backend = backend
@@ -112,6 +131,9 @@ class CoreMLRunner:
                   "cpu_only": ct.ComputeUnit.CPU_ONLY, "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE}[units]
             try:
                 self._model = ct.models.MLModel(str(self.path), compute_units=cu)
+                # one MLState serves every function of the package (the states are the same)
+                self._prefill_model = None if self.prefill is None else ct.models.MLModel(
+                    str(self.path), compute_units=cu, function_name=self.prefill.where)
             except Exception as e:  # coremltools raises bare Exceptions for packages Core ML cannot load
                 raise ArtifactError(f"{where}: Core ML cannot load it ({first_line(e)})") from None
             self._state = None
@@ -122,22 +144,45 @@ class CoreMLRunner:
             self._executor = ProgramExecutor(self.path)
         self.compute_units = units
 
+    def _check_prefill(self, spec, declared: set) -> None:
+        plan, where = self.prefill, str(self.path)
+        fn = function_description(spec, plan.where)
+        ids = next((f for f in fn.input if f.name == "input_ids"), None) if fn is not None else None
+        shape = list(ids.type.multiArrayType.shape) if ids is not None else None
+        if fn is None or shape != [self.batch_size, plan.chunk] or {f.name for f in fn.state} != declared:
+            raise ArtifactError(f"{where}: the contract names a prefill function {plan.where!r} of {plan.chunk} tokens; "
+                                f"the package has no such function with input_ids {[self.batch_size, plan.chunk]} "
+                                f"and the step's states")
+        self.kind = "coreml-prefill"
+        self.max_tokens_per_call = None
+
+    def calls(self, length: int):
+        return self.prefill.calls(length) if self.prefill is not None else None
+
+    def logit_positions(self, length: int) -> np.ndarray:
+        return self.prefill.logit_positions(length) if self.prefill is not None else np.arange(length)
+
     def init_states(self) -> List[np.ndarray]:
         return [np.zeros(s, dtype=np.float32) for s in self.state_shapes]
 
     def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
         ids = check_run_args(str(self.path), self.batch_size, input_ids, states, self.state_shapes, self.vocab_size)
         self._load_states(states)
-        logits = []
-        for t in range(ids.shape[1]):
-            feed = {"input_ids": ids[:, t:t + 1].astype(np.int32)}
-            out = self._predict(feed)
-            if np.size(out) != self.batch_size * self.vocab_size:
-                raise ArtifactError(f"{self.path}: the package's logits have shape {np.shape(out)}, the contract "
-                                    f"says ({self.batch_size}, 1, {self.vocab_size})")
-            logits.append(out.astype(np.float32).reshape(self.batch_size, 1, self.vocab_size))
-        new = self._read_states()
-        return np.concatenate(logits, axis=1), new
+        if self.prefill is not None:  # states stay in the executor / MLState between the calls
+            logits, _ = self.prefill.run(ids, [], self.vocab_size, lambda x, st: (self._call(x, True), st),
+                                         lambda x, st: (self._call(x, False), st))
+        else:
+            logits = np.concatenate([self._call(ids[:, t:t + 1], False) for t in range(ids.shape[1])], axis=1)
+        return logits, self._read_states()
+
+    def _call(self, ids: np.ndarray, prefill: bool) -> np.ndarray:
+        """One prediction of ``main`` (one token) or ``prefill`` (a chunk): logits (B, n, V) float32."""
+        n = 1 if not prefill or self.prefill.last_logits_only else ids.shape[1]
+        out = self._predict({"input_ids": ids.astype(np.int32)}, prefill)
+        if np.size(out) != self.batch_size * n * self.vocab_size:
+            raise ArtifactError(f"{self.path}: the package's logits have shape {np.shape(out)}, the contract says "
+                                f"({self.batch_size}, {n}, {self.vocab_size})")
+        return out.astype(np.float32).reshape(self.batch_size, n, self.vocab_size)
 
     # -- backends ---------------------------------------------------------------------------
     def _stored(self, states: List[np.ndarray]):
@@ -160,10 +205,11 @@ class CoreMLRunner:
         for name, value in self._stored(states):
             self._state.write_state(name, np.ascontiguousarray(value))
 
-    def _predict(self, feed) -> np.ndarray:
+    def _predict(self, feed, prefill: bool = False) -> np.ndarray:
         if self.backend == "executor":
-            return self._executor.predict(feed)["logits"]
-        return np.asarray(self._model.predict(feed, state=self._state)["logits"])
+            return self._executor.predict(feed, self.prefill.where if prefill else "main")["logits"]
+        model = self._prefill_model if prefill else self._model
+        return np.asarray(model.predict(feed, state=self._state)["logits"])
 
     def _read_states(self) -> List[np.ndarray]:
         read = self._executor.get_state if self.backend == "executor" else self._state.read_state
@@ -183,4 +229,5 @@ def open_runner(path: str | Path, graph: Graph, **opts) -> CoreMLRunner:
     return CoreMLRunner(path, graph, **opts)
 
 
-__all__ = ["BACKENDS", "CoreMLRunner", "coreml_runtime_available", "open_runner", "read_contract"]
+__all__ = ["BACKENDS", "CoreMLRunner", "coreml_runtime_available", "function_description", "open_runner",
+           "read_contract"]

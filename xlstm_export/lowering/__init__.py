@@ -13,13 +13,13 @@ that each graph backend (``coreml/backend.py``, ``onnx/backend.py``) implements.
 """
 
 from . import blocks as _blocks  # noqa: F401  (registers the block lowerings)
-from .model import prefill, step
+from .model import MAX_PREFILL_CHUNK, check_prefill_chunk, prefill, step
 from .ops import MARK, Ops, core_ml_name, is_marked, marked
 from .precision import LOW_SCALE, LOW_SUFFIX, POLICIES, PrecisionPolicy, StateStorage, policy_for
 from .registry import KINDS, LOWERINGS, MODES, kind_form
 from .states import MLSTMStates, SLSTMStates, block_states
 from .weights import WeightSpec, prepare_weight
 
-__all__ = ["step", "prefill", "MARK", "Ops", "core_ml_name", "is_marked", "marked", "LOW_SCALE", "LOW_SUFFIX", "POLICIES",
+__all__ = ["step", "prefill", "check_prefill_chunk", "MAX_PREFILL_CHUNK", "MARK", "Ops", "core_ml_name", "is_marked", "marked", "LOW_SCALE", "LOW_SUFFIX", "POLICIES",
            "PrecisionPolicy", "StateStorage", "policy_for", "KINDS", "LOWERINGS", "MODES", "kind_form",
            "MLSTMStates", "SLSTMStates", "block_states", "WeightSpec", "prepare_weight"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from ..errors import UnsupportedError
 from ..graphs import Graph
 from .layers import norm, soft_cap
 from .ops import V, Ops
@@ -98,6 +99,26 @@ def step(ops: Ops, ids: V) -> V:
     """One decode step: ids (B, 1) -> logits (B, 1, V)."""
     x = blocks(ops, embed(ops, ids), "step")
     return head(ops, x, (ops.batch, 1))
+
+
+MAX_PREFILL_CHUNK = 1024  # each mLSTM head holds T x T decay weights per call; ORT's Core ML EP takes dims <= 16384
+
+
+def check_prefill_chunk(graph: Graph, chunk, target: str) -> None:
+    """A prefill chunk T is a positive integer, at most :data:`MAX_PREFILL_CHUNK` and at most the
+    checkpoint's ``context_length`` when it declares one (one clear line otherwise; None: no prefill)."""
+    if chunk is None:
+        return
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise UnsupportedError(f"{target}: --prefill-chunk must be a positive integer (tokens per prefill call), "
+                               f"got {chunk!r}")
+    if chunk > MAX_PREFILL_CHUNK:
+        raise UnsupportedError(f"{target}: --prefill-chunk {chunk} exceeds {MAX_PREFILL_CHUNK} (each mLSTM head "
+                               f"holds T x T decay weights per call; longer prompts run in several calls)")
+    ctx = graph.config.context_length
+    if ctx is not None and chunk > ctx:
+        raise UnsupportedError(f"{target}: --prefill-chunk {chunk} exceeds the checkpoint's context_length {ctx} "
+                               f"({graph.source})")
 
 
 def prefill(ops: Ops, ids: V, last_only: bool = False) -> V:

@@ -57,7 +57,7 @@ from .. import __version__, lowering
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..lowering import PrecisionPolicy, policy_for
+from ..lowering import PrecisionPolicy, check_prefill_chunk, policy_for
 from ..lowering.precision import STATE_ROLES
 from ..outputs import Artifact, atomic_output, check_output_path
 from ..targets import check_suffix
@@ -71,7 +71,6 @@ MIN_OPSET, MAX_OPSET = 17, 26  # 17: LayerNormalization (GELU needs 20); 26: wha
 DEFAULT_OPSET = 20
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights from which the data goes to a side file
 COREML_MAX_DIM = 16384
-MAX_PREFILL_CHUNK = 1024  # T x T decay matrices per head; ORT's Core ML EP rejects dims > 16384
 PREFILL_SUFFIX = ".prefill.onnx"
 
 
@@ -103,7 +102,8 @@ def check_options(options: OnnxOptions) -> PrecisionPolicy:
                                f"LayerNormalization needs >= {MIN_OPSET}), got {options.opset!r}")
     if not isinstance(options.lm_head_block, int) or options.lm_head_block < 1:
         raise UnsupportedError(f"onnx: lm_head_block must be a positive integer, got {options.lm_head_block!r}")
-    check_prefill_chunk(options.prefill_chunk, "onnx", options.scan)
+    if options.prefill_chunk is not None and options.scan:
+        raise UnsupportedError("onnx: --prefill-chunk and --scan are two sequence graphs; choose one")
     if options.last_logits_only and options.prefill_chunk is None:
         raise UnsupportedError("onnx: --last-logits-only applies to the prefill graph; add --prefill-chunk T")
     policy = policy_for(TARGET_STEP, options.precision, options.policy)
@@ -112,20 +112,6 @@ def check_options(options: OnnxOptions) -> PrecisionPolicy:
         raise UnsupportedError(f"onnx: policy {policy.name!r} stores states unevenly or split; ONNX states are "
                                f"plain tensors of one dtype")
     return policy
-
-
-def check_prefill_chunk(chunk, target: str, scan: bool = False, limit: int = MAX_PREFILL_CHUNK) -> None:
-    """A prefill chunk T is a positive integer no larger than ``limit`` (one clear line otherwise)."""
-    if chunk is None:
-        return
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise UnsupportedError(f"{target}: --prefill-chunk must be a positive integer (tokens per prefill call), "
-                               f"got {chunk!r}")
-    if chunk > limit:
-        raise UnsupportedError(f"{target}: --prefill-chunk {chunk} exceeds {limit} (each mLSTM head holds a T x T "
-                               f"decay matrix per call; prompts longer than T run in several calls)")
-    if scan:
-        raise UnsupportedError(f"{target}: --prefill-chunk and --scan are two sequence graphs; choose one")
 
 
 def prefill_path_for(out_path: Path) -> Path:
@@ -247,6 +233,7 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
     t0 = time.perf_counter()
     out_path = Path(out_path)
     check_options(options)
+    check_prefill_chunk(graph, options.prefill_chunk, TARGET_STEP)
     check_suffix(TARGET_STEP, out_path)
     check_output_path(out_path, options.force)
     prefill_path = prefill_path_for(out_path) if options.prefill_chunk is not None else None
@@ -283,5 +270,4 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
 
 
 __all__ = ["OnnxOptions", "Artifact", "emit", "build", "contract_for", "state_output_name", "prefill_path_for",
-           "check_prefill_chunk", "TARGET_STEP", "TARGET_SCAN", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET",
-           "MAX_PREFILL_CHUNK"]
+           "TARGET_STEP", "TARGET_SCAN", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET"]

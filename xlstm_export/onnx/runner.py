@@ -6,7 +6,9 @@
 Reads the artifact's ``xlstm_export.io`` contract for state names, shapes and dtypes; exchanges numpy
 float32 states in contract order (casting to/from the artifact's state dtype). The step graph takes one
 token per call (``max_tokens_per_call = 1``; ``run`` loops over longer inputs itself); the Scan graph
-any number.
+any number. A step graph exported with ``--prefill-chunk`` names its prefill companion in its contract:
+the runner (kind ``onnx-prefill``) opens both and runs a prompt as prefill chunks + step calls (opening
+the ``.prefill.onnx`` file opens its step graph the same way).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY
 from ..validation.contract import check_run_args, contract_batch_size, parse_contract
-from .emit import TARGET_SCAN
+from ..validation.runner import PrefillPlan, prefill_plan
+from .emit import TARGET_SCAN, TARGET_STEP
 
 PROVIDERS = ("auto", "cpu", "coreml")
 
@@ -41,30 +44,43 @@ def _providers(which: str) -> list:
     return ["CPUExecutionProvider"]
 
 
+def _open(path: Path, chosen: list, threads: int):
+    """An InferenceSession over ``path`` and its parsed contract (ArtifactError if either is unreadable)."""
+    import onnxruntime as ort
+
+    where = str(path)
+    if not path.exists():
+        raise ArtifactError(f"{where}: no such ONNX file")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), so, providers=chosen)
+    except Exception as e:  # onnxruntime raises its own exception types for unloadable models
+        raise ArtifactError(f"{where}: onnxruntime cannot load it ({first_line(e)})") from None
+    return session, parse_contract(session.get_modelmeta().custom_metadata_map.get(IO_KEY), where)
+
+
 class OnnxRunner:
     """The Runner protocol (``validation/runner.py``) over an ``.onnx`` file."""
 
     def __init__(self, path: str | Path, graph: Optional[Graph] = None, batch_size: Optional[int] = None,
                  providers: str = "auto", threads: int = 0):
-        import onnxruntime as ort
-
         self.path = Path(path)
-        where = str(self.path)
-        if not self.path.exists():
-            raise ArtifactError(f"{where}: no such ONNX file")
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
         chosen = _providers(providers)  # UnsupportedError for one this onnxruntime lacks, not "cannot load it"
-        try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=chosen)
-        except Exception as e:  # onnxruntime raises its own exception types for unloadable models
-            first = first_line(e)
-            raise ArtifactError(f"{where}: onnxruntime cannot load it ({first})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        text = meta.get(IO_KEY)
-        self.contract = parse_contract(text, where)
+        self.session, self.contract = _open(self.path, chosen, threads)
+        step = self.contract.get("step")
+        if step is not None:  # a prefill graph: open its step graph, which names this one
+            name = step.get("path") if isinstance(step, dict) else None
+            if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+                raise ArtifactError(f"{self.path}: the contract's 'step' entry must name the step graph's file, "
+                                    f"got {str(step)[:80]}")
+            self.path = self.path.with_name(name)
+            self.session, self.contract = _open(self.path, chosen, threads)
+            if self.contract.get("step") is not None:
+                raise ArtifactError(f"{self.path}: a prefill graph's 'step' entry names another prefill graph")
+        where = str(self.path)
         if graph is not None:
             from ..validation.contract import check_contract, state_slots
 
@@ -86,6 +102,39 @@ class OnnxRunner:
         logits = next((o for o in self.contract["outputs"] if o["name"] == "logits"), None)
         v = logits["shape"][-1] if logits is not None and logits["shape"] else None
         self.vocab_size: Optional[int] = v if isinstance(v, int) and v > 0 else None
+        self.prefill: Optional[PrefillPlan] = prefill_plan(self.contract, where)
+        self.prefill_session = None
+        if self.prefill is not None:
+            self._open_prefill(chosen, threads)
+
+    def _open_prefill(self, chosen: list, threads: int) -> None:
+        """The companion prefill graph: same states, T = the plan's chunk; the runner then takes any length."""
+        plan, where = self.prefill, str(self.path)
+        if self.kind != TARGET_STEP or self.vocab_size is None:
+            raise ArtifactError(f"{where}: only a step graph with a vocabulary-sized logits output has a prefill "
+                                f"companion (kind {self.kind!r})")
+        path = self.path.with_name(plan.where)
+        if not path.exists():
+            raise ArtifactError(f"{where}: its prefill graph {path} is missing (export both with --prefill-chunk)")
+        self.prefill_session, contract = _open(path, chosen, threads)
+        other = prefill_plan(contract, str(path))
+        ids = next((i for i in contract["inputs"] if i.get("name") == "input_ids"), {})
+        if (other != plan or ids.get("shape") != [self.batch_size, plan.chunk]
+                or contract["states"] != self.contract["states"] or contract.get("profile") != self.contract["profile"]):
+            raise ArtifactError(f"{path}: not the prefill graph of {self.path.name} (its contract's chunk, input "
+                                f"shape, states or profile differ)")
+        names = {i.name for i in self.prefill_session.get_inputs()} | {o.name for o in self.prefill_session.get_outputs()}
+        missing = [n for n in ["input_ids", "logits"] + [x for s in self._states for x in s[:2]] if n not in names]
+        if missing:
+            raise ArtifactError(f"{path}: the prefill graph lacks {missing[:4]}")
+        self.kind = "onnx-prefill"
+        self.max_tokens_per_call = None
+
+    def calls(self, length: int):
+        return self.prefill.calls(length) if self.prefill is not None else None
+
+    def logit_positions(self, length: int) -> np.ndarray:
+        return self.prefill.logit_positions(length) if self.prefill is not None else np.arange(length)
 
     def _check_session(self, where: str) -> None:
         """The contract's names and dtypes are the model's: else ``run`` would fail inside onnxruntime."""
@@ -110,7 +159,8 @@ class OnnxRunner:
     def init_states(self) -> List[np.ndarray]:
         return [np.zeros(shape, dtype=np.float32) for _, _, shape, _ in self._states]
 
-    def _call(self, ids: np.ndarray, states: Sequence[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+    def _call(self, ids: np.ndarray, states: Sequence[np.ndarray], session=None) -> Tuple[np.ndarray, List[np.ndarray]]:
+        session = session or self.session
         feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
         for (inp, _, shape, dtype), s in zip(self._states, states):
             if tuple(np.shape(s)) != shape:  # a state the graph itself returned: the artifact is inconsistent
@@ -118,7 +168,7 @@ class OnnxRunner:
             feed[inp] = np.ascontiguousarray(s, dtype=np.dtype(dtype))
         names = ["logits"] + [out for _, out, _, _ in self._states]
         try:
-            outs = self.session.run(names, feed)
+            outs = session.run(names, feed)
         except Exception as e:  # onnxruntime's own exception types (a graph that does not run as declared)
             raise ArtifactError(f"{self.path}: onnxruntime cannot run it ({first_line(e)})") from None
         return outs[0].astype(np.float32), [o.astype(np.float32) for o in outs[1:]]
@@ -127,6 +177,9 @@ class OnnxRunner:
         """input_ids (B, T) int64 -> logits (B, T, V) float32, new states (float32, contract order)."""
         input_ids = check_run_args(str(self.path), self.batch_size, input_ids, states,
                                    [shape for _, _, shape, _ in self._states], self.vocab_size)
+        if self.prefill is not None:
+            return self.prefill.run(input_ids, states, self.vocab_size,
+                                    lambda ids, st: self._call(ids, st, self.prefill_session), self._call)
         if self.max_tokens_per_call is None:
             return self._call(input_ids, states)
         logits = []

@@ -108,6 +108,13 @@ def _run(runner: Runner, ids: np.ndarray, states: List[np.ndarray]):
     return np.concatenate(parts, axis=1), states
 
 
+def _call_metrics(a: np.ndarray, ref: np.ndarray, pos: np.ndarray, start: int, stop: int) -> Dict[str, float]:
+    """Figures of the positions [start, stop) the artifact returns logits for."""
+    idx = pos[(pos >= start) & (pos < stop)]
+    m = step_metrics(a[idx], ref[idx])
+    return {"positions": [int(i) for i in idx], "max_rel": m["max_rel"], "argmax_agreement": m["argmax_agreement"]}
+
+
 def _merge_state_errors(acc: Dict[str, Dict[str, float]], key: str, errs: Dict[str, float]) -> None:
     cur = acc.setdefault(key, {"max_abs": 0.0, "max_rel": 0.0})
     for m in ("max_abs", "max_rel"):
@@ -141,12 +148,22 @@ def compare(reference: Runner, artifact: Runner, graph: Graph, prompts: Sequence
         art_logits, art_states = _run(artifact, ids, artifact.init_states())
         per_row: List[dict] = [{"steps": [], "reference_tokens": [], "artifact_tokens": [], "pick_margins": []}
                                for _ in group]
+        L = ids.shape[1]
+        pos = np.asarray(artifact.logit_positions(L)) if callable(getattr(artifact, "logit_positions", None)) \
+            else np.arange(L)
+        calls = artifact.calls(L) if callable(getattr(artifact, "calls", None)) else None
         for r, res in enumerate(per_row):
-            m = step_metrics(art_logits[r], ref_logits[r])
-            peak = float(np.abs(ref_logits[r]).max()) or 1.0
-            pos_rel = np.abs(art_logits[r].astype(np.float64) - ref_logits[r]).max(-1) / peak  # (T,)
-            res["steps"].append({"step": 0, "kind": "prefill", "tokens": int(ids.shape[1]), **m,
-                                 "position_max_rel": [float(x) for x in pos_rel]})
+            a, ref = art_logits[r], ref_logits[r]
+            m = step_metrics(a[pos], ref[pos])
+            peak = float(np.abs(ref[pos]).max()) or 1.0
+            pos_rel: List[Optional[float]] = [None] * L  # None: a position the artifact returns no logits for
+            for t, x in zip(pos, np.abs(a[pos].astype(np.float64) - ref[pos]).max(-1) / peak):
+                pos_rel[int(t)] = float(x)
+            step0 = {"step": 0, "kind": "prefill", "tokens": int(L), **m, "position_max_rel": pos_rel}
+            if calls:  # figures per call: which prefill chunk or step call a difference comes from
+                step0["calls"] = [{"start": s0, "stop": s1, "via": via, **_call_metrics(a, ref, pos, s0, s1)}
+                                  for s0, s1, via in calls]
+            res["steps"].append(step0)
         for spec, a, r in zip(specs, art_states, ref_states):
             _merge_state_errors(state_err[spec.name], "after_prefill", _error(a, r))
 
@@ -229,7 +246,7 @@ def judge(cmp: dict, tol: Tolerance) -> List[dict]:
             if not s["max_rel"] <= tol.max_rel:
                 f = {**where, "metric": "max_rel", "value": s["max_rel"], "limit": tol.max_rel}
                 if s["kind"] == "prefill":
-                    bad = [t for t, x in enumerate(s["position_max_rel"]) if not x <= tol.max_rel]
+                    bad = [t for t, x in enumerate(s["position_max_rel"]) if x is not None and not x <= tol.max_rel]
                     f["position"] = bad[0] if bad else None
                 fails.append(f)
             if not s["cosine"] >= tol.min_cosine:

@@ -119,6 +119,12 @@ def _tables(r: dict) -> List[tuple]:
                    [[x["step"], x["kind"], fmt(x["max_abs"]), fmt(x["max_rel"]),
                      f"{x['psnr']:.1f}" if math.isfinite(x["psnr"]) else str(x["psnr"]),
                      f"{x['cosine']:.8f}", f"{x['argmax']:.2f}"] for x in _per_step(r)]))
+    calls = [(p["index"], k, c) for p in r["prompts"] for k, c in enumerate(p["steps"][0].get("calls", []))]
+    if calls:
+        tables.append(("Prompt calls (prefill chunks, then step calls for the remainder)",
+                       ["prompt", "call", "positions", "via", "max rel", "argmax agreement"],
+                       [[i, k, f"{c['start']}..{c['stop'] - 1}", c["via"], fmt(c["max_rel"]),
+                         f"{c['argmax_agreement']:.2f}"] for i, k, c in calls]))
     tables.append(("Per prompt", ["prompt", "ids", "max rel", "greedy agreement", "reference tokens",
                                   "artifact tokens"],
                    [[p["index"], " ".join(map(str, p["ids"])), fmt(max(s["max_rel"] for s in p["steps"])),

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+import numpy as np
+
 from ..errors import ConfigError, ParityError
 from ..graphs import Graph
 from .compare import fmt, compare, judge, localise, make_prompts, where_line
@@ -71,6 +73,14 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
                           f"got {seed!r}")
     tol = tolerance_for(artifact.kind, artifact.precision)
     reference = reference or ReferenceRunner(graph, artifact.batch_size)
+    plan = getattr(artifact, "prefill", None)
+    prefill_lengths: List[int] = []
+    if plan is not None:  # prompts that are and are not multiples of the chunk: the remainder takes the step path
+        T = plan.chunk
+        prefill_lengths = sorted({1, T - 1, T, 3 * T + 5} - {0})
+        rng = np.random.default_rng(seed + 1)
+        extra_prompts = [*extra_prompts, *(rng.integers(0, graph.config.vocab_size, n).tolist()
+                                           for n in prefill_lengths)]
     prompts = make_prompts(graph.config.vocab_size, num_prompts, prompt_len, seed, extra_prompts)
     cmp = compare(reference, artifact, graph, prompts, steps)
     fails = judge(cmp, tol)
@@ -81,7 +91,8 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
                      "batch_size": artifact.batch_size, "max_tokens_per_call": artifact.max_tokens_per_call},
         "checkpoint": graph.source,
         "settings": {"steps": steps, "num_prompts": num_prompts, "prompt_len": prompt_len, "seed": seed,
-                     "extra_prompts": len(extra_prompts), "teacher_forcing": True},
+                     "extra_prompts": len(extra_prompts), "teacher_forcing": True,
+                     "prefill_chunk": None if plan is None else plan.chunk, "prefill_prompt_lengths": prefill_lengths},
         "tolerance": {"target": artifact.kind, "precision": artifact.precision, **tol.to_json()},
         "summary": cmp["summary"],
         "failures": fails,
