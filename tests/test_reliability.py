@@ -34,12 +34,20 @@ from xlstm_export.targets import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 
+def kind_words(k) -> list[str]:
+    """The CLI words of an artifact kind: ``onnx --scan``, ``onnx --prefill-chunk 8``."""
+    words = [k.target]
+    for f, v in k.fixed.items():
+        if v is True:
+            words.append(f"--{f.replace('_', '-')}")
+        elif v not in (False, None):
+            words += [f"--{f.replace('_', '-')}", str(v)]
+    return words
+
+
 # Every artifact kind of the target registry, as its CLI command ("onnx --scan" for the onnx-scan kind).
-EXPORTS = {
-    " ".join([k.target] + [f"--{f}" for f, v in k.fixed.items() if v is True]): (
-        [k.target] + [f"--{f}" for f, v in k.fixed.items() if v is True], k.filename)
-    for k in KINDS.values()
-}
+EXPORTS = {" ".join(kind_words(k)): (kind_words(k), k.filename) for k in KINDS.values()}
+assert len(EXPORTS) == len(KINDS)
 COMMANDS = ["inspect", *EXPORTS]
 
 
@@ -315,9 +323,12 @@ BAD_INPUTS = {
 def test_every_target_has_an_export_command():
     from xlstm_export.targets import TARGETS
 
-    assert set(EXPORTS) == {"torchscript", "onnx", "onnx --scan", "coreml"}  # what the registry holds today
+    assert set(EXPORTS) == {"torchscript", "onnx", "onnx --scan", "onnx --prefill-chunk 8", "coreml",
+                            "coreml --prefill-chunk 8"}  # what the registry holds today
     assert {"inspect", *TARGETS} <= set(main.commands)
     assert any("--scan" in p.opts for p in main.commands["onnx"].params)
+    for name in ("onnx", "coreml"):
+        assert any("--prefill-chunk" in p.opts for p in main.commands[name].params), name
     for name in TARGETS:
         assert any("--force" in p.opts for p in main.commands[name].params), name
 
