@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import List, Optional
 
 GOAL_ONNX, GOAL_TS, GOAL_RSS = 3.0, 1.5, 1.5
+# the ONNX prefill graph (chunk PREFILL_GOAL_CHUNK) at PREFILL_GOAL_CONFIG: >= GOAL_PREFILL_SCAN x faster than
+# the Scan graph, at most GOAL_PREFILL_REF x the reference chunkwise form's time
+GOAL_PREFILL_SCAN, GOAL_PREFILL_REF, PREFILL_GOAL_CHUNK, PREFILL_GOAL_CONFIG = 8.0, 1.5, 64, "100m"
 DECODE_ORDER = ("upstream", "reference", "torchscript", "onnx")
 DECODE_TEXT = {
     "upstream": "upstream eager step",
@@ -20,6 +24,16 @@ PREFILL_TEXT = {
     "upstream-step-loop": "upstream (xlstm) step() x 512 (its parallel form stops at context_length)",
     "onnx-step-loop": "ONNX step graph x 512 calls",
 }
+PREFILL_GRAPH = re.compile(r"onnx-prefill-T(\d+)(-last)?")
+
+
+def prefill_text(impl: str, t: dict) -> str:
+    m = PREFILL_GRAPH.fullmatch(impl)
+    if m:
+        calls = t.get("calls")
+        return (f"ONNX prefill graph, T = {m[1]}" + (", last logits only" if m[2] else "")
+                + (f" ({calls} calls)" if calls else ""))
+    return PREFILL_TEXT.get(impl, impl)
 
 
 def mib(n: Optional[float]) -> str:
@@ -97,6 +111,18 @@ def render(r: dict, seven: Optional[dict]) -> str:
             x = up / d[impl]["median_ms"]
             rows.append([f"{impl} decode step >= {goal:g}x faster than upstream's eager step", name,
                          f"{x:.2f}x ({ms(up)} -> {ms(d[impl]['median_ms'])} ms)", yes(x >= goal, x, goal)])
+    pf = r.get("prefill", {}).get(PREFILL_GOAL_CONFIG, {})
+    key = f"onnx-prefill-T{PREFILL_GOAL_CHUNK}"
+    if key in pf and "onnx-scan" in pf and "reference-chunkwise" in pf:
+        p, scan, ref = (pf[k]["median_ms"] for k in (key, "onnx-scan", "reference-chunkwise"))
+        x, y = scan / p, p / ref
+        rows.append([f"onnx prefill (T={PREFILL_GOAL_CHUNK}) >= {GOAL_PREFILL_SCAN:g}x faster than the onnx Scan "
+                     f"graph (512 tokens)", PREFILL_GOAL_CONFIG, f"{x:.2f}x ({ms(scan)} -> {ms(p)} ms)",
+                     yes(x >= GOAL_PREFILL_SCAN, x, GOAL_PREFILL_SCAN)])
+        rows.append([f"onnx prefill (T={PREFILL_GOAL_CHUNK}) no more than {GOAL_PREFILL_REF:g}x slower than the "
+                     f"reference's chunkwise form (512 tokens)", PREFILL_GOAL_CONFIG,
+                     f"{y:.2f}x the reference's time ({ms(ref)} -> {ms(p)} ms)",
+                     yes(y <= GOAL_PREFILL_REF, y, GOAL_PREFILL_REF)])
     for name, e in r["export"].items():
         for target, v in e.items():
             ratio = v["peak_rss_bytes"] / v["weight_bytes"]
@@ -159,22 +185,31 @@ def render(r: dict, seven: Optional[dict]) -> str:
 
     # -- prefill --------------------------------------------------------------------------------------
     L += ["## Prefill of 512 tokens, batch 1", "",
-          "From an empty state to the logits of all 512 positions and the final state. The Scan graph runs the "
-          "recurrent step once per token (the step graph's lowerings in a `Scan` body), so it costs about what 512 "
-          "step calls cost; the chunkwise form (reference, TorchScript, transformers) handles 64 tokens per "
-          "matrix product.", ""]
+          f"From an empty state to the logits of all 512 positions and the final state, every implementation in "
+          f"the same process at {s['torch_threads']} threads (ORT `intra_op_num_threads={s['ort_intra_op_threads']}`). "
+          "The Scan graph runs the recurrent step once per token (the step graph's lowerings in a `Scan` body), so "
+          "it costs about what 512 step calls cost. The ONNX prefill graph (`xlstm-export onnx --prefill-chunk T`: "
+          "`model.prefill.onnx`, static T, weights shared with the step graph in `model.onnx.data`) runs the "
+          "chunkwise mLSTM form on T tokens per `session.run`; a prompt of 512 tokens is 512 / T calls, each "
+          "call's `<state>.next` fed as the next call's states. *Last logits only* (`--last-logits-only`) returns "
+          "the logits of each chunk's last position (B, 1, V) instead of all T: what generation needs, the LM "
+          "head on 1 row instead of T. The chunkwise form of the reference, TorchScript and transformers handles "
+          "64 tokens per matrix product. Chunks above a checkpoint's `context_length` cannot be exported "
+          "(`hybrid`: 32, so its ONNX prefill graphs are T = 32 and 16).", ""]
     for name, d in r["prefill"].items():
         ref = d["reference-chunkwise"]["median_ms"]
+        scan = d["onnx-scan"]["median_ms"]
         up_key = "upstream-chunkwise" if "upstream-chunkwise" in d else "upstream-step-loop"
         up = d[up_key]["median_ms"]
         rows = []
         for impl, t in d.items():
-            rows.append([PREFILL_TEXT.get(impl, impl), ms(t["median_ms"]), ms(t["p90_ms"]),
+            rows.append([prefill_text(impl, t), ms(t["median_ms"]), ms(t["p90_ms"]),
                          f"{512e3 / t['median_ms']:,.0f}", f"{ref / t['median_ms']:.2f}x",
-                         f"{up / t['median_ms']:.2f}x", f"{t['warmup']}+{t['repeats']}"])
+                         f"{scan / t['median_ms']:.2f}x", f"{up / t['median_ms']:.2f}x",
+                         f"{t['warmup']}+{t['repeats']}"])
         L += [f"**{name}**", "", table(["implementation", "median ms", "p90 ms", "tokens/s",
-                                        "speed-up vs reference chunkwise", "speed-up vs upstream", "warm-up+timed"],
-                                       rows), ""]
+                                        "speed-up vs reference chunkwise", "speed-up vs ONNX Scan",
+                                        "speed-up vs upstream", "warm-up+timed"], rows), ""]
 
     # -- export ---------------------------------------------------------------------------------------
     L += ["## Export cost per target", "",
@@ -207,6 +242,7 @@ def render(r: dict, seven: Optional[dict]) -> str:
         v = seven["exports"]["coreml"]
         rows.append(["7B", str(v["ops_per_step"]), f"{v['ops_per_step'] / v['blocks']:.1f}", str(v["consts"]), "-"])
     L += [table(["config", "ops per step", "per block", "consts", "most frequent ops"], rows), ""]
+    L += prefill_export_section(r)
 
     # -- 7B -------------------------------------------------------------------------------------------
     L += ["## xLSTM-7B-shaped checkpoint", ""]
@@ -220,6 +256,52 @@ def render(r: dict, seven: Optional[dict]) -> str:
           "    .venv/bin/python benchmarks/run.py --out benchmarks/RESULTS.md --only-7b   # the 7B section alone",
           ""]
     return "\n".join(L)
+
+
+def prefill_export_section(r: dict) -> List[str]:
+    """The prefill exports (reused by the prefill timings) and Core ML's ops per token, prefill vs decode."""
+    pe = r.get("prefill_export")
+    if not pe:
+        return []
+    L = ["### Exports with a prefill graph / function", "",
+         "Exported once per config, each in its own process as above, and reused by the prefill timings. ONNX: "
+         "`xlstm-export onnx --prefill-chunk T` writes the step graph, the prefill graph and one data file they "
+         "share (on disk: all three). Core ML: `xlstm-export coreml --prefill-chunk T` writes one multifunction "
+         "package (`main`: the decode step, `prefill`: T tokens), each weight stored once.", ""]
+    rows = []
+    for name, e in pe.items():
+        for key, v in e.items():
+            graph = (f"{v['nodes']} / {v['prefill_nodes']} nodes" if key.startswith("onnx")
+                     else f"{v['ops_per_step']} / {v['prefill_ops']} ops")
+            rows.append([name, key, v["precision"], str(v["prefill_chunk"]), f"{v['seconds']:.2f}",
+                         f"{v['wall_s']:.1f}", mib(v["peak_rss_bytes"]), size(v["weight_bytes"]),
+                         f"{v['peak_rss_bytes'] / v['weight_bytes']:.2f}x", size(v["artifact_bytes"]), graph])
+    L += [table(["config", "artifact", "precision", "chunk T", "load+emit s", "process wall s", "peak RSS",
+                 "artifact weight bytes", "peak RSS / weights", "artifact on disk",
+                 "step / prefill (ONNX nodes, Core ML MIL ops)"], rows), ""]
+
+    L += ["### Core ML: MIL ops per token, prefill vs decode", "",
+          "**Op counts of the saved program, not timings**: Core ML packages cannot run on Linux (no Core ML "
+          "runtime). Counted in the package on disk: non-const ops of `main` (one decode step, i.e. one token) "
+          "and of `prefill` (one call of T tokens), divided by the tokens each call handles. A prefill op works on "
+          "T rows at once, so ops per token says how much per-op dispatch a prompt token pays, not its arithmetic "
+          "(which the chunkwise form grows with T: a T x T decay matrix per head).", ""]
+    rows = []
+    for name, e in pe.items():
+        for key, v in e.items():
+            if not key.startswith("coreml") or "prefill_ops" not in v:
+                continue
+            T = v["prefill_chunk"]
+            per_tok = v["prefill_ops"] / T
+            diff = {k: n - v["op_types"].get(k, 0) for k, n in v["prefill_op_types"].items() if k != "const"}
+            more = sorted(((k, n) for k, n in diff.items() if n > 0), key=lambda kv: (-kv[1], kv[0]))
+            rows.append([name, v["precision"], str(T), str(v["ops_per_step"]), str(v["prefill_ops"]),
+                         f"{per_tok:.2f}", f"{v['ops_per_step'] / per_tok:.1f}x",
+                         ", ".join(f"{k} +{n}" for k, n in more[:8]) or "-"])
+    L += [table(["config", "precision", "prefill chunk T", "decode: ops per token (main)", "prefill: ops per call",
+                 "prefill: ops per token", "decode / prefill ops per token", "prefill's extra ops vs main"],
+                rows), ""]
+    return L
 
 
 def seven_section(s: dict) -> List[str]:

@@ -8,10 +8,19 @@ the output):
 
 1. export cost per target, each export in its own process: wall time, peak RSS vs the artifact's
    weight bytes; Core ML MIL ops per decode step (``export_child.py``, ``common.run_measured``);
+   and the prefill exports, exported once per config and reused for section 3: ONNX with
+   ``prefill_chunk`` T = 64, 32, 16 (step + ``.prefill.onnx`` + one shared data file) and T = 64 with
+   ``last_logits_only``, and Core ML fp16 with ``prefill_chunk=64`` (multifunction ``main`` + ``prefill``),
+   whose MIL ops per token are counted for both functions: ``main`` (one decode step = one token) vs
+   ``prefill`` / T. Chunks above a checkpoint's ``context_length`` are left out (``hybrid``: 32, so its
+   chunks are 32 and 16 and its headline chunk 32). Core ML cannot run on Linux: op counts, not timings;
 2. decode-step latency at batch 1: ONNX (ORT CPU EP), TorchScript, our eager reference, upstream's
    eager step (``speed.py``), as ratios to upstream; at ``--threads`` (default: the usable cores) and
    at 1 thread (torch and ORT alike);
-3. prefill of 512 tokens: the ONNX Scan graph vs the reference's chunkwise form (and upstream's);
+3. prefill of 512 tokens at ``--threads``, every implementation in one process: the ONNX Scan graph
+   (one call), the ONNX prefill graphs (512 / T calls carrying the states), the reference's chunkwise
+   form, TorchScript's, upstream's, and the step graph x 512. The goals table judges the ONNX prefill
+   graph (T = 64) at ``100m``: >= 8x faster than the Scan graph, <= 1.5x the reference chunkwise time;
 4. with ``--with-7b``: an xLSTM-7B-shaped transformers checkpoint (its real config, generated bf16
    weights) exported to ONNX fp16 with external data and to Core ML fp16 (``big7b.py``).
 
@@ -44,25 +53,68 @@ SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "onnx-scan": ".scan.onnx", "cor
 # per config: (decode warmup, decode repeats, prefill warmup, prefill repeats, prefill seconds per implementation)
 REPEATS = {"tiny": (20, 200, 3, 10, 20.0), "hybrid": (20, 200, 3, 10, 30.0), "100m": (10, 100, 2, 5, 45.0)}
 QUICK_REPEATS = (2, 5, 1, 2, 1.0)
+PREFILL_CHUNKS = (64, 32, 16)  # ONNX prefill graphs timed; the first one that fits is the headline (goals)
+COREML_PREFILL_CHUNK = 64  # Core ML prefill function (op counts)
+
+
+def _export(name: str, ckpt: Path, path: Path, target: str, precision: str, extra=()) -> dict:
+    """One export in its own process (``export_child.py``): its JSON figures + the process's."""
+    label = " ".join([target, precision, *extra])
+    log(f"export {name} -> {label} (subprocess)")
+    r = run_measured([PY, str(HERE / "export_child.py"), "--checkpoint", str(ckpt), "--target", target,
+                      "--precision", precision, "--out", str(path), *extra], anon_cap=int(18 * GiB))
+    if r["rc"] != 0 or r["result"] is None:
+        raise RuntimeError(f"export {name} {label} failed (rc {r['rc']}, {r['killed']}):\n"
+                           + "\n".join(r["stderr_tail"]))
+    res = r.pop("result")
+    r.pop("stderr_tail")
+    log(f"  {r['wall_s']:.1f}s wall ({res['seconds']:.1f}s load+emit), peak RSS "
+        f"{r['peak_rss_bytes'] / 2**20:.0f} MiB, weights {res['weight_bytes'] / 2**20:.1f} MiB")
+    return {**res, **r, "path": str(path)}
 
 
 def export_cost(name: str, ckpt: Path, work: Path, targets=TARGETS) -> dict:
     """Each target exported in its own process: time, peak RSS, weight bytes, ops."""
+    return {target: _export(name, ckpt, work / f"{name}-{precision}{SUFFIX[target]}", target, precision)
+            for target, precision in targets}
+
+
+def prefill_chunks(graph) -> list:
+    """The ONNX prefill chunks this checkpoint takes (T <= its context_length, when it declares one)."""
+    ctx = graph.config.context_length
+    return [T for T in PREFILL_CHUNKS if ctx is None or T <= ctx]
+
+
+def export_prefill(name: str, ckpt: Path, work: Path, graph) -> dict:
+    """The prefill exports, once per config (reused by the prefill timings), each in its own process:
+    ONNX fp32 at every chunk of :func:`prefill_chunks` and the headline chunk with ``last_logits_only``;
+    Core ML fp16 with ``COREML_PREFILL_CHUNK`` (capped at the context length), for its op counts."""
+    chunks = prefill_chunks(graph)
     out = {}
-    for target, precision in targets:
-        path = work / f"{name}-{precision}{SUFFIX[target]}"
-        log(f"export {name} -> {target} {precision} (subprocess)")
-        r = run_measured([PY, str(HERE / "export_child.py"), "--checkpoint", str(ckpt), "--target", target,
-                          "--precision", precision, "--out", str(path)], anon_cap=int(18 * GiB))
-        if r["rc"] != 0 or r["result"] is None:
-            raise RuntimeError(f"export {name} {target} failed (rc {r['rc']}, {r['killed']}):\n"
-                               + "\n".join(r["stderr_tail"]))
-        res = r.pop("result")
-        r.pop("stderr_tail")
-        out[f"{target}"] = {**res, **r, "path": str(path)}
-        log(f"  {r['wall_s']:.1f}s wall ({res['seconds']:.1f}s load+emit), peak RSS "
-            f"{r['peak_rss_bytes'] / 2**20:.0f} MiB, weights {res['weight_bytes'] / 2**20:.1f} MiB")
+    for T in chunks:  # the headline chunk first, then its last-logits variant, then the smaller chunks
+        out[f"onnx-prefill-T{T}"] = _export(name, ckpt, work / f"{name}-prefill{T}.onnx", "onnx", "fp32",
+                                            ("--prefill-chunk", str(T)))
+        if T == chunks[0]:
+            out[f"onnx-prefill-T{T}-last"] = _export(name, ckpt, work / f"{name}-prefill{T}-last.onnx", "onnx",
+                                                     "fp32", ("--prefill-chunk", str(T), "--last-logits-only"))
+    ctx = graph.config.context_length
+    Tc = COREML_PREFILL_CHUNK if ctx is None else min(COREML_PREFILL_CHUNK, ctx)
+    out[f"coreml-prefill-T{Tc}"] = _export(name, ckpt, work / f"{name}-prefill{Tc}-fp16.mlpackage", "coreml",
+                                           "fp16", ("--prefill-chunk", str(Tc)))
     return out
+
+
+def prefill_graphs(exports: dict) -> dict:
+    """name -> (the .prefill.onnx path, T) of the ONNX prefill exports, the headline chunk first."""
+    return {k: (next(Path(f) for f in v["files"] if f.endswith(".prefill.onnx")), v["prefill_chunk"])
+            for k, v in exports.items() if k.startswith("onnx-prefill")}
+
+
+def remove_artifacts(exports: dict) -> None:
+    for v in exports.values():
+        for f in {v["path"], *v.get("files", ())}:
+            p = Path(f)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def config_info(graph, kind: str, ckpt: Path) -> dict:
@@ -122,7 +174,7 @@ def main(argv=None) -> int:
 
         import speed
 
-        results.update(configs={}, export={}, decode={}, prefill={})
+        results.update(configs={}, export={}, prefill_export={}, decode={}, prefill={})
         for name in [c for c in a.configs.split(",") if c]:
             kind = "hybrid" if name == "hybrid" else "hf"
             log(f"== {name}: building the checkpoint")
@@ -130,6 +182,7 @@ def main(argv=None) -> int:
             graph = load_checkpoint(ckpt)
             results["configs"][name] = config_info(graph, kind, ckpt)
             results["export"][name] = export_cost(name, ckpt, a.work)
+            results["prefill_export"][name] = export_prefill(name, ckpt, a.work, graph)
             arts = {t: Path(v["path"]) for t, v in results["export"][name].items()}
             dw, dr, pw, pr, ps = QUICK_REPEATS if a.quick else REPEATS[name]
             results.setdefault("load_before_timings", {})[name] = wait_quiet(a.wait_quiet) if a.wait_quiet \
@@ -140,12 +193,12 @@ def main(argv=None) -> int:
                 key = name if th == a.threads else f"{name}, 1 thread"
                 results["decode"][key] = speed.decode_latency(kind, ckpt, graph, arts, th, dw, dr)
             torch.set_num_threads(a.threads)
-            log(f"== {name}: prefill of {speed.PREFILL_TOKENS} tokens")
-            results["prefill"][name] = speed.prefill_latency(kind, ckpt, graph, arts, a.threads, pw, pr,
-                                                             max_seconds=ps)
-            for v in results["export"][name].values():
-                p = Path(v["path"])
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            log(f"== {name}: prefill of {speed.PREFILL_TOKENS} tokens, {a.threads} thread(s)")
+            results["prefill"][name] = speed.prefill_latency(
+                kind, ckpt, graph, arts, a.threads, pw, pr, max_seconds=ps,
+                prefill_graphs=prefill_graphs(results["prefill_export"][name]))
+            remove_artifacts(results["export"][name])
+            remove_artifacts(results["prefill_export"][name])
         results["seconds"] = round(time.perf_counter() - t_start, 1)
         results["load_average_end"] = os.getloadavg()
     if a.with_7b or a.only_7b:

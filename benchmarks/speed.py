@@ -10,16 +10,18 @@ Implementations of one decode step (one token in, logits + carried state out):
 - ``onnx``: the exported step graph on ONNX Runtime's CPU execution provider (``session.run`` with the
   states fed back as numpy arrays).
 
-Prefill of 512 tokens from an empty state: the ONNX Scan graph, the reference's chunkwise form (and
-TorchScript's, the same code scripted), upstream's chunkwise kernel (transformers) or step loop (the
-hybrid: its parallel forward stops at ``context_length``), and for context the step graph fed 512 times.
+Prefill of 512 tokens from an empty state: the ONNX Scan graph, the ONNX prefill graphs (``--prefill-chunk
+T``: 512 / T ``session.run`` calls of T tokens, the states carried from call to call; with
+``--last-logits-only`` too), the reference's chunkwise form (and TorchScript's, the same code scripted),
+upstream's chunkwise kernel (transformers) or step loop (the hybrid: its parallel forward stops at
+``context_length``), and for context the step graph fed 512 times.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -154,10 +156,37 @@ def decode_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], thr
 
 
 # -- prefill ------------------------------------------------------------------------------------------
+def prefill_onnx_chunks(path: Path, chunk: int, ids: np.ndarray, threads: int) -> Callable[[], object]:
+    """A prompt through an ONNX prefill graph (``<stem>.prefill.onnx``, static T = ``chunk``): one
+    ``session.run`` per chunk from an empty state, each chunk's states fed to the next; returns the last
+    call's logits. The prompt length must be a multiple of T (the remainder would be step calls)."""
+    sess, contract = ort_session(path, threads)
+    T = contract["inputs"][0]["shape"][1]
+    if T != chunk or ids.shape[1] % T:
+        raise ValueError(f"{path}: prefill chunk {T} (expected {chunk}) does not divide {ids.shape[1]} tokens")
+    names = ["logits"] + [s["output"] for s in contract["states"]]
+    inputs = [s["input"] for s in contract["states"]]
+    chunks = [np.ascontiguousarray(ids[:, i:i + T]) for i in range(0, ids.shape[1], T)]
+
+    def run():
+        states = _ort_states(contract)
+        for c in chunks:
+            feed = dict(zip(inputs, states))
+            feed["input_ids"] = c
+            outs = sess.run(names, feed)
+            states = outs[1:]
+        return outs[0]
+
+    return run
+
+
 def prefill_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], threads: int, warmup: int,
-                    repeats: int, tokens: int = PREFILL_TOKENS, max_seconds: float = 60.0) -> Dict[str, dict]:
+                    repeats: int, tokens: int = PREFILL_TOKENS, max_seconds: float = 60.0,
+                    prefill_graphs: Optional[Dict[str, Tuple[Path, int]]] = None) -> Dict[str, dict]:
     """Each implementation: ``warmup`` + ``repeats`` prefills, bounded by ``max_seconds`` of timed calls
-    (``common.time_calls``: a slow one gets fewer, at least 2)."""
+    (``common.time_calls``: a slow one gets fewer, at least 2). ``prefill_graphs``: name -> (the
+    ``.prefill.onnx`` path, its chunk T), each timed as 512 / T calls (:func:`prefill_onnx_chunks`) right
+    after the Scan graph, in the order given."""
     import gc
 
     import torch
@@ -178,6 +207,14 @@ def prefill_latency(kind: str, ckpt: Path, graph, artifacts: Dict[str, Path], th
     feed["input_ids"] = ids
     record("onnx-scan", lambda: sess.run(None, feed))
     del sess
+
+    # ONNX prefill graphs: tokens / T calls of T tokens each, the states carried
+    for name, (path, chunk) in (prefill_graphs or {}).items():
+        fn = prefill_onnx_chunks(path, chunk, ids, threads)
+        record(name, fn)
+        out[name]["chunk"], out[name]["calls"] = chunk, tokens // chunk
+        del fn
+        gc.collect()
 
     # reference, chunkwise form (the default for T > 1), and the same code scripted
     model = build_model(graph, device="cpu")
