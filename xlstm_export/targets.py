@@ -14,6 +14,7 @@ the lowering modes it needs (the parity-matrix test checks every kind x block ki
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +69,8 @@ class Target:
     kinds: Tuple[Kind, ...] = field(default=())
 
     def _require(self) -> None:
-        for mod in self.requires:
-            try:
-                importlib.import_module(mod)
-            except ImportError:
+        for mod in self.requires:  # installed? (found, not imported: coremltools' import logs noise on Linux)
+            if importlib.util.find_spec(mod) is None:
                 raise UnsupportedError(f"{self.name}: needs the {mod!r} package; install it with "
                                        f"pip install 'xlstm-export[{self.extra}]'") from None
 
