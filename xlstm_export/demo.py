@@ -12,8 +12,10 @@ selective copying) and each target::
         --task accuracy: the artifact alone on held-out task sequences (single-step artifacts are fed
           one token per call)--> one row of the summary table
 
-Targets: ``coreml`` (stateful MLProgram, fp16; run on Linux by the package executor), ``onnx`` (decode
-step graph on ONNX Runtime's CPU EP), ``onnx-scan`` (the Scan sequence graph), ``torchscript``.
+Targets: ``coreml`` (stateful MLProgram, fp16; run on Linux by the package executor), ``coreml-prefill``
+(the same with a ``prefill`` function of 8 tokens), ``onnx`` (decode step graph on ONNX Runtime's CPU EP),
+``onnx-scan`` (the Scan sequence graph), ``onnx-prefill`` (step + chunkwise prefill graph, chunk 8),
+``torchscript``: every kind of the target registry.
 
 The table goes to stdout and to ``<out>/summary.md`` / ``summary.json``; progress lines go to stderr.
 Exit status 0 when every artifact is within its validation tolerance and scores the task within
@@ -42,7 +44,7 @@ from .targets import KINDS
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO / "examples"
 EXAMPLES = ("hf-recall", "hybrid-copy")
-TARGETS = tuple(KINDS)  # every registered artifact kind: coreml, onnx, onnx-scan, torchscript
+TARGETS = tuple(KINDS)  # every registered artifact kind
 MARKER = ".xlstm-export-demo"
 DEFAULT_SAMPLES = 32
 ACCURACY_SLACK = 0.02  # an artifact's task accuracy may trail the reference's by at most this much
