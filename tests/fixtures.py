@@ -273,3 +273,17 @@ def load_upstream(name: str, path: Path):
     else:
         raise KeyError(name)
     return model.float().eval()
+
+
+def load_graph(checkpoint_factory, name: str, root: Path):
+    """The named fixture's graph; ``profile``: the ``hybrid`` fixture saved in our profile format (JSON
+    profile + canonical safetensors) under ``root`` and loaded back, so the profile frontend is exercised."""
+    from xlstm_export.frontends import load_checkpoint
+    from xlstm_export.frontends.profile import save_profile_checkpoint
+
+    if name != "profile":
+        return load_checkpoint(checkpoint_factory(name))
+    d = root / "profile-checkpoint"
+    if not d.exists():
+        save_profile_checkpoint(load_checkpoint(checkpoint_factory("hybrid")), d)
+    return load_checkpoint(d)

@@ -13,6 +13,7 @@ from xlstm_export.coreml.executor import ProgramExecutor
 from xlstm_export.coreml.runner import CoreMLRunner, function_description, read_contract
 from xlstm_export.errors import UnsupportedError
 from xlstm_export.frontends import load_checkpoint
+from fixtures import load_graph
 from xlstm_export.tolerances import tolerance_for
 from xlstm_export.validation import validate_artifact
 from xlstm_export.validation.compare import max_rel
@@ -20,7 +21,7 @@ from xlstm_export.validation.compare import max_rel
 T = 8
 FP16 = tolerance_for("coreml-prefill", "fp16").max_rel
 FP32 = tolerance_for("coreml-prefill", "fp32").max_rel
-FORMATS = ["hf", "large", "hybrid", "hybrid_pt"]
+FORMATS = ["hf", "large", "hybrid", "hybrid_pt", "profile"]  # profile: our JSON profile + canonical safetensors, of the hybrid fixture
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def packages(checkpoint_factory, tmp_path_factory):
     def get(name: str, **opts):
         key = (name, tuple(sorted(opts.items())))
         if key not in cache:
-            graph = load_checkpoint(checkpoint_factory(name))
+            graph = load_graph(checkpoint_factory, name, root)
             path = root / f"{name}-{len(cache)}.mlpackage"
             cache[key] = (graph, emit(graph, CoreMLOptions(**{"prefill_chunk": T, **opts}), path))
         return cache[key]

@@ -10,6 +10,7 @@ import pytest
 
 from xlstm_export.errors import ArtifactError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
+from fixtures import load_graph
 from xlstm_export.onnx import OnnxOptions, OnnxRunner, emit
 from xlstm_export.onnx.emit import prefill_path_for
 from xlstm_export.tolerances import tolerance_for
@@ -22,7 +23,7 @@ from test_onnx import usability
 T = 8
 FP32_TOL = tolerance_for("onnx-prefill", "fp32").max_rel  # 1e-4, the bound
 # every checkpoint format: transformers, xlstm's xLSTM-Large, xlstm's hybrid xLSTMLMModel (safetensors and .pt)
-FORMATS = ["hf", "large", "large_bias", "hybrid", "hybrid_pt"]
+FORMATS = ["hf", "large", "large_bias", "hybrid", "hybrid_pt", "profile"]  # profile: our JSON profile + canonical safetensors, of the hybrid fixture
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def exported(checkpoint_factory, tmp_path_factory):
     def get(name: str, **opts):
         key = (name, tuple(sorted(opts.items())))
         if key not in cache:
-            graph = load_checkpoint(checkpoint_factory(name))
+            graph = load_graph(checkpoint_factory, name, root)
             d = root / f"{name}-{len(cache)}"
             d.mkdir()
             cache[key] = (graph, emit(graph, OnnxOptions(prefill_chunk=T, **opts), d / "model.onnx"))
