@@ -30,7 +30,11 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        return run_guarded(lambda: super(_Group, self).invoke(ctx))
+        from . import progress
+
+        quiet = bool((ctx.params or {}).get("quiet"))
+        with progress.reporting(progress.stderr_sink(quiet)):
+            return run_guarded(lambda: super(_Group, self).invoke(ctx))
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra) -> Any:
         """Usage errors (bad option, missing argument) are one ``error:`` line and exit 2, too."""
@@ -50,7 +54,9 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="xlstm-export", prog_name="xlstm-export")
-def main() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr (they are shown only when stderr "
+              "is a terminal anyway).")
+def main(quiet: bool) -> None:
     """Export xLSTM checkpoints (transformers, xlstm_large, xLSTMLMModel) to on-device formats."""
 
 
@@ -200,23 +206,40 @@ def validate_options(f: Callable) -> Callable:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Batch size to run at (default: the artifact's).")
+@click.option("--force", is_flag=True, help="Replace an existing report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict and figures as JSON (the report's summary).")
 def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | None, steps: int,
-             num_prompts: int, prompt_len: int, seed: int, batch_size: int | None) -> None:
+             num_prompts: int, prompt_len: int, seed: int, batch_size: int | None, force: bool,
+             as_json: bool) -> None:
     """Compare ARTIFACT with the reference model of its checkpoint: prefill + greedy decode on several
     prompts. Exit 0 within tolerance, 1 outside it (after writing the report), 2 on bad input."""
     from pathlib import Path
 
-    from .frontends import load_checkpoint
-    from .validation import validate_artifact
-    from .validation.prompts import task_prompts
+    from . import api
 
-    graph = load_checkpoint(checkpoint, format=fmt)
     path = Path(artifact)
-    result = validate_artifact(path, graph, batch_size=batch_size, steps=steps, num_prompts=num_prompts,
-                               prompt_len=prompt_len, seed=seed, extra_prompts=task_prompts(checkpoint),
-                               report_dir=report_dir or path.with_name(path.name + ".report"))
-    click.echo(result.summary_line())
+    report = Path(report_dir) if report_dir else path.with_name(path.name + ".report")
+    from .validation.report import check_report_dir
+
+    check_report_dir(report, force)  # before reading anything
+    result = api.validate(path, checkpoint, format=fmt, report=report, force=force, steps=steps,
+                          prompts=num_prompts, prompt_len=prompt_len, seed=seed, batch_size=batch_size)
+    click.echo(json.dumps(validation_json(result)) if as_json else result.summary_line())
     result.raise_if_failed()
+
+
+def validation_json(result) -> dict:
+    """What ``--json`` prints of a validation: the verdict, the artifact and its runtime, the summary
+    figures, the tolerance, where a failure starts, and the report's files."""
+    r = result.report
+    return {"passed": result.passed, "artifact": r["artifact"], "reference": r.get("reference"),
+            "summary": r["summary"], "tolerance": r["tolerance"], "localisation": r["localisation"],
+            "settings": r["settings"], "report": [str(p) for p in result.paths]}
+
+
+def artifact_json(art) -> dict:
+    return {"path": str(art.path), "kind": art.kind, "precision": art.precision,
+            "files": [str(f) for f in art.files], "stats": art.stats}
 
 
 def _click_option(opt) -> Callable:
@@ -225,6 +248,8 @@ def _click_option(opt) -> Callable:
         return click.option(opt.flag, opt.dest, is_flag=True, default=bool(opt.default), help=opt.help)
     if opt.choices:
         kind = click.Choice(opt.choices)
+    elif opt.text:
+        kind = click.STRING
     else:
         kind = click.IntRange(min=opt.min, max=opt.max)
     return click.option(opt.flag, opt.dest, type=kind, default=opt.default, show_default=True, help=opt.help)
@@ -234,23 +259,37 @@ def export_command(target) -> click.Command:
     """The ``xlstm-export <target>`` command, made from the target's registration."""
 
     def command(checkpoint: str, fmt: str | None, out: str, force: bool, do_validate: bool, report_dir: str | None,
-                steps: int, **options: Any) -> None:
-        from .frontends import load_checkpoint
+                steps: int, as_json: bool, **options: Any) -> None:
+        from . import api
         from .targets import check_suffix, describe_artifact
 
         check_suffix(target.name, out)  # before any work
-        graph = load_checkpoint(checkpoint, format=fmt)
-        art = target.emit(graph, out, force=force, **options)
-        click.echo(describe_artifact(art))
-        if do_validate:
-            from .validation import validate_export
+        if report_dir is not None and do_validate:
+            from .validation.report import check_report_dir
 
-            validate_export(art.path, graph, echo=click.echo, steps=steps, report_dir=report_dir)
+            check_report_dir(report_dir, force)
+        graph = api.load_checkpoint(checkpoint, format=fmt)
+        art = api.export(graph, target.name, out, force=force, **options)
+        if not as_json:
+            click.echo(describe_artifact(art))
+        result = None
+        if do_validate:
+            result = api.validate(art.path, graph, report=report_dir, force=force, steps=steps,
+                                  extra_prompts=[])
+            if not as_json:
+                click.echo(result.summary_line())
+        if as_json:
+            click.echo(json.dumps({"artifact": artifact_json(art),
+                                   "validation": None if result is None else validation_json(result)}, default=str))
+        if result is not None:
+            result.raise_if_failed()
 
     command.__doc__ = target.summary
     for opt in reversed(target.options):
         command = _click_option(opt)(command)
-    command = click.option("--force", is_flag=True, help="Replace an existing output.")(command)
+    command = click.option("--json", "as_json", is_flag=True,
+                           help="Print the artifact (files, contract kind, figures) and the validation as JSON.")(command)
+    command = click.option("--force", is_flag=True, help="Replace an existing output (and report).")(command)
     command = click.option("-o", "--output", "out", required=True, type=click.Path(),
                            help=f"The artifact to write ({' or '.join(target.suffixes)}).")(command)
     command = validate_options(checkpoint_options(command))

@@ -155,7 +155,7 @@ def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: P
         t0 = time.perf_counter()
         runner = open_artifact(out_path, graph)  # opened once: validation, then the task accuracy
         res = run_validation(runner, graph, artifact_path=str(out_path), steps=steps,
-                             extra_prompts=task_prompts(checkpoint), report_dir=target_dir / "report")
+                             extra_prompts=task_prompts(checkpoint), report_dir=target_dir / "report", force=True)
         row.seconds["validate"] = round(time.perf_counter() - t0, 2)
         s = res.report["summary"]
         row.validation = "PASS" if res.passed else "FAIL"

@@ -158,7 +158,7 @@ class Artifact:
     data, the Core ML Swift snippet follow), its I/O contract and the emitter's figures."""
 
     path: Path
-    kind: str  # "torchscript", "onnx", "onnx-scan", "coreml"
+    kind: str  # the artifact kind (targets.KINDS): "torchscript", "onnx", "onnx-scan", "onnx-prefill", "coreml", ...
     precision: str
     contract: dict
     files: tuple = ()

@@ -36,6 +36,7 @@ class Option:
     is_flag: bool = False
     min: Optional[int] = None  # an int option's range
     max: Optional[int] = None
+    text: bool = False  # a free-text option (else an int, a choice or a flag)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,11 @@ class Target:
 
     def _require(self) -> None:
         for mod in self.requires:  # installed? (found, not imported: coremltools' import logs noise on Linux)
-            if importlib.util.find_spec(mod) is None:
+            try:
+                found = importlib.util.find_spec(mod) is not None
+            except (ImportError, ValueError):  # a finder refusing it; a module entry of None
+                found = False
+            if not found:
                 raise UnsupportedError(f"{self.name}: needs the {mod!r} package; install it with "
                                        f"pip install 'xlstm-export[{self.extra}]'") from None
 
@@ -179,7 +184,13 @@ register(Target(
      Option("--batch-size", "batch_size", "Fixed batch size (Core ML states have a fixed shape).", 1, min=1),
      Option("--compute-units", "compute_units", "Recorded in the package metadata; what validation on macOS runs on.",
             "all", choices=("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")),
-     *_prefill_options("write a 'prefill' function (multifunction package, weights shared)")),
+     *_prefill_options("write a 'prefill' function (multifunction package, weights shared)"),
+     Option("--author", "author", "Package metadata: author (default: xlstm-export and its version).", text=True),
+     Option("--license", "license", "Package metadata: license (default: the checkpoint's, from its README's "
+            "'license:' front matter, else 'same as the source checkpoint').", text=True),
+     Option("--version", "version", "Package metadata: model version string (default 1.0).", text=True),
+     Option("--description", "description", "Package metadata: short description (default: what the package "
+            "computes and how to feed it).", text=True)),
     (_kind("coreml", "coreml", {"fp16": FP16, "fp32": FP32}, ("step",), "fp16", "model.mlpackage"),
      _kind("coreml-prefill", "coreml", {"fp16": FP16, "fp32": FP32}, ("step", "prefill"), "fp16",
            "model.prefill.mlpackage", prefill_chunk=DEMO_PREFILL_CHUNK))))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._ct import ct as _ct
-from .. import __version__
+from .. import __version__, progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
@@ -167,6 +167,28 @@ def convert(prog):
 
 
 # -- metadata ----------------------------------------------------------------------------------
+def checkpoint_license(graph: Graph) -> Optional[str]:
+    """The license a checkpoint declares in its folder's ``README.md`` front matter (``license: apache-2.0``,
+    as Hugging Face model cards do); None when it declares none."""
+    if not graph.source:
+        return None
+    src = Path(graph.source)
+    card = (src if src.is_dir() else src.parent) / "README.md"
+    try:
+        text = card.read_text(encoding="utf-8", errors="replace")[:20000]
+    except OSError:
+        return None
+    if not text.startswith("---"):
+        return None
+    for line in text.splitlines()[1:]:
+        if line.strip() == "---":
+            break
+        key, _, value = line.partition(":")
+        if key.strip() == "license" and value.strip():
+            return value.strip().strip("'\"")[:200]
+    return None
+
+
 def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None:
     """Author, license, version, description, per-feature descriptions and the I/O contract, in place."""
     cfg = graph.config
@@ -174,7 +196,7 @@ def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None
     fam = {"large": "xLSTM-Large (mLSTM + FFN blocks)", "hybrid": "xLSTM hybrid (mLSTM/sLSTM blocks)"}[cfg.family]
     md = spec.description.metadata
     md.author = options.author or f"xlstm-export {__version__}"
-    md.license = options.license or f"Same license as the source checkpoint ({src})"
+    md.license = options.license or checkpoint_license(graph) or f"Same license as the source checkpoint ({src})"
     md.versionString = options.version or "1.0"
     how = (f"Functions: 'main', one decode step, and '{PREFILL_FUNCTION}', {options.prefill_chunk} prompt tokens per "
            f"prediction; run a prompt through '{PREFILL_FUNCTION}' in chunks and its remainder through 'main', "
@@ -280,6 +302,10 @@ def count_ops(spec, function: str = "main") -> dict:
 
 
 def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> Artifact:
+    """Write the ``.mlpackage`` of ``graph`` at ``out_path`` (atomically; never over an existing one without
+    ``options.force``) and, with ``options.swift``, the Swift snippet beside it (``<stem>.swift``). With
+    ``options.prefill_chunk`` the package has a ``prefill`` function beside ``main``. Returns the
+    :class:`Artifact`; its ``stats`` hold ops per step (and per prefill token) and weight bytes."""
     from .swift import swift_snippet
 
     out_path = Path(out_path)
@@ -294,6 +320,7 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
     prog, ops = build_program(graph, policy, options.batch_size, options.prefill_chunk, options.last_logits_only)
     weight_bytes = ops.weight_bytes
     del ops
+    progress.note("coremltools: MIL passes and serialisation of the program")
     mlmodel = convert(prog)
     del prog
     spec = mlmodel._spec  # the converted spec; described and written below (coremltools' own save
@@ -304,13 +331,15 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
         p = count_ops(spec, PREFILL_FUNCTION)
         stats.update(prefill_chunk=options.prefill_chunk, prefill_ops=p["ops_per_step"],
                      prefill_ops_per_token=round(p["ops_per_step"] / options.prefill_chunk, 2))
+    progress.note(f"writing {out_path.name}")
     with atomic_output(out_path, options.force) as tmp:
         write_package(mlmodel, spec, tmp)
     if swift_path is not None:
         with atomic_output(swift_path, options.force) as tmp:
             tmp.write_text(swift_snippet(contract, out_path.name))
     files = (out_path,) if swift_path is None else (out_path, swift_path)
-    return Artifact(out_path, TARGET, options.precision, contract, files, stats)
+    kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
+    return Artifact(out_path, kind, options.precision, contract, files, stats)
 
 
 __all__ = ["Artifact", "CoreMLOptions", "COMPUTE_UNITS", "TARGET", "build_program", "contract_for",

@@ -143,6 +143,11 @@ class CoreMLRunner:
 
             self._executor = ProgramExecutor(self.path)
         self.compute_units = units
+        version = _ct().__version__
+        self.runtime = (f"Core ML runtime (macOS {platform.mac_ver()[0]}, compute units {units}; coremltools {version})"
+                        if backend == "coreml" else
+                        f"xlstm-export package executor on coremltools {version} op semantics (not the Core ML "
+                        f"runtime, which needs macOS)")
 
     def _check_prefill(self, spec, declared: set) -> None:
         plan, where = self.prefill, str(self.path)

@@ -10,6 +10,8 @@ import json
 import math
 import os
 from pathlib import Path
+
+from .. import progress
 from typing import Any, Optional
 
 import numpy as np
@@ -169,6 +171,7 @@ def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None) -> Gr
         raise CheckpointError(f"unknown checkpoint format {format!r}; choose one of {list(FORMATS)}")
     fmt = format or detect_format(path)
     d, file = _dir_and_file(path)
+    progress.note(f"reading checkpoint {path} ({fmt})")
     if fmt == "hf":
         from .hf import load_hf
         return load_hf(d, file)

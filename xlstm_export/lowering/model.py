@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from .. import progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from .layers import norm, soft_cap
@@ -47,6 +48,7 @@ def blocks(ops: Ops, x: V, mode: str = "step") -> V:
     """Every block's lowering in order; rows x (R, E) -> (R, E)."""
     graph = ops.graph
     for i, (block, st) in enumerate(zip(graph.blocks, block_states(graph, ops.batch))):
+        progress.note(f"lowering ({mode}) block", i + 1, len(graph.blocks))
         x = LOWERINGS.get(block, mode)(ops, i, block, x, st)
     return x
 

@@ -53,7 +53,7 @@ from typing import Optional, Tuple
 import onnx
 from onnx import helper
 
-from .. import __version__, lowering
+from .. import __version__, lowering, progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
@@ -246,6 +246,7 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
         weight_bytes >= options.external_data_threshold))
     data_path = out_path.with_name(out_path.name + ".data")
     files: Tuple[Path, ...] = (out_path,)
+    progress.note(f"writing {out_path.name}" + (f" and {data_path.name}" if external else ""))
     if external:
         check_output_path(data_path, options.force)
         with contextlib.ExitStack() as stack:
@@ -266,7 +267,8 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
         stats.update(prefill_nodes=len(pre[0].graph.node), prefill_chunk=options.prefill_chunk,
                      prefill_inline_bytes=pstats["inline_bytes"], prefill_shared_bytes=pstats["shared_bytes"])
     io = contract_for(graph, options, out_path)
-    return Artifact(out_path, io["target"], options.precision, io, files, stats)
+    kind = "onnx-prefill" if pre is not None else io["target"]
+    return Artifact(out_path, kind, options.precision, io, files, stats)
 
 
 __all__ = ["OnnxOptions", "Artifact", "emit", "build", "contract_for", "state_output_name", "prefill_path_for",

@@ -99,6 +99,9 @@ class OnnxRunner:
                                 f"(re-export with --batch-size {batch_size})")
         self.max_tokens_per_call: Optional[int] = None if self.kind == TARGET_SCAN else 1
         self.providers: List[str] = self.session.get_providers()
+        import onnxruntime as ort
+
+        self.runtime = f"ONNX Runtime {ort.__version__} ({self.providers[0]})"
         logits = next((o for o in self.contract["outputs"] if o["name"] == "logits"), None)
         v = logits["shape"][-1] if logits is not None and logits["shape"] else None
         self.vocab_size: Optional[int] = v if isinstance(v, int) and v > 0 else None

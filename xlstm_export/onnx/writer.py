@@ -21,6 +21,7 @@ from typing import BinaryIO, Dict, Iterable, List, Optional, Tuple
 import onnx
 from onnx import TensorProto
 
+from .. import progress
 from .builder import BuildError, Initializer
 
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inline even in an external-data model (as onnx does)
@@ -140,11 +141,12 @@ def write_model(model: onnx.ModelProto, inits: List[Initializer], path: Path,
             f.write(m_lo.SerializeToString())
             f.write(_key(7) + _varint(graph_len))
             f.write(g_lo_b)
-            for init, h in zip(inits, headers):
+            for k, (init, h) in enumerate(zip(inits, headers)):
                 n = tensor_len(init, h)
                 f.write(init_key + _varint(n) + h)
                 if init.name in reused:
                     continue
+                progress.note("writing weights: tensor", k + 1, len(inits))
                 arr = init.materialize()
                 if arr.nbytes != init.nbytes:
                     raise BuildError(f"initializer {init.name!r}: {arr.nbytes} bytes, declared {init.nbytes}")

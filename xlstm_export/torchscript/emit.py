@@ -40,6 +40,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
@@ -85,6 +86,9 @@ def script_model(graph: Graph, precision: str = "fp32"):
 
 
 def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike) -> Artifact:
+    """Script the reference model of ``graph`` at ``options.precision`` and save it at ``out_path``
+    (atomically, no clobber without ``options.force``) with its I/O contract as an extra file; the saved
+    module has ``forward``, ``init_states``, ``forward_with_states`` and ``generate_greedy``."""
     import torch
 
     out_path = Path(out_path)
@@ -92,6 +96,7 @@ def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike)
     check_suffix(TARGET, out_path)
     check_output_path(out_path, options.force)  # fail before the (slow) build
     contract = contract_for(graph, options)
+    progress.note("torch.jit.script of the reference model")
     scripted = script_model(graph, options.precision)
     with tempfile.TemporaryDirectory(prefix="xlstm-export-ts-") as raw_dir:
         raw = Path(raw_dir) / "raw.pt"

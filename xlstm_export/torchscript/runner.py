@@ -18,6 +18,7 @@ _SLOT = re.compile(r"^states\[(\d+)\]$")
 
 class TorchScriptRunner(TorchModuleRunner):
     kind = "torchscript"
+    runtime_name = "TorchScript"
 
     def __init__(self, path: str | Path, graph: Graph, batch_size: Optional[int] = None, device: str = "cpu"):
         import torch

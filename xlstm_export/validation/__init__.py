@@ -14,11 +14,10 @@ from .contract import check_contract, parse_contract, state_slots
 from .registry import detect_kind, open_artifact
 from .runner import Runner
 from ..tolerances import Tolerance, tolerance_for, tolerances
-from .validate import ValidationResult, run_validation, validate_artifact, validate_export
+from .validate import ValidationResult, run_validation, validate_artifact
 
 __all__ = [
     "compare", "judge", "localise", "make_prompts", "step_metrics", "where_line", "check_contract",
     "parse_contract", "state_slots", "detect_kind", "open_artifact", "Runner",
     "tolerances", "Tolerance", "tolerance_for", "ValidationResult", "run_validation", "validate_artifact",
-    "validate_export",
 ]

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .. import progress
 from ..errors import ConfigError
 from ..graphs import Graph
 from .runner import Runner
@@ -141,7 +142,8 @@ def compare(reference: Runner, artifact: Runner, graph: Graph, prompts: Sequence
         by_len.setdefault(len(p), []).append(i)
     groups = [idx[g:g + B] for idx in by_len.values() for g in range(0, len(idx), B)]
 
-    for group in groups:
+    for g, group in enumerate(groups):
+        progress.note(f"validating {artifact.kind}: prompt group ({len(prompts[group[0]])} tokens)", g + 1, len(groups))
         rows = group + [group[0]] * (B - len(group))
         ids = np.stack([prompts[i] for i in rows])  # (B, T)
         ref_logits, ref_states = _run(reference, ids, reference.init_states())

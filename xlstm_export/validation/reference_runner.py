@@ -21,6 +21,7 @@ class TorchModuleRunner:
     and ``forward_with_states(input_ids, states)`` (eager or scripted)."""
 
     kind = "torch"
+    runtime_name = "PyTorch eager"
     precision = "fp32"
     max_tokens_per_call: Optional[int] = None
 
@@ -30,6 +31,9 @@ class TorchModuleRunner:
         self.module = module
         self.batch_size = int(batch_size)
         self.device = device
+        import torch
+
+        self.runtime = f"{self.runtime_name} (torch {torch.__version__}, {device})"
         self._state_shapes: Optional[List[tuple]] = None
         v = getattr(module, "vocab_size", None)
         self.vocab_size: Optional[int] = v if isinstance(v, int) and v > 0 else None
@@ -70,6 +74,7 @@ class ReferenceRunner(TorchModuleRunner):
     """The reference model of ``graph`` (fp32, chunkwise prefill unless ``kernel="sequence"``)."""
 
     kind = "reference"
+    runtime_name = "PyTorch reference"
 
     def __init__(self, graph: Graph, batch_size: int = 1, device: str = "cpu", kernel: str = "chunkwise"):
         from ..reference import build_model

@@ -2,7 +2,8 @@
 an inline SVG plot of the max relative error per step and prompt; no plotting dependency).
 
 Non-finite figures are written to JSON as the strings "inf", "-inf", "nan" (a PSNR of "inf" means the
-logits are identical). Each file is written atomically; an existing report in the folder is replaced.
+logits are identical). Each file is written atomically. Like an artifact, an existing report is not
+replaced without ``force`` (:func:`check_report_dir` says so before a validation spends its time).
 """
 
 from __future__ import annotations
@@ -36,8 +37,19 @@ def to_json(report: dict) -> str:
     return json.dumps(_jsonable(report), indent=1, sort_keys=False, allow_nan=False) + "\n"
 
 
-def write_report(report: dict, out_dir: str | os.PathLike) -> List[Path]:
+def check_report_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
+    """The report folder may be written: not a file, and holding no report unless ``force`` (OutputError)."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: cannot be the report folder: a file is in the way")
+    taken = [n for n in FILES if (out / n).exists()]
+    if taken and not force:
+        raise OutputError(f"{out}: already holds a report ({', '.join(taken)}); pass --force to replace it")
+
+
+def write_report(report: dict, out_dir: str | os.PathLike, force: bool = False) -> List[Path]:
+    out = Path(out_dir)
+    check_report_dir(out, force)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way, no permission, read-only file system...
@@ -63,6 +75,7 @@ def _header_lines(r: dict) -> List[str]:
     return [
         f"artifact: {a['path']} (kind {a['kind']}, precision {a['precision']}, batch {a['batch_size']}, "
         f"tokens per call {a['max_tokens_per_call'] or 'any'})",
+        f"run by: {a.get('runtime', 'unknown')}; reference: {r.get('reference', {}).get('runtime', 'unknown')}",
         f"checkpoint: {r['checkpoint']}",
         f"prompts: {len(r['prompts'])} of {'/'.join(map(str, lengths))} tokens (seed {s['seed']}), prefill + "
         f"{s['steps']} greedy decode steps fed the reference's tokens",

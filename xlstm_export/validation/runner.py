@@ -22,8 +22,9 @@ import numpy as np
 
 
 class Runner(Protocol):
-    kind: str  # "reference", "torchscript", "onnx", "onnx-scan", "coreml"
+    kind: str  # "reference", "torchscript", "onnx", "onnx-scan", "onnx-prefill", "coreml", "coreml-prefill"
     precision: str  # "fp32" | "fp16" | ...
+    runtime: str  # what executes it, with its version: "ONNX Runtime 1.31.1 (CPUExecutionProvider)"
     batch_size: int
     max_tokens_per_call: Optional[int]
 

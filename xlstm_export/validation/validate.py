@@ -4,7 +4,7 @@
     print(result.summary_line())
     result.raise_if_failed()          # ParityError (exit 1) naming where it goes wrong
 
-Export commands call :func:`validate_export` (the same, printing the one-line summary).
+Export commands and ``xlstm_export.validate`` (``api.py``) call :func:`validate_artifact`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from ..errors import ConfigError, ParityError
 from ..graphs import Graph
 from .compare import fmt, compare, judge, localise, make_prompts, where_line
 from .registry import open_artifact
-from .report import REPORT_FORMAT, write_report
+from .report import REPORT_FORMAT, check_report_dir, write_report
 from .runner import Runner
 from ..tolerances import tolerance_for
 
@@ -42,7 +42,8 @@ class ValidationResult:
         r, s, t = self.report, self.report["summary"], self.report["tolerance"]
         a = r["artifact"]
         n = len(r["prompts"])
-        line = (f"validation {'PASS' if self.passed else 'FAIL'}: {a['kind']} {a['precision']} vs reference, "
+        line = (f"validation {'PASS' if self.passed else 'FAIL'}: {a['kind']} {a['precision']} on "
+                f"{a.get('runtime', 'unknown')} vs reference, "
                 f"{n} prompt{'s' if n != 1 else ''} x (prefill + {r['settings']['steps']} steps): "
                 f"max rel {fmt(s['max_rel'])} (tol {t['max_rel']:g}), min cosine {s['min_cosine']:.6f}, "
                 f"greedy {s['greedy_agreeing']}/{s['greedy_picks']}")
@@ -61,8 +62,10 @@ class ValidationResult:
 def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS,
                    num_prompts: int = DEFAULT_PROMPTS, prompt_len: int = DEFAULT_PROMPT_LEN, seed: int = 0,
                    extra_prompts: Sequence[Sequence[int]] = (), report_dir: Optional[str | os.PathLike] = None,
-                   artifact_path: str = "", reference: Optional[Runner] = None) -> ValidationResult:
-    """Compare ``artifact`` (an open runner) with the reference of ``graph``; write the report if asked."""
+                   artifact_path: str = "", reference: Optional[Runner] = None, force: bool = False
+                   ) -> ValidationResult:
+    """Compare ``artifact`` (an open runner) with the reference of ``graph``; write the report if asked
+    (into ``report_dir``; an existing report there is replaced only with ``force``, checked first)."""
     from .reference_runner import ReferenceRunner
 
     if steps < 0 or num_prompts < 0 or prompt_len < 1 or (num_prompts == 0 and not extra_prompts):
@@ -71,6 +74,8 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"validation: seed must be a non-negative integer (numpy seeds the prompts with it), "
                           f"got {seed!r}")
+    if report_dir is not None:
+        check_report_dir(report_dir, force)
     tol = tolerance_for(artifact.kind, artifact.precision)
     reference = reference or ReferenceRunner(graph, artifact.batch_size)
     plan = getattr(artifact, "prefill", None)
@@ -88,7 +93,9 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
         "format": REPORT_FORMAT,
         "passed": not fails,
         "artifact": {"path": str(artifact_path), "kind": artifact.kind, "precision": artifact.precision,
-                     "batch_size": artifact.batch_size, "max_tokens_per_call": artifact.max_tokens_per_call},
+                     "runtime": getattr(artifact, "runtime", "unknown"), "batch_size": artifact.batch_size,
+                     "max_tokens_per_call": artifact.max_tokens_per_call},
+        "reference": {"runtime": getattr(reference, "runtime", "unknown")},
         "checkpoint": graph.source,
         "settings": {"steps": steps, "num_prompts": num_prompts, "prompt_len": prompt_len, "seed": seed,
                      "extra_prompts": len(extra_prompts), "teacher_forcing": True,
@@ -101,7 +108,7 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
         "states": cmp["states"],
         "parameters": cmp["parameters"],
     }
-    paths = write_report(report, report_dir) if report_dir is not None else []
+    paths = write_report(report, report_dir, force) if report_dir is not None else []
     return ValidationResult(report, paths)
 
 
@@ -110,18 +117,11 @@ def validate_artifact(path: str | os.PathLike, graph: Graph, *, batch_size: Opti
     """Open the artifact at ``path`` (kind from its suffix), check its contract against ``graph``, compare.
 
     ``kwargs`` go to :func:`run_validation` (steps, num_prompts, prompt_len, seed, extra_prompts,
-    report_dir). Raises ArtifactError (exit 2) for a missing/foreign artifact; never raises on parity:
+    report_dir, force). Raises ArtifactError (exit 2) for a missing/foreign artifact; never raises on parity:
     call ``raise_if_failed()`` after using the report.
     """
     opts = {} if batch_size is None else {"batch_size": batch_size}
+    if kwargs.get("report_dir") is not None:  # before opening (a Core ML package can take a while)
+        check_report_dir(kwargs["report_dir"], kwargs.get("force", False))
     runner = open_artifact(path, graph, **opts)
     return run_validation(runner, graph, artifact_path=str(path), **kwargs)
-
-
-def validate_export(path: str | os.PathLike, graph: Graph, echo: Callable[[str], None] = print,
-                    **kwargs) -> ValidationResult:
-    """What export commands run after writing an artifact: validate, print one line, raise on failure."""
-    result = validate_artifact(path, graph, **kwargs)
-    echo(result.summary_line())
-    result.raise_if_failed()
-    return result
