@@ -185,3 +185,13 @@ def test_coreml_license_defaults_to_the_checkpoints_model_card(tmp_path):
     from xlstm_export.coreml.runner import read_contract
 
     assert read_contract(art.path)[1].description.metadata.license == "apache-2.0"
+
+
+def test_the_readmes_python_example_runs(tmp_path):
+    text = (REPO / "README.md").read_text()
+    block = text.split("### From Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    code = block.replace('"examples/', f'"{REPO}/examples/')
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "validation PASS: onnx-prefill fp32 on ONNX Runtime" in res.stdout
+    assert (tmp_path / "model.onnx.report" / "report.json").is_file()
