@@ -41,3 +41,12 @@ def test_bad_prefill_chunks_are_one_line_exit_2(checkpoint_factory, tmp_path, ta
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("target, name", [("onnx", "x.mlpackage"), ("torchscript", "x.onnx"), ("onnx", "noext"),
+                                          ("coreml", "x.onnx")])
+def test_a_wrong_output_suffix_is_refused_before_any_work(tmp_path, target, name):
+    res = subprocess.run([sys.executable, "-m", "xlstm_export", target, "--checkpoint", "does-not-matter", "-o",
+                          str(tmp_path / name)], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "must end in" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
