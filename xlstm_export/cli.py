@@ -272,14 +272,19 @@ def export_command(target) -> click.Command:
         art = api.export(graph, target.name, out, force=force, **options)
         if not as_json:
             click.echo(describe_artifact(art))
-        result = None
+        result, skipped = None, None
         if do_validate:
-            result = api.validate(art.path, graph, report=report_dir, force=force, steps=steps,
-                                  extra_prompts=[])
+            from .errors import RuntimeUnavailable
+
+            try:
+                result = api.validate(art.path, graph, report=report_dir, force=force, steps=steps,
+                                      extra_prompts=[])
+            except RuntimeUnavailable as e:  # a valid artifact this machine cannot run: say so, do not fail
+                skipped = f"validation skipped: {e}"
             if not as_json:
-                click.echo(result.summary_line())
+                click.echo(result.summary_line() if result is not None else skipped)
         if as_json:
-            click.echo(json.dumps({"artifact": artifact_json(art),
+            click.echo(json.dumps({"artifact": artifact_json(art), "validation_skipped": skipped,
                                    "validation": None if result is None else validation_json(result)}, default=str))
         if result is not None:
             result.raise_if_failed()

@@ -39,12 +39,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .outputs import bytes_on_disk
-from .targets import KINDS
+from .targets import KINDS, swept_kinds
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO / "examples"
 EXAMPLES = ("hf-recall", "hybrid-copy")
-TARGETS = tuple(KINDS)  # every registered artifact kind
+TARGETS = tuple(swept_kinds())  # every registered artifact kind the registry sweeps
 MARKER = ".xlstm-export-demo"
 DEFAULT_SAMPLES = 32
 ACCURACY_SLACK = 0.02  # an artifact's task accuracy may trail the reference's by at most this much

@@ -49,3 +49,8 @@ class RegistryError(XlstmExportError):
     """A lowering or runner registry is used wrongly (duplicate or missing registration)."""
 
     exit_code = 1
+
+
+class RuntimeUnavailable(UnsupportedError):
+    """A valid artifact whose runtime does not exist on this machine (a Core ML-delegated ExecuTorch program off
+    macOS). Export commands then report validation as skipped; ``validate`` exits 2 with the line."""

@@ -50,6 +50,7 @@ class Kind:
     modes: Tuple[str, ...]  # lowering modes it is built from (empty: built from the reference module)
     demo_precision: str
     filename: str  # what the demo calls its file
+    sweep: bool = True  # exported by what sweeps the registry (demo, parity matrix, reliability); else tested alone
 
     def emit(self, graph, out: str | os.PathLike, **options):
         """Export ``graph`` as this kind (``options`` are the target's, e.g. ``precision="fp16"``)."""
@@ -120,6 +121,11 @@ TARGETS: Dict[str, Target] = {}
 KINDS: Dict[str, Kind] = {}
 
 
+def swept_kinds() -> Dict[str, Kind]:
+    """The kinds the demo, the parity matrix and the reliability sweep export (``Kind.sweep``)."""
+    return {n: k for n, k in KINDS.items() if k.sweep}
+
+
 def register(target: Target) -> Target:
     if target.name in TARGETS:
         raise RegistryError(f"target {target.name!r} is already registered")
@@ -159,8 +165,8 @@ def check_suffix(target: str, out: str | os.PathLike) -> None:
 
 
 def _kind(name: str, target: str, tolerances: Mapping[str, Tolerance], modes: Tuple[str, ...], demo_precision: str,
-          filename: str, **fixed) -> Kind:
-    return Kind(name, target, fixed, tolerances, modes, demo_precision, filename)
+          filename: str, sweep: bool = True, **fixed) -> Kind:
+    return Kind(name, target, fixed, tolerances, modes, demo_precision, filename, sweep)
 
 
 _BATCH = Option("--batch-size", "batch_size", "Static batch size of the artifact.", 1, min=1)
@@ -210,6 +216,23 @@ register(Target(
      _kind("onnx-scan", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=True),
      _kind("onnx-prefill", "onnx", {"fp32": FP32, "fp16": FP16}, ("step", "prefill"), "fp32", "model.onnx",
            prefill_chunk=DEMO_PREFILL_CHUNK))))
+
+register(Target(
+    "executorch", "Export an ExecuTorch program (.pte): the decode step (and --prefill-chunk T) lowered to XNNPACK or "
+    "the Core ML delegate.",
+    (".pte",), "xlstm_export.executorch", "ExecuTorchOptions", "xlstm_export.executorch.runner:open_runner",
+    ("executorch",), "executorch",
+    (Option("--backend", "backend", "xnnpack: CPU (Android, iOS, Linux, macOS), fp32, runs here; coreml: the Core ML "
+            "delegate (iOS 18 / macOS 15), fp16, runs only on macOS.", "xnnpack", choices=("xnnpack", "coreml")),
+     _BATCH,
+     Option("--prefill-chunk", "prefill_chunk", "Also a 'prefill' method of T prompt tokens per call (the reference's "
+            "chunkwise form), same states; prompts run as floor(L/T) prefill calls + L mod T steps.", None, min=1,
+            max=MAX_PREFILL_CHUNK)),
+    # executorch-prefill (the prefill method) is not swept: each .pte export spends ~30 s in XNNPACK
+    # lowering; tests/executorch covers it
+    (_kind("executorch", "executorch", {"fp32": FP32, "fp16": FP16}, (), "fp32", "model.pte"),
+     _kind("executorch-prefill", "executorch", {"fp32": FP32, "fp16": FP16}, (), "fp32", "model.prefill.pte",
+           prefill_chunk=DEMO_PREFILL_CHUNK, sweep=False))))
 
 register(Target(
     "torchscript", "Export a scripted module: forward, init_states, forward_with_states, generate_greedy.",

@@ -21,7 +21,7 @@ FIXTURE_OF = {("mlstm", "large"): "hf", ("mlstm", "hybrid"): "hybrid_mlstm_only"
 
 
 def cells():
-    for block_kind, kind in itertools.product(lowering.KINDS, sorted(targets.KINDS)):
+    for block_kind, kind in itertools.product(lowering.KINDS, sorted(targets.swept_kinds())):
         yield block_kind, kind, "+".join(targets.KINDS[kind].modes) or "reference"
 
 

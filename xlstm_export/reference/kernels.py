@@ -77,16 +77,16 @@ def _mlstm_chunk(
     log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)  # (B, NH, L, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     log_d = log_d.masked_fill(~causal, float("-inf"))
-    log_state = b + m  # (B, NH, L) log weight of the initial state seen from t
-    m_t = torch.maximum(log_state, log_d.max(dim=-1).values)  # (B, NH, L) == recurrent m_t
-    d = torch.exp(log_d - m_t.unsqueeze(-1))  # (B, NH, L, L)
-    w_state = torch.exp(log_state - m_t).unsqueeze(-1)  # (B, NH, L, 1)
+    log_state = (b + m).unsqueeze(-1)  # (B, NH, L, 1) log weight of the initial state seen from t
+    m_t = torch.maximum(log_state, log_d.amax(dim=-1, keepdim=True))  # (B, NH, L, 1) == recurrent m_t
+    d = torch.exp(log_d - m_t)  # (B, NH, L, L)
+    w_state = torch.exp(log_state - m_t)  # (B, NH, L, 1)
     qk = torch.matmul(q, k.transpose(-1, -2)) * d  # (B, NH, L, L)
     h_num = torch.matmul(qk, v) + w_state * torch.matmul(q, c)  # (B, NH, L, DV)
     qn = qk.sum(-1, keepdim=True) + w_state * torch.matmul(q, n.unsqueeze(-1))  # (B, NH, L, 1)
-    h = h_num / (torch.maximum(qn.abs(), torch.exp(-m_t).unsqueeze(-1)) + eps)
+    h = h_num / (torch.maximum(qn.abs(), torch.exp(-m_t)) + eps)
     # state after the chunk: row t = L-1 of the same weights
-    m_new = m_t[:, :, -1:]  # (B, NH, 1)
+    m_new = m_t[:, :, -1]  # (B, NH, 1)
     w_in = d[:, :, -1, :].unsqueeze(-1)  # (B, NH, L, 1) weights of each step's k v^T
     w_c = w_state[:, :, -1]  # (B, NH, 1)
     c_new = w_c.unsqueeze(-1) * c + torch.matmul((k * w_in).transpose(-1, -2), v)
@@ -132,7 +132,8 @@ def slstm_step(
     """One sLSTM step (upstream's vanilla pointwise, without its first-step special case, which
     changes m but not outputs). Returns the new state (4, B, NH, DH); row 0 is the output y."""
     y, c, n, m = state[0], state[1], state[2], state[3]
-    ry = torch.einsum("ghoi,bhi->bgho", r, y)  # (B, 4, NH, DH)
+    # R y per gate and head: (1, 4, NH, DH_out, DH_in) @ (B, 1, NH, DH_in, 1) -> (B, 4, NH, DH)
+    ry = torch.matmul(r.unsqueeze(0), y.unsqueeze(1).unsqueeze(-1)).squeeze(-1)
     raw = wx + ry
     i_raw, f_raw, z_raw, o_raw = raw[:, 0], raw[:, 1], raw[:, 2], raw[:, 3]
     log_f_plus_m = m + F.logsigmoid(f_raw)

@@ -82,8 +82,8 @@ class Norm(nn.Module):
 def headwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Block-diagonal linear: x (..., nb*d_in), weight (nb, d_out, d_in) -> (..., nb*d_out)."""
     nb = weight.shape[0]
-    xs = x.reshape(x.shape[:-1] + (nb, weight.shape[2]))
-    y = torch.einsum("...hd,hod->...ho", xs, weight)
+    xs = x.reshape(x.shape[:-1] + (nb, 1, weight.shape[2]))  # (..., nb, 1, d_in)
+    y = torch.matmul(xs, weight.transpose(1, 2))  # (..., nb, 1, d_out): one matmul per block
     return y.reshape(x.shape[:-1] + (nb * weight.shape[1],))
 
 

@@ -1,0 +1,133 @@
+"""The ExecuTorch target: ``.pte`` programs lowered to XNNPACK, executed here by ``executorch.runtime``, on every
+checkpoint format; the prefill method; the Core ML delegate (built here, run only on macOS); bad options.
+Each export spends ~30 s in XNNPACK lowering, so every program is exported once per module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("executorch", reason="the executorch extra is not installed")
+
+import xlstm_export as xe  # noqa: E402
+from xlstm_export.errors import ArtifactError, RuntimeUnavailable, UnsupportedError  # noqa: E402
+from xlstm_export.executorch.runner import ExecuTorchRunner  # noqa: E402
+from xlstm_export.tolerances import tolerance_for  # noqa: E402
+from xlstm_export.validation import validate_artifact  # noqa: E402
+
+from fixtures import load_graph  # noqa: E402
+
+T = 8
+FP32 = tolerance_for("executorch", "fp32").max_rel  # 1e-4
+# every checkpoint format; the two families' fixtures also get the prefill method
+FORMATS = {"hf": T, "large": None, "hybrid": T, "hybrid_pt": None, "profile": None}
+
+
+@pytest.fixture(scope="module")
+def programs(checkpoint_factory, tmp_path_factory):
+    root = tmp_path_factory.mktemp("executorch")
+    cache = {}
+
+    def get(name: str, **opts):
+        key = (name, tuple(sorted(opts.items())))
+        if key not in cache:
+            graph = load_graph(checkpoint_factory, name, root)
+            path = root / f"{name}-{len(cache)}.pte"
+            cache[key] = (graph, xe.export(graph, "executorch", path, **opts))
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_pte_matches_the_reference_on_every_format(programs, name):
+    chunk = FORMATS[name]
+    graph, art = programs(name, prefill_chunk=chunk)
+    res = validate_artifact(art.path, graph, steps=4, num_prompts=2, prompt_len=6)
+    r = res.report
+    print(f"\n[{name} executorch xnnpack fp32{' + prefill %d' % chunk if chunk else ''}] max rel "
+          f"{r['summary']['max_rel']:.2e}, greedy {r['summary']['greedy_agreeing']}/{r['summary']['greedy_picks']}, "
+          f"{art.stats['bytes']} B (weights {art.stats['weight_bytes']} B); run by {r['artifact']['runtime']}")
+    assert res.passed, res.summary_line()
+    assert r["summary"]["max_rel"] <= FP32
+    assert r["summary"]["greedy_agreeing"] == r["summary"]["greedy_picks"]  # greedy equal
+    assert r["artifact"]["kind"] == ("executorch-prefill" if chunk else "executorch")
+    if chunk:
+        assert r["settings"]["prefill_prompt_lengths"] == [1, T - 1, T, 3 * T + 5]
+        vias = {c["via"] for p in r["prompts"] for c in p["steps"][0]["calls"]}
+        assert vias == {"prefill", "step"}
+
+
+def test_prefill_method_leaves_the_states_the_step_leaves(programs):
+    graph, art = programs("hybrid", prefill_chunk=T)
+    runner = ExecuTorchRunner(art.path, graph)
+    ids = np.random.default_rng(4).integers(0, graph.config.vocab_size, (1, T))
+    pre_logits, pre_states = runner._call(runner._prefill, ids, runner.init_states())
+    states, logits = runner.init_states(), []
+    for t in range(T):
+        lg, states = runner._call(runner._forward, ids[:, t:t + 1], states)
+        logits.append(lg)
+    assert np.abs(pre_logits - np.concatenate(logits, 1)).max() <= 1e-4 * np.abs(pre_logits).max()
+    for a, b in zip(pre_states, states):
+        assert np.abs(a - b).max() <= 1e-4 * max(np.abs(b).max(), 1e-6)
+
+
+def test_the_contract_travels_inside_the_program(programs, checkpoint_factory):
+    graph, art = programs("hf", prefill_chunk=T)
+    runner = ExecuTorchRunner(art.path, graph)
+    assert runner.contract["prefill"] == {"function": "prefill", "chunk": T, "last_logits_only": False}
+    assert runner.contract["backend"] == "xnnpack" and runner.runtime.startswith("ExecuTorch ")
+    other = load_graph(checkpoint_factory, "hybrid", art.path.parent)
+    with pytest.raises(ArtifactError, match="different model"):
+        ExecuTorchRunner(art.path, other)
+
+
+def test_not_a_program_is_an_artifact_error(tmp_path, checkpoint_factory):
+    graph = load_graph(checkpoint_factory, "hf", tmp_path)
+    bad = tmp_path / "x.pte"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(ArtifactError, match="cannot load it"):
+        ExecuTorchRunner(bad, graph)
+
+
+def test_coreml_delegate_builds_here_and_runs_only_on_macos(checkpoint_factory, tmp_path):
+    ck = checkpoint_factory("hybrid_mlstm_only")
+    out = tmp_path / "m.pte"
+    res = subprocess.run([sys.executable, "-m", "xlstm_export", "executorch", "--checkpoint", str(ck), "-o", str(out),
+                          "--backend", "coreml"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "(executorch, fp16," in res.stdout and "validation skipped:" in res.stdout and "only on macOS" in res.stdout
+    assert res.stderr == ""
+    res = subprocess.run([sys.executable, "-m", "xlstm_export", "validate", str(out), "--checkpoint", str(ck)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip().endswith("validate it there"), res.stderr
+    graph = load_graph(checkpoint_factory, "hybrid_mlstm_only", tmp_path)
+    with pytest.raises(RuntimeUnavailable):
+        ExecuTorchRunner(out, graph)
+
+
+@pytest.mark.parametrize("opts, match", [({"backend": "vulkan"}, "backend must be one of"),
+                                         ({"precision": "fp16"}, "xnnpack backend computes in fp32"),
+                                         ({"batch_size": 0}, "positive integer"),
+                                         ({"prefill_chunk": 64}, "context_length 32")])
+def test_bad_options_are_refused_before_writing(checkpoint_factory, tmp_path, opts, match):
+    graph = load_graph(checkpoint_factory, "hybrid", tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UnsupportedError, match=match):
+        xe.export(graph, "executorch", out / "m.pte", **opts)
+    assert list(out.iterdir()) == []
+
+
+def test_cli_export_is_quiet_and_one_line_per_result(checkpoint_factory, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "xlstm_export", "executorch", "--checkpoint",
+                          str(checkpoint_factory("hf")), "-o", str(tmp_path / "m.pte")], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("wrote ") and lines[1].startswith("validation PASS: executorch fp32 on "
+                                                                                      "ExecuTorch")
+    assert Path(tmp_path / "m.pte").stat().st_size > 0

@@ -1,0 +1,205 @@
+"""ExecuTorch emitter: the reference model's decode step (and a chunkwise prefill method) as a ``.pte``.
+
+    graph --build_model--> ReferenceModel --torch.export (no_grad, static shapes)--> ExportedProgram(s)
+          --to_edge_transform_and_lower(XNNPACK | Core ML partitioner)--> ExecuTorch program --> model.pte
+
+Methods of the program::
+
+    forward(input_ids (B, 1) int64, *states) -> (logits (B, 1, V) float32, *next states)      the decode step
+    prefill(input_ids (B, T) int64, *states) -> (logits (B, T, V), *next states)                with prefill_chunk
+    xlstm_export_io() -> str                                                                    the I/O contract
+
+States are explicit inputs and outputs in contract order (the contract's state ``input`` is
+``inputs[i]``, ``output`` ``outputs[i]``; zeros are the empty context), not mutable buffers: one state
+contract across every target, a context that an app can save, restore or fork by keeping tensors, and the
+prefill and step methods sharing states without relying on ExecuTorch sharing mutable buffers across
+methods. What it costs: the states are copied in and out per call (at 100M parameters 1.2 M floats per
+step against 100 M weights read; ``benchmarks/`` measures the step).
+
+Like the TorchScript target, the program is the reference model itself (exported, not re-lowered per block
+kind): it computes the reference's math, the mLSTM prefill in the reference's chunkwise form with chunk T.
+Backends: ``xnnpack`` (CPU: Android, iOS, Linux, macOS; runs here through ``executorch.runtime``), ``coreml``
+(the Core ML delegate, iOS 18 / macOS 15, fp16 compute and states: it builds here, runs only on macOS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .. import progress
+from ..errors import OutputError, UnsupportedError, first_line
+from ..graphs import Graph
+from ..graphs.io import dumps, io_contract
+from ..lowering.model import check_prefill_chunk
+from ..outputs import Artifact, atomic_output, check_output_path
+from ..targets import check_suffix
+
+TARGET = "executorch"
+BACKENDS = ("xnnpack", "coreml")
+PRECISION = {"xnnpack": "fp32", "coreml": "fp16"}  # what each backend computes in
+CONTRACT_METHOD = "xlstm_export_io"
+PREFILL_METHOD = "prefill"
+
+
+@dataclass(frozen=True)
+class ExecuTorchOptions:
+    backend: str = "xnnpack"
+    batch_size: int = 1  # static: the program is exported for one batch size
+    prefill_chunk: Optional[int] = None  # T: add the ``prefill`` method of T tokens (same states)
+    precision: Optional[str] = None  # None: the backend's (xnnpack fp32, coreml fp16); only that one is offered
+    force: bool = False
+
+
+def check_options(options: ExecuTorchOptions) -> str:
+    """The options are valid; returns the precision."""
+    if options.backend not in BACKENDS:
+        raise UnsupportedError(f"executorch: backend must be one of {BACKENDS}, got {options.backend!r}")
+    if isinstance(options.batch_size, bool) or not isinstance(options.batch_size, int) or options.batch_size < 1:
+        raise UnsupportedError(f"executorch: batch size must be a positive integer, got {options.batch_size!r}")
+    precision = PRECISION[options.backend]
+    if options.precision not in (None, precision):
+        raise UnsupportedError(f"executorch: the {options.backend} backend computes in {precision}; got precision "
+                               f"{options.precision!r}")
+    return precision
+
+
+def contract_for(graph: Graph, options: ExecuTorchOptions) -> dict:
+    index = {s.name: i for i, s in enumerate(graph.state_contract(options.batch_size))}
+    io = io_contract(
+        graph, batch_size=options.batch_size, seq_len=1, ids_dtype="int64", logits_dtype="float32",
+        state_dtype="float32", state_input=lambda n: f"inputs[{index[n] + 1}]",
+        state_output=lambda n: f"outputs[{index[n] + 1}]", target=TARGET, precision=check_options(options))
+    io["backend"] = options.backend
+    if options.prefill_chunk is not None:
+        io["prefill"] = {"function": PREFILL_METHOD, "chunk": options.prefill_chunk, "last_logits_only": False}
+    return io
+
+
+def _step_module(model):
+    """``forward(input_ids, *states) -> (logits, *states)`` over the reference model (what is exported)."""
+    import torch
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids, *states):
+            logits, new = self.m.forward_with_states(input_ids, list(states))
+            return (logits, *new)
+
+    return Step()
+
+
+def import_executorch():
+    """``executorch.exir``, imported with the import-time notes of torchao / torch's pytree (logged as
+    warnings, not about this tool) held back."""
+    import logging
+
+    noisy = [logging.getLogger(n) for n in ("torch.utils._pytree", "torchao", "coremltools")]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import executorch.exir as exir
+    finally:
+        for lg, level in zip(noisy, levels):
+            lg.setLevel(level)
+    return exir
+
+
+def export_program(graph: Graph, options: ExecuTorchOptions):
+    """The lowered ExecuTorch program (``ExecutorchProgramManager``) of ``graph``."""
+    import torch
+    from torch.export import export
+
+    to_edge_transform_and_lower = import_executorch().to_edge_transform_and_lower
+
+    from ..reference import build_model
+
+    model = build_model(graph, device="cpu").eval()
+    B = options.batch_size
+    states = model.init_states(B)
+    methods = {}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        step = _step_module(model)
+        progress.note("torch.export of the decode step")
+        methods["forward"] = export(step, (torch.zeros(B, 1, dtype=torch.long), *states), strict=False)
+        if options.prefill_chunk is not None:
+            T = options.prefill_chunk
+            model.set_kernel("chunkwise", T)
+            progress.note(f"torch.export of the prefill method ({T} tokens, chunkwise)")
+            methods[PREFILL_METHOD] = export(step, (torch.zeros(B, T, dtype=torch.long), *states), strict=False)
+        progress.note(f"lowering to ExecuTorch ({options.backend})")
+        try:
+            with _quiet():
+                return to_edge_transform_and_lower(
+                    methods, partitioner=[_partitioner(options.backend)],
+                    constant_methods={CONTRACT_METHOD: dumps(contract_for(graph, options))}).to_executorch()
+        except Exception as e:  # the backend's own errors (an op it cannot lower): one line, nothing written
+            raise UnsupportedError(f"executorch: the {options.backend} backend cannot lower this model "
+                                   f"({type(e).__name__}: {first_line(e)[:300]})") from None
+
+
+def _partitioner(backend: str):
+    if backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return XnnpackPartitioner()
+    import coremltools as ct
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+    spec = CoreMLBackend.generate_compile_specs(minimum_deployment_target=ct.target.iOS18,
+                                                compute_precision=ct.precision.FLOAT16)
+    return CoreMLPartitioner(compile_specs=spec)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The lowering's own prints and logging (coremltools' progress bars, XNNPACK notes) stay off the CLI."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def emit(graph: Graph, options: ExecuTorchOptions, out_path: str | os.PathLike) -> Artifact:
+    """Write the ``.pte`` of ``graph`` at ``out_path`` (atomically, no clobber without ``options.force``):
+    the decode step as method ``forward``, with ``options.prefill_chunk`` a ``prefill`` method, the I/O
+    contract as the constant method ``xlstm_export_io``. Returns the :class:`Artifact`."""
+    out_path = Path(out_path)
+    precision = check_options(options)
+    check_prefill_chunk(graph, options.prefill_chunk, TARGET)
+    check_suffix(TARGET, out_path)
+    check_output_path(out_path, options.force)
+    contract = contract_for(graph, options)
+    program = export_program(graph, options)
+    data = program.buffer
+    if not data:
+        raise OutputError(f"{out_path}: ExecuTorch produced an empty program")
+    with atomic_output(out_path, options.force) as tmp:
+        tmp.write_bytes(data)
+    stats = {"bytes": len(data), "weight_bytes": graph.weight_bytes, "backend": options.backend,
+             "methods": sorted(["forward", CONTRACT_METHOD] + ([PREFILL_METHOD] if options.prefill_chunk else []))}
+    kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
+    return Artifact(out_path, kind, precision, contract, (out_path,), stats)
+
+
+__all__ = ["ExecuTorchOptions", "BACKENDS", "TARGET", "emit", "contract_for", "export_program", "CONTRACT_METHOD",
+           "PREFILL_METHOD"]

@@ -1,0 +1,145 @@
+"""Validation runner over a ``.pte``, executed by the ExecuTorch runtime (``executorch.runtime``).
+
+Reads the I/O contract from the program's constant method ``xlstm_export_io``, checks it against the
+graph, then runs ``forward`` one token per call, or, for a program with a ``prefill`` method, a prompt as
+prefill chunks + step calls (kind ``executorch-prefill``). A program lowered to the Core ML delegate runs
+only where Core ML does (macOS): elsewhere opening it is a :class:`~xlstm_export.errors.RuntimeUnavailable` error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import ArtifactError, RuntimeUnavailable, UnsupportedError, first_line
+from ..graphs import Graph
+from ..validation.contract import check_contract, check_run_args, contract_batch_size, parse_contract, state_slots
+from ..validation.runner import PrefillPlan, prefill_plan
+from .emit import CONTRACT_METHOD, TARGET
+
+
+@contextlib.contextmanager
+def _fd2_quiet():
+    """ExecuTorch's C++ runtime logs CPU-probe notes on file descriptor 2; keep them off the CLI's stderr."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class ExecuTorchRunner:
+    """The Runner protocol (``validation/runner.py``) over a ``.pte`` file."""
+
+    kind = TARGET
+    max_tokens_per_call: Optional[int] = 1
+
+    def __init__(self, path: str | Path, graph: Optional[Graph] = None, batch_size: Optional[int] = None):
+        from importlib.metadata import version
+
+        from .emit import import_executorch
+
+        import_executorch()
+        from executorch.runtime import Runtime
+
+        self.path = Path(path)
+        where = str(self.path)
+        if not self.path.is_file():
+            raise ArtifactError(f"{where}: no such ExecuTorch program (a regular .pte file)")
+        try:
+            with _fd2_quiet():
+                self.program = Runtime.get().load_program(self.path)
+                text = self.program.load_method(CONTRACT_METHOD).execute([])
+        except Exception as e:  # the runtime raises RuntimeError/ValueError of its own for foreign files
+            raise ArtifactError(f"{where}: the ExecuTorch runtime cannot load it or has no {CONTRACT_METHOD!r} "
+                                f"method ({first_line(e)})") from None
+        self.contract = parse_contract(text[0] if isinstance(text, (list, tuple)) and text else None, where)
+        if graph is not None:
+            check_contract(self.contract, graph, where)
+            slots = state_slots(self.contract, graph, where)
+            self.state_shapes = [tuple(s.shape) for s in slots]
+            want = [(f"inputs[{i + 1}]", f"outputs[{i + 1}]") for i in range(len(slots))]
+            if [(s.input, s.output) for s in slots] != want:
+                raise ArtifactError(f"{where}: the contract's states must enter and leave as inputs[1..] / "
+                                    f"outputs[1..] in contract order")
+        else:
+            self.state_shapes = [tuple(s["shape"]) for s in self.contract["states"]]
+        self.batch_size = contract_batch_size(self.contract, where)
+        if batch_size is not None and int(batch_size) != self.batch_size:
+            raise UnsupportedError(f"{where}: the program was exported for batch size {self.batch_size}; got "
+                                   f"{batch_size} (re-export with --batch-size {batch_size})")
+        self.precision = str(self.contract.get("precision", "fp32"))
+        self.backend = str(self.contract.get("backend", "xnnpack"))
+        logits = next((o for o in self.contract["outputs"] if o["name"] == "logits"), None)
+        v = logits["shape"][-1] if logits is not None and logits["shape"] else None
+        if not isinstance(v, int) or v <= 0:
+            raise ArtifactError(f"{where}: the contract must declare output 'logits' (B, 1, V), got {logits!r}")
+        self.vocab_size = v
+        if self.backend == "coreml" and platform.system() != "Darwin":
+            raise RuntimeUnavailable(f"{where}: a Core ML-delegated ExecuTorch program runs only on macOS (the Core "
+                                     f"ML delegate); validate it there")
+        self.prefill: Optional[PrefillPlan] = prefill_plan(self.contract, where)
+        try:
+            with _fd2_quiet():
+                self._forward = self.program.load_method("forward")
+                self._prefill = self.program.load_method(self.prefill.where) if self.prefill else None
+        except Exception as e:  # the runtime's own errors (a method the program lacks, a delegate missing here)
+            raise ArtifactError(f"{where}: the ExecuTorch runtime cannot load its methods ({first_line(e)})") from None
+        if self.prefill is not None:
+            self.kind = f"{TARGET}-prefill"
+            self.max_tokens_per_call = None
+        self.runtime = f"ExecuTorch {version('executorch')} runtime ({self.backend} delegate)"
+
+    def calls(self, length: int):
+        return self.prefill.calls(length) if self.prefill is not None else None
+
+    def logit_positions(self, length: int) -> np.ndarray:
+        return self.prefill.logit_positions(length) if self.prefill is not None else np.arange(length)
+
+    def init_states(self) -> List[np.ndarray]:
+        return [np.zeros(s, dtype=np.float32) for s in self.state_shapes]
+
+    def _call(self, method, ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        import torch
+
+        args = [torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))]
+        args += [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in states]
+        try:
+            out = method.execute(args)
+        except Exception as e:  # the runtime's own errors: a program that does not run as declared
+            raise ArtifactError(f"{self.path}: the ExecuTorch runtime cannot run it ({first_line(e)})") from None
+        if len(out) != 1 + len(states):
+            raise ArtifactError(f"{self.path}: the program returned {len(out)} outputs, the contract says "
+                                f"{1 + len(states)}")
+        return out[0].float().numpy(), [o.float().numpy() for o in out[1:]]
+
+    def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        ids = check_run_args(str(self.path), self.batch_size, input_ids, states, self.state_shapes, self.vocab_size)
+        if self.prefill is not None:
+            return self.prefill.run(ids, states, self.vocab_size, lambda x, st: self._call(self._prefill, x, st),
+                                    lambda x, st: self._call(self._forward, x, st))
+        logits = []
+        for t in range(ids.shape[1]):
+            lg, states = self._call(self._forward, ids[:, t:t + 1], states)
+            logits.append(lg)
+        return np.concatenate(logits, axis=1), states
+
+
+def open_runner(path: str | Path, graph: Graph, **opts) -> ExecuTorchRunner:
+    """The validation registry's factory for ``.pte`` artifacts."""
+    return ExecuTorchRunner(path, graph, **opts)
+
+
+__all__ = ["ExecuTorchRunner", "open_runner"]
