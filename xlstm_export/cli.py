@@ -3,17 +3,30 @@
 Errors: every :class:`~xlstm_export.errors.XlstmExportError` becomes one line ``error: ...`` on stderr
 and its ``exit_code`` (2 for bad input) -- never a traceback. That mapping lives in ``run_guarded``;
 the ``main`` group applies it to every command, so commands added later get it for free.
+
+Warnings: whatever the libraries write to stderr while a command runs (Python warnings, logging, C
+libraries writing to file descriptor 2) is held back (:func:`held_stderr`) and shown after the command
+only if it succeeds; a failing command prints its one ``error:`` line and nothing else. Progress lines
+(a terminal only) are not held.
+
+Bounds: counts and batch sizes have maxima (``xlstm_export.resources``); a validation's batch is also
+checked against the memory available before anything is allocated or written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import sys
-from typing import Any, Callable
+import tempfile
+from typing import Any, Callable, Iterator, Optional
 
 import click
 
 from .errors import XlstmExportError
+from .resources import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_PROMPT_LEN, MAX_PROMPTS, MAX_STEPS
 
 FORMAT_CHOICES = ("hf", "large", "hybrid", "profile")
 
@@ -28,13 +41,134 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         sys.exit(e.exit_code)
 
 
+HELD_REPLAY_MAX = 20000  # characters of held-back stderr shown after a successful command
+
+
+class _HeldStream(io.TextIOBase):
+    """``sys.stderr`` while a command runs when it is not file descriptor 2 (``CliRunner``, an embedding
+    program): text goes to ``buf`` while held; afterwards to whatever ``sys.stderr`` is then (a logging
+    handler made during the command keeps this object)."""
+
+    def __init__(self, buf, encoding: str):
+        self._buf, self._enc, self.held = buf, encoding, True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._enc
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if self.held:
+            self._buf.write(s.encode(self._enc, "replace"))
+        elif sys.stderr is not self:
+            sys.stderr.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        if not self.held and sys.stderr is not self:
+            sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _on_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def _keep_held(e: Optional[BaseException]) -> bool:
+    """Show what was held back after the command? Yes on success (and on a bug, whose traceback follows);
+    no on a reported failure (an XlstmExportError, a usage error, an interrupt): its one line stands alone."""
+    if e is None:
+        return True
+    if isinstance(e, click.exceptions.Exit):
+        return e.exit_code == 0
+    if isinstance(e, SystemExit):
+        return e.code in (0, None)
+    return not isinstance(e, (XlstmExportError, click.ClickException, click.exceptions.Abort, KeyboardInterrupt))
+
+
+@contextlib.contextmanager
+def held_stderr() -> Iterator[Any]:
+    """Hold back everything written to stderr inside the block; yields a stream to the real stderr (for
+    progress lines). When ``sys.stderr`` is file descriptor 2 the descriptor itself is redirected, so C
+    libraries and logging handlers made earlier are held too; otherwise ``sys.stderr`` is swapped."""
+    enc = getattr(sys.stderr, "encoding", None) or "utf-8"
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    buf = tempfile.TemporaryFile()
+    on_fd = _on_fd2(sys.stderr)
+    saved_fd, terminal, proxy, outer = None, sys.stderr, None, sys.stderr
+    try:
+        if on_fd:
+            saved_fd = os.dup(2)
+            terminal = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=enc, errors="replace")
+            os.dup2(buf.fileno(), 2)
+        else:
+            proxy = _HeldStream(buf, enc)
+            sys.stderr = proxy
+    except OSError:  # no descriptors left, a closed stderr: run unheld rather than not at all
+        if saved_fd is not None:
+            with contextlib.suppress(OSError):
+                os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+        buf.close()
+        yield terminal
+        return
+    failure: Optional[BaseException] = None
+    try:
+        yield terminal
+    except BaseException as e:
+        failure = e
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        if on_fd:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            with contextlib.suppress(Exception):
+                terminal.close()
+        else:
+            proxy.held = False
+            sys.stderr = outer
+        if _keep_held(failure):
+            _replay(buf, enc)
+        buf.close()
+
+
+def _replay(buf, encoding: str) -> None:
+    buf.seek(0, os.SEEK_END)
+    size = buf.tell()
+    if not size:
+        return
+    buf.seek(0)
+    text = buf.read(HELD_REPLAY_MAX * 4).decode(encoding, "replace")
+    cut = len(text) > HELD_REPLAY_MAX or size > HELD_REPLAY_MAX * 4
+    text = text[:HELD_REPLAY_MAX]
+    with contextlib.suppress(Exception):
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        if cut:
+            sys.stderr.write(f"[xlstm-export: {size} bytes of library messages, the rest cut]\n")
+        sys.stderr.flush()
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from . import progress
 
         quiet = bool((ctx.params or {}).get("quiet"))
-        with progress.reporting(progress.stderr_sink(quiet)):
-            return run_guarded(lambda: super(_Group, self).invoke(ctx))
+
+        def command() -> Any:  # held inside run_guarded: the error line is printed after stderr is back
+            with held_stderr() as terminal, progress.reporting(progress.stderr_sink(quiet, terminal)):
+                return super(_Group, self).invoke(ctx)
+
+        return run_guarded(command)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra) -> Any:
         """Usage errors (bad option, missing argument) are one ``error:`` line and exit 2, too."""
@@ -144,7 +278,7 @@ def inspect(checkpoint: str, fmt: str | None, as_json: bool) -> None:
 @main.command()
 @checkpoint_options
 @click.option("--prompt-ids", required=True, help="Comma-separated token ids, e.g. 1,2,3.")
-@click.option("--max-new-tokens", type=click.IntRange(min=0), default=16, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=0, max=MAX_NEW_TOKENS), default=16, show_default=True)
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), default="auto", show_default=True,
               help="Where the reference runs (auto: mps, then cuda, then cpu).")
 @click.option("--dtype", type=click.Choice(("float32", "bfloat16", "float16")), default="float32",
@@ -153,7 +287,8 @@ def inspect(checkpoint: str, fmt: str | None, as_json: bool) -> None:
 def generate(checkpoint: str, fmt: str | None, prompt_ids: str, max_new_tokens: int, device: str, dtype: str,
              as_json: bool) -> None:
     """Greedy continuation of a prompt with the PyTorch reference model."""
-    from .errors import ConfigError
+    from . import progress
+    from .errors import ConfigError, UnsupportedError, first_line
 
     try:
         ids = [int(t) for t in prompt_ids.replace(" ", "").split(",") if t != ""]
@@ -172,19 +307,52 @@ def generate(checkpoint: str, fmt: str | None, prompt_ids: str, max_new_tokens: 
     if bad:
         raise ConfigError(f"--prompt-ids: token ids must be in [0, {V}) for this checkpoint, got {bad}")
     dev = resolve_device(device)
-    model = build_model(graph, device=dev, dtype=dtype)
-    with torch.no_grad():
-        new = model.generate_greedy(torch.tensor([ids], dtype=torch.long, device=dev), max_new_tokens)
-    tokens = new[0].tolist()
+    try:
+        tokens = _generate(build_model(graph, device=dev, dtype=dtype), ids, max_new_tokens, dev)
+    except (RuntimeError, NotImplementedError, AssertionError) as e:  # a device torch lists but cannot use
+        if dev == "cpu":
+            raise
+        if device != "auto":
+            raise UnsupportedError(f"reference: device {dev!r} cannot run this model ({first_line(e)[:160]}); "
+                                   f"use --device cpu") from None
+        progress.note(f"device {dev} failed ({first_line(e)[:160]}); generating on cpu")
+        dev = "cpu"
+        tokens = _generate(build_model(graph, device=dev, dtype=dtype), ids, max_new_tokens, dev)
     if as_json:
         click.echo(json.dumps({"tokens": tokens}))
     else:
         click.echo(f"prompt: {ids}\nnew tokens ({dev}): {tokens}")
 
 
+GENERATE_CHUNK = 512  # prompt tokens per reference call: a long prompt never holds (T, V) logits at once
+
+
+def _generate(model, ids: list, max_new_tokens: int, device: str) -> list:
+    """Greedy continuation of ``ids`` (what ``model.generate_greedy`` computes), with the prompt fed in
+    chunks of GENERATE_CHUNK tokens and a progress note per new token (throttled)."""
+    import torch
+
+    from . import progress
+
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    out: list = []
+    with torch.no_grad():
+        states = model.init_states(1)
+        for s in range(0, len(ids), GENERATE_CHUNK):
+            logits, states = model.forward_with_states(x[:, s:s + GENERATE_CHUNK], states)
+            logits = logits[:, -1:]
+        for step in range(max_new_tokens):
+            progress.note("generating token", step + 1, max_new_tokens)
+            nxt = torch.argmax(logits[:, -1], dim=-1, keepdim=True)  # (1, 1)
+            out.append(int(nxt[0, 0]))
+            if step + 1 < max_new_tokens:
+                logits, states = model.forward_with_states(nxt, states)
+    return out
+
+
 def validate_options(f: Callable) -> Callable:
     """``--validate/--no-validate --report DIR --steps N`` for export commands (validate by default)."""
-    f = click.option("--steps", type=click.IntRange(min=0), default=10, show_default=True,
+    f = click.option("--steps", type=click.IntRange(min=0, max=MAX_STEPS), default=10, show_default=True,
                      help="Greedy decode steps after the prefill, per prompt.")(f)
     f = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
                      help="Write report.json/.md/.html of the validation here.")(f)
@@ -198,14 +366,14 @@ def validate_options(f: Callable) -> Callable:
 @checkpoint_options
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for report.json/.md/.html (default: ARTIFACT.report next to the artifact).")
-@click.option("--steps", type=click.IntRange(min=0), default=10, show_default=True,
+@click.option("--steps", type=click.IntRange(min=0, max=MAX_STEPS), default=10, show_default=True,
               help="Greedy decode steps after the prefill, per prompt.")
-@click.option("--prompts", "num_prompts", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--prompts", "num_prompts", type=click.IntRange(min=1, max=MAX_PROMPTS), default=3, show_default=True,
               help="Seeded random prompts (plus the example task's, when the checkpoint has a train_log.json).")
-@click.option("--prompt-len", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--prompt-len", type=click.IntRange(min=1, max=MAX_PROMPT_LEN), default=12, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Batch size to run at (default: the artifact's).")
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=None,
+              help="Batch size to run at (default: the artifact's); checked against the memory available.")
 @click.option("--force", is_flag=True, help="Replace an existing report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and figures as JSON (the report's summary).")
 def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | None, steps: int,
@@ -222,8 +390,14 @@ def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | 
     from .validation.report import check_report_dir
 
     check_report_dir(report, force)  # before reading anything
-    result = api.validate(path, checkpoint, format=fmt, report=report, force=force, steps=steps,
-                          prompts=num_prompts, prompt_len=prompt_len, seed=seed, batch_size=batch_size)
+    from .resources import check_validation_memory
+    from .validation.prompts import task_prompts
+
+    graph = api.load_checkpoint(checkpoint, format=fmt)
+    extra = task_prompts(checkpoint)
+    check_validation_memory(graph, batch_size or 1, max([prompt_len, *map(len, extra)]))  # before opening
+    result = api.validate(path, graph, report=report, force=force, steps=steps, prompts=num_prompts,
+                          prompt_len=prompt_len, seed=seed, batch_size=batch_size, extra_prompts=extra)
     click.echo(json.dumps(validation_json(result)) if as_json else result.summary_line())
     result.raise_if_failed()
 
@@ -242,6 +416,9 @@ def artifact_json(art) -> dict:
             "files": [str(f) for f in art.files], "stats": art.stats}
 
 
+_CLI_MAX = {"batch_size": MAX_BATCH_SIZE}  # maxima of target options that the registry leaves open
+
+
 def _click_option(opt) -> Callable:
     """The click option of a target's :class:`~xlstm_export.targets.Option`."""
     if opt.is_flag:
@@ -251,7 +428,7 @@ def _click_option(opt) -> Callable:
     elif opt.text:
         kind = click.STRING
     else:
-        kind = click.IntRange(min=opt.min, max=opt.max)
+        kind = click.IntRange(min=opt.min, max=opt.max if opt.max is not None else _CLI_MAX.get(opt.dest))
     return click.option(opt.flag, opt.dest, type=kind, default=opt.default, show_default=True, help=opt.help)
 
 
@@ -269,6 +446,13 @@ def export_command(target) -> click.Command:
 
             check_report_dir(report_dir, force)
         graph = api.load_checkpoint(checkpoint, format=fmt)
+        if do_validate:  # before writing anything: a batch that cannot be validated here is refused first
+            from .resources import check_validation_memory
+            from .validation.validate import DEFAULT_PROMPT_LEN
+
+            T = options.get("prefill_chunk") or 0
+            check_validation_memory(graph, int(options.get("batch_size") or 1), max(DEFAULT_PROMPT_LEN, 3 * T + 5),
+                                    hint=" or --no-validate")
         art = api.export(graph, target.name, out, force=force, **options)
         if not as_json:
             click.echo(describe_artifact(art))

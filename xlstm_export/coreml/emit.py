@@ -38,7 +38,7 @@ from ._ct import ct as _ct
 from .. import __version__, progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
-from ..graphs.io import IO_KEY, dumps, io_contract
+from ..graphs.io import IO_KEY, dumps, io_contract, source_id
 from ..lowering import LOW_SCALE, PrecisionPolicy, check_prefill_chunk, core_ml_name, policy_for, prefill, step
 from ..outputs import Artifact, atomic_output, check_output_path
 from ..targets import check_suffix
@@ -192,7 +192,7 @@ def checkpoint_license(graph: Graph) -> Optional[str]:
 def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None:
     """Author, license, version, description, per-feature descriptions and the I/O contract, in place."""
     cfg = graph.config
-    src = Path(graph.source).name if graph.source else "an xLSTM checkpoint"
+    src = source_id(graph)  # never the checkpoint's folder: the same checkpoint anywhere gives the same bytes
     fam = {"large": "xLSTM-Large (mLSTM + FFN blocks)", "hybrid": "xLSTM hybrid (mLSTM/sLSTM blocks)"}[cfg.family]
     md = spec.description.metadata
     md.author = options.author or f"xlstm-export {__version__}"
@@ -204,7 +204,7 @@ def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None
            "One decode step. Feed one token per prediction (prompt included) with the same MLState")
     md.shortDescription = options.description or (
         f"{fam}, {len(graph.blocks)} blocks, vocab {cfg.vocab_size}. {how}; a fresh makeState() is an empty "
-        f"context. Exported from {src} by xlstm-export.")
+        f"context. Exported by xlstm-export from an {src}.")
     ud = md.userDefined
     ud.pop("com.github.apple.coremltools.conversion_date", None)  # the date would break reproducibility
     ud[IO_KEY] = dumps(contract)

@@ -9,10 +9,16 @@
 ``name`` of a state is its canonical contract name; ``input`` / ``output`` say where it enters and
 leaves this artifact (Core ML: ``input`` is the state's name there and ``output`` is null).
 A state of zeros is the empty context. ``None`` in a shape is a dynamic axis.
+
+Artifacts hold no file-system path: the contract's profile is the path-free one
+(``to_profile(informational=False)``), and where an artifact names its source for people (Core ML's
+description and license text) it says :func:`source_id` -- the model family and a hash of that profile --
+never the checkpoint's folder. The same checkpoint in any folder gives the same artifact bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Callable, Optional, Sequence
 
@@ -51,6 +57,18 @@ def io_contract(
         "states": states,
         "profile": graph.to_profile(informational=False),
     }
+
+
+def profile_digest(graph: Graph) -> str:
+    """sha256 of the canonical, path-free profile (config + block schedule) of ``graph``: the same for a
+    checkpoint wherever it lies and in whichever format it was read."""
+    return hashlib.sha256(dumps(graph.to_profile(informational=False)).encode()).hexdigest()
+
+
+def source_id(graph: Graph) -> str:
+    """How an artifact names the checkpoint it was exported from, without a path:
+    ``"xLSTM hybrid checkpoint, profile sha256:1a2b3c4d5e6f"``."""
+    return f"xLSTM {graph.config.family} checkpoint, profile sha256:{profile_digest(graph)[:12]}"
 
 
 def dumps(contract: dict) -> str:

@@ -398,11 +398,19 @@ def resolve_device(device: Optional[str] = None) -> str:
     if device not in (None, "auto"):
         _check_device(device)
         return device
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _usable(lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
         return "mps"
-    if torch.cuda.is_available():
+    if _usable(lambda: torch.cuda.is_available() and torch.cuda.device_count() > 0):
         return "cuda"
     return "cpu"
+
+
+def _usable(query) -> bool:
+    """A device query that fails (a broken driver, a torch built without the backend) means: not usable."""
+    try:
+        return bool(query())
+    except (RuntimeError, AssertionError, AttributeError, OSError):
+        return False
 
 
 def _check_device(device) -> None:
@@ -414,13 +422,17 @@ def _check_device(device) -> None:
     if dev.type == "cpu":
         return
     if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        try:
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except (RuntimeError, AssertionError, OSError) as e:
+            raise UnsupportedError(f"reference: device {device!r} is not usable on this machine ({first_line(e)}); "
+                                   f"use auto or cpu") from None
         if n == 0 or (dev.index is not None and dev.index >= n):
             raise UnsupportedError(f"reference: device {device!r} is not available on this machine "
                                    f"({n} CUDA device(s)); use auto or cpu")
         return
     if dev.type == "mps":
-        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+        if not _usable(lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
             raise UnsupportedError(f"reference: device {device!r} is not available on this machine; use auto or cpu")
         return
     raise UnsupportedError(f"reference: device {device!r} is not supported; use auto, cpu, cuda or mps")

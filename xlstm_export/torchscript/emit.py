@@ -23,8 +23,9 @@ Python ``set``, which changes with the interpreter's string hash seed. So the ar
 file and re-written record by record with torch's own zip writer: without the debug records (what is lost:
 original-source line numbers in TorchScript runtime error messages) and with each run of ``Final``
 constant declarations sorted by name (declaration order has no meaning). Same graph and options -> same
-bytes from a fresh interpreter (every ``xlstm-export torchscript`` run), whatever its hash seed and
-wherever the tool is installed. Not across emits *within one process*: TorchScript's process-wide type
+bytes from a fresh interpreter (every ``xlstm-export torchscript`` run), whatever its hash seed,
+wherever the tool is installed and whatever the output file is called (the archive's top folder is
+always ``archive/``). Not across emits *within one process*: TorchScript's process-wide type
 registry gives a module class scripted again with other attributes a mangled name
 (``Linear`` -> ``___torch_mangle_13.Linear``), so an emit after other scripting in the same process names
 (and groups) its classes differently -- an equivalent module, other bytes. Clearing that registry
@@ -39,6 +40,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .. import progress
 from ..errors import UnsupportedError
@@ -102,8 +104,8 @@ def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike)
         raw = Path(raw_dir) / "raw.pt"
         torch.jit.save(scripted, str(raw), _extra_files={IO_KEY: dumps(contract)})
         del scripted  # the weights live on only in raw.pt now
-        with atomic_output(out_path, options.force) as tmp:
-            canonical_archive(raw, tmp)
+        with atomic_output(out_path, options.force) as tmp, open(tmp, "wb") as f:
+            canonical_archive(raw, f)
     return Artifact(out_path, TARGET, options.precision, contract)
 
 
@@ -123,15 +125,19 @@ def _sort_final_runs(code: bytes) -> bytes:
     return b"\n".join(out[:-1])
 
 
-def canonical_archive(src: Path, dst: Path) -> None:
-    """Re-write the TorchScript zip ``src`` to ``dst`` without ``*.debug_pkl`` records and with sorted
-    ``Final`` declarations, by torch's own reader and writer (64-byte aligned records; it adds
-    ``byteorder`` and ``serialization_id`` itself, the latter derived from the content). File to file,
-    one record at a time: export memory stays at about one copy of the weights."""
+def canonical_archive(src: Path, dst: BinaryIO) -> None:
+    """Re-write the TorchScript zip ``src`` into the open binary file ``dst`` without ``*.debug_pkl``
+    records and with sorted ``Final`` declarations, by torch's own reader and writer (64-byte aligned
+    records; it adds ``byteorder`` and ``serialization_id`` itself, the latter derived from the content).
+    File to file, one record at a time: export memory stays at about one copy of the weights.
+
+    ``dst`` is a file object, not a path: given a path, torch names the archive's top folder after the
+    file (``.model.pt.tmp-123/data.pkl``), so the bytes would depend on the output's name; given a file
+    object it writes ``archive/``, as ``torch.save`` to a buffer does, whatever the file is called."""
     import torch
 
     reader = torch._C.PyTorchFileReader(str(src))
-    writer = torch._C.PyTorchFileWriter(str(dst))
+    writer = torch._C.PyTorchFileWriter(dst)
     for name in reader.get_all_records():
         if name.endswith(".debug_pkl") or name in ("byteorder", ".data/serialization_id"):
             continue
