@@ -53,7 +53,7 @@ def test_export_and_validate_from_python(tmp_path):
         xe.export(graph, "tflite", tmp_path / "m.tflite")
     with pytest.raises(UnsupportedError, match=r"must end in \.onnx"):
         xe.export(str(EXAMPLE), "onnx", tmp_path / "m.mlpackage")
-    assert sorted(xe.targets.TARGETS) == ["coreml", "onnx", "torchscript"]
+    assert sorted(xe.targets.TARGETS) == ["coreml", "executorch", "onnx", "torchscript"]
 
 
 # -- packaging ------------------------------------------------------------------------------------------

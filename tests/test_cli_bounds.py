@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from xlstm_export import resources
 from xlstm_export.cli import main
-from xlstm_export.targets import KINDS
+from xlstm_export.targets import KINDS, TARGETS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def kind_words(k) -> list[str]:
     return words
 
 
-SUFFIX = {"coreml": ".mlpackage", "onnx": ".onnx", "torchscript": ".pt"}
+SUFFIX = {name: t.suffixes[0] for name, t in TARGETS.items()}
 
 
 # == 1. bounds ==============================================================================================
