@@ -26,7 +26,7 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     except XlstmExportError as e:
         from .errors import cut
 
-        msg = cut(str(e)) or type(e).__name__  # one line of at most ~500 characters, whatever the input was
+        msg = cut(str(e)) or type(e).__name__  # one line of at most ~1000 characters, whatever the input was
         click.echo(f"error: {msg}", err=True)
         sys.exit(e.exit_code)
 

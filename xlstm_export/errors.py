@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import reprlib
 
-# the longest ``error:`` line the CLI prints (what a terminal shows in a few lines)
-MAX_LINE = 500
-_TAIL = 100  # a cut line keeps its end too: that is where "expected ..." and what to do usually are
+# the longest ``error:`` line the CLI prints: a few terminal lines. A weight mismatch that lists four problems
+# with their checkpoint and canonical names takes ~600 characters, all of them useful, so not less.
+MAX_LINE = 1000
+_TAIL = 150  # a cut line keeps its end too: that is where "expected ..." and what to do usually are
 
 
 def cut(text: str, limit: int = MAX_LINE) -> str:
@@ -19,7 +20,7 @@ def cut(text: str, limit: int = MAX_LINE) -> str:
     if len(text) <= limit:
         return text
     tail = min(_TAIL, limit // 4)
-    head = max(limit - tail - 30, 1)
+    head = max(limit - tail - 35, 1)
     return f"{text[:head]} ...[{len(text) - head - tail} characters cut]... {text[-tail:]}"
 
 

@@ -79,6 +79,8 @@ def path_exists(p: Path, error=CheckpointError) -> bool:
         return False
     except OSError as e:
         raise error(f"{cut(str(p), 200)}: cannot access: {e.strerror or e}") from None
+    except ValueError:  # a NUL byte in the name
+        raise error(f"{short(str(p), 200)}: not a usable path (it contains a NUL byte)") from None
     return True
 
 
@@ -94,6 +96,8 @@ def open_regular(path: str | os.PathLike, what: str = "checkpoint file", error=C
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise error(f"{where}: cannot read: {e.strerror or e}") from None
+    except ValueError:  # a NUL byte in the name
+        raise error(f"{short(str(path), 200)}: not a usable path (it contains a NUL byte)") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

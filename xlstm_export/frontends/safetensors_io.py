@@ -92,8 +92,6 @@ def _read_header(path: Path) -> tuple[dict[str, dict], int, tuple]:
             raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
     if len(raw) != n:
         raise CheckpointError(f"{path}: the file shrank while its header was read (being written or truncated?)")
-    if raw[:1] != b"{":
-        raise CheckpointError(f"{path}: not a safetensors file (its header does not start with a JSON object)")
     try:
         header = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:

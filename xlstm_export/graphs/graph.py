@@ -97,7 +97,7 @@ MAX_LISTED = 12  # names listed per kind of problem; the rest are counted
 
 
 def _listed(items: list, sep: str) -> str:
-    shown = sep.join(cut(str(x), 200) for x in items[:MAX_LISTED])
+    shown = sep.join(cut(str(x), 400) for x in items[:MAX_LISTED])
     return shown + (f"{sep}... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
