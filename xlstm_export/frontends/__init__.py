@@ -156,9 +156,8 @@ def _bounded_yaml_loader():
             self.budget -= len(node.value)
             if self.budget < 0:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"more than {MAX_CONFIG_NODES} mapping entries (merge keys ('<<') copy theirs); a config has a "
-                    f"few dozen",
-                    node.start_mark)
+                    None, None, f"more than {MAX_CONFIG_NODES} mapping entries (merge keys ('<<') copy theirs); "
+                                f"a config has a few dozen", node.start_mark)
 
     return Loader
 
