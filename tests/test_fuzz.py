@@ -8,15 +8,22 @@ OverflowError, ...) is a traceback for the user, and a finding.
 ``XLSTM_FUZZ_EXAMPLES`` is the total number of cases over all fuzz tests (default 300, derandomized,
 part of ``make test``); ``make fuzz`` runs 10,000. ``XLSTM_FUZZ_SEED=<int>`` explores with another seed.
 The counts reached are printed (``-s``) and checked by the last test.
+
+Issue 14 added: YAML anchors/aliases (bombs, self-reference, merge keys) and non-string keys, where the
+error line must also stay short and come fast; non-float weight dtypes (safetensors and ``.pt``), which must
+be refused naming a tensor; non-regular files (FIFO, ``/dev/zero``, directories, dangling links) in place of
+any file of a checkpoint, which must never hang.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -38,8 +45,9 @@ TOTAL = int(os.environ.get("XLSTM_FUZZ_EXAMPLES", "300"))
 SEED = os.environ.get("XLSTM_FUZZ_SEED")
 # share of the total per fuzz test (sums to 1)
 SHARES = {
-    "header_structured": 0.15, "header_raw": 0.05, "header_of_real_checkpoint": 0.13, "pickle_bytes": 0.05,
-    "config_hf": 0.13, "config_large": 0.13, "config_hybrid": 0.18, "config_profile": 0.18,
+    "header_structured": 0.12, "header_raw": 0.05, "header_of_real_checkpoint": 0.11, "pickle_bytes": 0.05,
+    "config_hf": 0.11, "config_large": 0.11, "config_hybrid": 0.14, "config_profile": 0.14,
+    "yaml_aliases_and_keys": 0.07, "weight_dtypes": 0.06, "non_regular_files": 0.04,
 }
 COLLECT = os.environ.get("XLSTM_FUZZ_COLLECT") == "1"  # record findings and go on (report them at the end)
 COUNTS: dict[str, int] = {}
@@ -494,6 +502,227 @@ def test_fuzz_torch_state_dict_bytes(workdir, pickle_blob, data):
     d = fresh(workdir, "pickle_bytes")
     (d / "model.pt").write_bytes(bytes(blob))
     expect_clean("pickle_bytes", lambda: [load_weight(h) for h in open_torch_state_dict(d / "model.pt").values()])
+
+
+# -- issue 14: YAML aliases and keys, weight dtypes, non-regular files -------------------------------------
+@contextlib.contextmanager
+def time_limit(seconds: int, what: str):
+    """A case that blocks (a FIFO opened for reading) or runs away becomes a TimeoutError, i.e. a finding."""
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"{what} took more than {seconds} s (a hang)")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+ODD_KEYS = ["1", "-7", "2.5", "null", "~", "true", "no", "2001-01-01", "[1, 2]", "{a: 1}", "0x1F", ".inf"]
+
+
+@st.composite
+def alias_defs(draw) -> tuple[str, int, int]:
+    """A flow list of anchors ``&a0 .. &a{n-1}``, each holding ``fan`` aliases of the one before:
+    (text, levels, fan); the last anchor stands for fan**levels values."""
+    levels, fan = draw(st.integers(1, 10)), draw(st.integers(1, 12))
+    parts = ["&a0 [" + ",".join(["1"] * fan) + "]"]
+    parts += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * fan) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]", levels, fan
+
+
+def _yaml_with_aliases(draw, cfg: dict) -> str:
+    """``cfg`` as YAML, with alias bombs used as values, merge keys, self-references and non-string keys placed
+    at random mappings (placeholders in a safe_dump, replaced in the text). The anchors are defined in a
+    top-level ``_anchors`` list (first, or rarely after their uses: an undefined alias) or inline at their
+    first use in a field."""
+    cfg = copy.deepcopy(cfg)
+    defs, levels, _ = draw(alias_defs())
+    where_defs = draw(st.sampled_from(["inline", "inline", "first", "last"]))
+    subs: dict[str, str] = {}
+    aliases: list[str] = []
+    for i in range(draw(st.integers(1, 4))):
+        mappings = [()] + [p for p in _paths(cfg) if isinstance(_get(cfg, p), dict)]
+        where = _get(cfg, draw(st.sampled_from(mappings)))
+        op = draw(st.sampled_from(["alias-value", "alias-value", "odd-key", "self", "merge"]))
+        ph = f"__PH{i}__"
+        if op == "alias-value":
+            key = draw(st.sampled_from(sorted(where) or ["x"]) | KNOWN_KEYS)
+            where[key] = ph
+            aliases.append(ph)
+            subs[ph] = f"*a{draw(st.integers(0, levels - 1))}"
+        elif op == "odd-key":
+            where[ph] = draw(JSON_VALUES.filter(lambda v: not isinstance(v, (dict, list))))
+            subs[ph] = draw(st.sampled_from(ODD_KEYS))
+        elif op == "self":
+            where[ph] = {"inner": f"__SELF{i}__"}
+            subs[ph + ":"] = f"selfref{i}: &self{i}"
+            subs[f"__SELF{i}__"] = f"*self{i}"
+        else:
+            where[ph] = {f"m{i}": 1}
+            subs[ph + ":"] = f"merged{i}:"
+            subs[f"m{i}: 1"] = f"<<: {{a: 1, b: {i}}}"
+    doc = cfg
+    if where_defs == "first" or (where_defs == "inline" and not aliases):
+        doc = {"__DEFS__": "__DEFS_VALUE__", **cfg}
+    elif where_defs == "last":
+        doc = {**cfg, "__DEFS__": "__DEFS_VALUE__"}
+    text = yaml.safe_dump(doc, sort_keys=False, width=10**6)
+    text = text.replace("__DEFS__:", "_anchors:", 1).replace("__DEFS_VALUE__", defs, 1)
+    used = [ph for ph in aliases if ph in text]  # a later edit may have dropped one
+    if where_defs == "inline" and used:  # the anchors defined where the first alias is used, in text order
+        subs[min(used, key=text.find)] = defs
+    for ph, rep in subs.items():
+        text = text.replace(ph, rep)
+    return text
+
+
+@fuzz_settings("yaml_aliases_and_keys")
+@given(data=st.data())
+def test_fuzz_yaml_aliases_and_keys(workdir, sources, data):
+    """Anchors, aliases (up to 12**10 values in a few hundred bytes), merge keys, self-references and keys that
+    are not strings, in the YAML configs: a result or one short error line, within seconds, never a traceback."""
+    src = data.draw(st.sampled_from(["large", "hybrid", "hybrid_slstm_only", "hybrid_mlstm_only"]))
+    cfg, weights = sources[src]
+    if data.draw(st.booleans()):
+        cfg = mutate(data.draw, cfg, data.draw(st.integers(1, 2)))
+    if not isinstance(cfg, dict):
+        cfg = {"value": cfg}
+    text = _yaml_with_aliases(data.draw, cfg)
+    d = fresh(workdir, "yaml_aliases_and_keys")
+    _write_checkpoint(d, "config.yaml", text.encode("utf-8"), weights)
+
+    def case():
+        with time_limit(20, "loading a YAML config"):
+            _check_loaded(d, data.draw(st.sampled_from([None, "large" if src == "large" else "hybrid"])))
+
+    res = expect_clean("yaml_aliases_and_keys", case)
+    if isinstance(res, XlstmExportError):
+        assert len(str(res)) < 20_000, f"an error message of {len(str(res))} characters: quote input short"
+    with time_limit(40, "inspect on a YAML config"):
+        expect_clean("yaml_aliases_and_keys", lambda: run_inspect(d), count=False)
+
+
+FLOAT_TAGS = {"float32", "float16", "float64", "bfloat16"}
+NP_CASTS = ["int8", "int16", "int32", "int64", "uint8", "bool", "float16", "float64", "float32"]
+TORCH_CASTS = ["int8", "int16", "int32", "int64", "uint8", "bool", "float16", "bfloat16", "float64"]
+
+
+@pytest.fixture(scope="module")
+def dtype_sources(checkpoint_factory):
+    out = {}
+    for name in ("hf", "large", "hybrid"):
+        from safetensors.numpy import load_file
+
+        d = checkpoint_factory(name)
+        out[name] = (d, load_file(str(d / "model.safetensors")))
+    import torch
+
+    d = checkpoint_factory("hybrid_pt")
+    out["hybrid_pt"] = (d, torch.load(d / "model.pt", weights_only=True))
+    return out
+
+
+@fuzz_settings("weight_dtypes")
+@given(data=st.data())
+def test_fuzz_weight_dtypes(workdir, dtype_sources, data):
+    """Some tensors of a real checkpoint cast to other dtypes: float ones load (and read back as float32), and
+    any integer or bool one is refused naming its file:tensor, before any tensor data is read."""
+    src = data.draw(st.sampled_from(sorted(dtype_sources)))
+    ck, sd = dtype_sources[src]
+    names = sorted(sd)
+    chosen = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=6, unique=True))
+    d = fresh(workdir, "weight_dtypes")
+    for f in ck.iterdir():
+        if f.suffix not in (".safetensors", ".pt"):
+            (d / f.name).symlink_to(f)
+    casts = {}
+    if src.endswith("_pt"):
+        import torch
+
+        new = dict(sd)
+        for n in chosen:
+            casts[n] = data.draw(st.sampled_from(TORCH_CASTS))
+            new[n] = sd[n].to(getattr(torch, casts[n]))
+        weights = d / "model.pt"
+        torch.save(new, weights)
+    else:
+        from safetensors.numpy import save_file
+
+        new = dict(sd)
+        for n in chosen:
+            casts[n] = data.draw(st.sampled_from(NP_CASTS))
+            new[n] = sd[n].astype(casts[n])
+        weights = d / "model.safetensors"
+        save_file(new, str(weights))
+    bad = sorted(n for n, t in casts.items() if t not in FLOAT_TAGS)
+    COUNTS["weight_dtypes"] = COUNTS.get("weight_dtypes", 0) + 1
+    if bad:
+        with pytest.raises(XlstmExportError) as e:
+            load_checkpoint(d)
+        msg = str(e.value)
+        assert "not a float dtype" in msg and any(f"{weights}:{n} is " in msg for n in bad), (bad, msg)
+    else:
+        g = load_checkpoint(d)
+        for n in g.weights:
+            assert load_weight(g.weights[n]).dtype == np.float32
+
+
+def _make_non_regular(p: Path, kind: str) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dev-zero":
+        p.symlink_to("/dev/zero")
+    elif kind == "dev-null":
+        p.symlink_to("/dev/null")
+    elif kind == "directory":
+        p.mkdir()
+    elif kind == "dangling-link":
+        p.symlink_to(p.parent / "does-not-exist")
+    elif kind == "link-loop":
+        p.symlink_to(p)
+    else:
+        raise ValueError(kind)
+
+
+@pytest.fixture(scope="module")
+def layouts(checkpoint_factory, workdir):
+    out = {n: checkpoint_factory(n) for n in ("hf", "hf_sharded", "large", "hybrid", "hybrid_pt")}
+    out["profile"] = save_profile_checkpoint(load_checkpoint(checkpoint_factory("hybrid")), workdir / "nr-profile")
+    return out
+
+
+@fuzz_settings("non_regular_files")
+@given(data=st.data())
+def test_fuzz_non_regular_files(workdir, layouts, data):
+    """One file of a checkpoint replaced by a FIFO, /dev/zero, /dev/null, a directory or a broken link: loading
+    (and reading every tensor) ends within seconds in a result or one error line naming that file."""
+    src = data.draw(st.sampled_from(sorted(layouts)))
+    files = sorted(f.name for f in layouts[src].iterdir())
+    victim = data.draw(st.sampled_from(files))
+    kind = data.draw(st.sampled_from(["fifo", "dev-zero", "dev-null", "directory", "dangling-link", "link-loop"]))
+    d = fresh(workdir, "non_regular_files")
+    for f in files:
+        shutil.copy(layouts[src] / f, d / f)
+    _make_non_regular(d / victim, kind)
+
+    def case():
+        with time_limit(20, f"loading a checkpoint whose {victim} is a {kind}"):
+            g = load_checkpoint(d)
+            for n in g.weights:
+                load_weight(g.weights[n])
+
+    res = expect_clean("non_regular_files", case)
+    used = victim not in ("generation_config.json",)
+    if used and kind in ("fifo", "dev-zero", "dev-null") and not COLLECT:
+        assert isinstance(res, XlstmExportError), f"{victim} as a {kind} was accepted"
+        assert victim in str(res) or kind == "dev-null", str(res)
 
 
 # -- regressions: unhandled exceptions (tracebacks) the fuzzers found, now one clear line -------------------

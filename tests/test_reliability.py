@@ -715,3 +715,399 @@ def test_exports_are_byte_reproducible(checkpoint_factory, tmp_path, cmd, name):
     if cmd == "coreml":
         assert "Manifest.json" in tree_bytes(a / "model.mlpackage")
         assert listing(a) == ["model.mlpackage", "model.swift"]
+
+
+# -- issue 14, checkpoints and configs ------------------------------------------------------------------
+# Each class below failed on the code before it (traceback, hang, SIGBUS, a silently wrong model or an
+# unbounded error line); each test says what it was.
+LINE_LIMIT = len("error: ") + 1000  # errors.MAX_LINE
+
+
+def _run(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """The CLI in its own process (a hang is a timeout, a crash a signal, not this test run's)."""
+    return subprocess.run([sys.executable, "-m", "xlstm_export", *args], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def assert_proc_one_line(res: subprocess.CompletedProcess, *needles: str) -> str:
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def _cast_tensor(d: Path, tensor: str, dtype) -> None:
+    rewrite_tensors(d / "model.safetensors", lambda sd: sd.__setitem__(tensor, sd[tensor].astype(dtype)))
+
+
+def _cast_pt(d: Path, tensor: str, how) -> None:
+    import torch
+
+    sd = torch.load(d / "model.pt", weights_only=True)
+    sd[tensor] = how(sd[tensor])
+    torch.save(sd, d / "model.pt")
+
+
+NON_FLOAT = {  # fixture -> edit(dir) -> tensor named in the error; before: exported and *passed* validation
+    "safetensors-I32-embedding": ("hf", lambda d: _cast_tensor(d, "backbone.embeddings.weight", np.int32),
+                                  "backbone.embeddings.weight"),
+    "safetensors-U8-norm": ("hf", lambda d: _cast_tensor(d, "backbone.blocks.0.norm_mlstm.weight", np.uint8),
+                            "backbone.blocks.0.norm_mlstm.weight"),
+    "safetensors-I64-ffn": ("large", lambda d: _cast_tensor(d, "backbone.blocks.1.ffn.proj_down.weight", np.int64),
+                            "backbone.blocks.1.ffn.proj_down.weight"),
+    "safetensors-BOOL-recurrent": ("hybrid", lambda d: _cast_tensor(
+        d, "xlstm_block_stack.blocks.1.xlstm.slstm_cell._recurrent_kernel_", np.bool_),
+        "xlstm_block_stack.blocks.1.xlstm.slstm_cell._recurrent_kernel_"),
+    "pt-int64-lm_head": ("hybrid_pt", lambda d: _cast_pt(d, "lm_head.weight", lambda t: t.long()), "lm_head.weight"),
+    "pt-bool-lm_head": ("hybrid_pt", lambda d: _cast_pt(d, "lm_head.weight", lambda t: t > 0), "lm_head.weight"),
+    "pt-int32-embedding": ("hybrid_pt", lambda d: _cast_pt(d, "token_embedding.weight", lambda t: t.int()),
+                           "token_embedding.weight"),
+}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+@pytest.mark.parametrize("case", sorted(NON_FLOAT))
+def test_non_float_weights_are_refused_naming_tensor_and_file(checkpoint_factory, tmp_path, out_dir, case, cmd):
+    name, edit, tensor = NON_FLOAT[case]
+    d = copy_of(checkpoint_factory, tmp_path, name)
+    edit(d)
+    weights = "model.pt" if name.endswith("_pt") else "model.safetensors"
+    line = assert_one_error_line(invoke(argv(cmd, d, out_dir)), f"{weights}:{tensor}", "not a float dtype")
+    assert "int" in line or "bool" in line
+    assert listing(out_dir) == []
+
+
+def _odd_tensor(kind: str):
+    import torch
+
+    t = torch.randn(97, 64)
+    if kind == "sparse_coo":
+        return t.to_sparse()
+    if kind == "sparse_csr":
+        return t.to_sparse_csr()
+    if kind == "meta":
+        return torch.empty(97, 64, device="meta")
+    if kind == "quantized":
+        return torch.quantize_per_tensor(t, 0.1, 0, torch.qint8)
+    if kind == "nested":  # before: a traceback ("NestedTensorImpl doesn't support sizes")
+        return torch.nested.nested_tensor([t[:3], t[:5]])
+    if kind == "jagged":
+        return torch.nested.nested_tensor([t[:3], t[:5]], layout=torch.jagged)
+    if kind == "complex":
+        return t.to(torch.complex64)
+    if kind == "float8":
+        return t.to(torch.float8_e4m3fn)
+    raise ValueError(kind)
+
+
+ODD_TENSORS = ["sparse_coo", "sparse_csr", "meta", "quantized", "nested", "jagged", "complex", "float8"]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("cmd", ["inspect", "onnx", "torchscript"])
+@pytest.mark.parametrize("kind", ODD_TENSORS)
+def test_odd_tensors_in_a_state_dict_are_one_line(checkpoint_factory, tmp_path, out_dir, kind, cmd):
+    import torch
+
+    d = copy_of(checkpoint_factory, tmp_path, "hybrid_pt")
+    sd = torch.load(d / "model.pt", weights_only=True)
+    sd["token_embedding.weight"] = _odd_tensor(kind)
+    torch.save(sd, d / "model.pt")
+    assert_one_error_line(invoke(argv(cmd, d, out_dir)), "model.pt", "token_embedding.weight")
+    assert listing(out_dir) == []
+
+
+def test_a_negated_view_in_a_state_dict_is_read_correctly(checkpoint_factory, tmp_path, out_dir):
+    """A tensor saved with torch's negative bit set: before, numpy() refused it (a traceback at export)."""
+    import torch
+
+    from xlstm_export.frontends import load_checkpoint
+
+    d = copy_of(checkpoint_factory, tmp_path, "hybrid_pt")
+    sd = torch.load(d / "model.pt", weights_only=True)
+    emb = sd["token_embedding.weight"].clone()
+    sd["token_embedding.weight"] = torch._neg_view(emb)
+    torch.save(sd, d / "model.pt")
+    np.testing.assert_array_equal(load_checkpoint(d).weights["embedding.weight"].load(), -emb.numpy())
+    res = invoke(argv("onnx", d, out_dir, "--no-validate"))
+    assert res.exit_code == 0, res.output
+
+
+def _alias_bomb(levels: int, fan: int = 9) -> str:
+    """A YAML flow list whose anchors nest: ``levels`` x ``fan`` characters that stand for fan**levels values."""
+    parts = ["&a0 [" + ",".join(["1"] * fan) + "]"]
+    parts += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * fan) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+YAML_CASES = {  # name -> (fixture, config.yaml text, needles)
+    # ~1 KB that stands for 9**9 values: before, building the error message hung and ate the memory
+    "alias-bomb-in-a-field": ("large", "embedding_dim: " + _alias_bomb(9) + "\nnum_heads: 2\nnum_blocks: 2\n"
+                              "vocab_size: 97\n", ["config.yaml", "embedding_dim", "aliases"]),
+    # a smaller one: before, an error line of megabytes
+    "small-alias-bomb": ("hybrid", "mlstm_block: {}\nslstm_at: " + _alias_bomb(6) + "\n",
+                         ["config.yaml", "slstm_at", "aliases"]),
+    "alias-bomb-as-keys-values": ("large", "".join(f"k{i}: &k{i} [" + ",".join([f"*k{i - 1}"] * 9 if i else ["1"] * 9)
+                                                   + "]\n" for i in range(9)), ["config.yaml", "aliases"]),
+    "self-referencing-alias": ("hybrid", "mlstm_block: &r {mlstm: *r}\n", ["config.yaml", "contains itself"]),
+    # before: TypeError from sorting int and str keys (a traceback)
+    "int-and-str-keys": ("large", "1: 2\nzz: 3\nembedding_dim: 64\nnum_heads: 2\nnum_blocks: 2\nvocab_size: 97\n",
+                         ["config.yaml", "key 1", "strings"]),
+    "nested-int-keys": ("hybrid", "mlstm_block: {mlstm: {1: 2, zz: 3}}\nvocab_size: 97\n",
+                        ["config.yaml", "mlstm_block.mlstm", "strings"]),
+    "null-and-bool-keys": ("hybrid", "null: 1\ntrue: 2\nmlstm_block: {}\n", ["config.yaml", "strings"]),
+    "date-key": ("large", "2001-01-01: 1\nembedding_dim: 64\n", ["config.yaml", "date", "strings"]),
+    "float-key-in-slstm": ("hybrid", "slstm_block: {slstm: {0.5: 1}}\nmlstm_block: {}\n",
+                           ["config.yaml", "slstm_block.slstm", "strings"]),
+    "too-large": ("large", "# padding\n" * 120_000 + "embedding_dim: 64\n", ["config.yaml", "too large"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_CASES))
+def test_yaml_bombs_and_odd_keys_are_one_short_line(checkpoint_factory, tmp_path, out_dir, case):
+    """In a process of its own, with 2 GiB of address space and a time limit: a bomb must not get far."""
+    name, text, needles = YAML_CASES[case]
+    d = copy_of(checkpoint_factory, tmp_path, name)
+    (d / "config.yaml").write_text(text)
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    for cmd in ("inspect", "onnx"):
+        res = _run(argv(cmd, d, out_dir), timeout=60, preexec_fn=limit)
+        line = assert_proc_one_line(res, *needles)
+        assert len(line) <= LINE_LIMIT, len(line)
+    assert listing(out_dir) == []
+
+
+def test_long_input_values_give_a_short_error_line(checkpoint_factory, tmp_path, out_dir):
+    """Before: the line quoted the whole value (100 KB here)."""
+    d = copy_of(checkpoint_factory, tmp_path, "hf")
+    edit_json(d / "config.json", lambda c: c.update(num_heads="8" * 100_000))
+    line = assert_one_error_line(invoke(argv("inspect", d, out_dir)), "config.json", "'num_heads'", "must be int")
+    assert len(line) <= 400, len(line)
+    d2 = tmp_path / "ck2"
+    shutil.copytree(checkpoint_factory("hybrid"), d2)
+    rewrite_tensors(d2 / "model.safetensors", lambda sd: sd.__setitem__("x" * 100_000, np.zeros(1, np.float32)))
+    line = assert_one_error_line(invoke(argv("onnx", d2, out_dir)), "unexpected 1", "xxxx")
+    assert len(line) <= LINE_LIMIT, len(line)
+
+
+def test_every_error_line_is_cut_to_a_readable_length(capsys):
+    """The one central cut (cli.run_guarded), whatever a message holds: its head and its end survive."""
+    from xlstm_export.cli import run_guarded
+    from xlstm_export.errors import ConfigError
+
+    def boom():
+        raise ConfigError("head-of-message " + "y" * 8_000_000 + " end-of-message")
+
+    with pytest.raises(SystemExit) as e:
+        run_guarded(boom)
+    assert e.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and len(line) <= LINE_LIMIT
+    assert line.startswith("error: head-of-message") and line.endswith("end-of-message") and "characters cut" in line
+
+
+def _fifo(p: Path) -> None:
+    if p.exists() or p.is_symlink():
+        p.unlink()
+    os.mkfifo(p)
+
+
+def _dev_zero(p: Path) -> None:
+    if p.exists() or p.is_symlink():
+        p.unlink()
+    p.symlink_to("/dev/zero")
+
+
+NON_REGULAR = {  # fixture, file, how -> needles; before: every one hung (or read /dev/zero without end)
+    "fifo-config-json": ("hf", "config.json", _fifo, ["config.json", "FIFO"]),
+    "fifo-config-yaml": ("large", "config.yaml", _fifo, ["config.yaml", "FIFO"]),
+    "dev-zero-config-json": ("hf", "config.json", _dev_zero, ["config.json", "character device"]),
+    "dev-zero-config-yaml": ("hybrid", "config.yaml", _dev_zero, ["config.yaml", "character device"]),
+    "fifo-weights": ("hf", "model.safetensors", _fifo, ["model.safetensors", "FIFO"]),
+    "dev-zero-weights": ("large", "model.safetensors", _dev_zero, ["model.safetensors", "character device"]),
+    "fifo-shard": ("hf_sharded", "model-00003-of-00008.safetensors", _fifo, ["model-00003-of-00008", "FIFO"]),
+    "fifo-index": ("hf_sharded", "model.safetensors.index.json", _fifo, ["index.json", "FIFO"]),
+    "fifo-state-dict": ("hybrid_pt", "model.pt", _fifo, ["model.pt", "FIFO"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NON_REGULAR))
+def test_non_regular_checkpoint_files_are_refused_without_reading(checkpoint_factory, tmp_path, out_dir, case):
+    name, fname, how, needles = NON_REGULAR[case]
+    d = copy_of(checkpoint_factory, tmp_path, name)
+    how(d / fname)
+    assert_proc_one_line(_run(argv("onnx", d, out_dir), timeout=60), *needles, "not a regular file")
+    assert listing(out_dir) == []
+
+
+@pytest.mark.parametrize("what", ["fifo-onnx", "dev-zero-pt", "fifo-in-package", "fifo-onnx-data"])
+def test_non_regular_artifacts_are_refused_by_validate(checkpoint_factory, tmp_path, what):
+    ck = checkpoint_factory("hf")
+    d = tmp_path / "art"
+    d.mkdir()
+    if what == "fifo-onnx":
+        art = d / "model.onnx"
+        _fifo(art)
+        bad = art
+    elif what == "dev-zero-pt":
+        art = d / "model.pt"
+        _dev_zero(art)
+        bad = art
+    elif what == "fifo-onnx-data":
+        art = d / "model.onnx"
+        assert invoke(["onnx", "--checkpoint", str(ck), "-o", str(art), "--no-validate"]).exit_code == 0
+        bad = d / "model.onnx.data"
+        _fifo(bad)
+    else:
+        art = d / "model.mlpackage"
+        (art / "Data" / "com.apple.CoreML").mkdir(parents=True)
+        (art / "Manifest.json").write_text("{}")
+        bad = art / "Data" / "com.apple.CoreML" / "model.mlmodel"
+        _fifo(bad)
+    res = _run(["validate", str(art), "--checkpoint", str(ck)], timeout=60)
+    assert_proc_one_line(res, bad.name, "not a regular file")
+
+
+CONFIG_VALUES = {  # fixture, config file, edit, needles; before: accepted (NaN or a failing artifact)
+    "hf-gate-soft-cap-0": ("hf", "config.json", {"gate_soft_cap": 0}, ["'gate_soft_cap'", "got 0"]),
+    "hf-gate-soft-cap-negative": ("hf", "config.json", {"gate_soft_cap": -15.0}, ["'gate_soft_cap'", "-15"]),
+    "hf-logit-cap-huge": ("hf", "config.json", {"output_logit_soft_cap": 1e308}, ["'output_logit_soft_cap'"]),
+    "hf-norm-eps-negative": ("hf", "config.json", {"norm_eps": -1e-6}, ["'norm_eps'", "-1e-06"]),
+    "hf-eps-zero": ("hf", "config.json", {"eps": 0.0}, ["'eps'"]),
+    "large-gate-soft-cap-0": ("large", "config.yaml", {"gate_soft_cap": 0}, ["'gate_soft_cap'"]),
+    "large-eps-huge": ("large", "config.yaml", {"eps": 1e300}, ["'eps'"]),
+    "large-logit-cap-negative": ("large", "config.yaml", {"output_logit_soft_cap": -30.0},
+                                 ["'output_logit_soft_cap'"]),
+}
+
+
+def _profile_with(checkpoint_factory, tmp: Path, edit) -> Path:
+    from xlstm_export.frontends import load_checkpoint
+    from xlstm_export.frontends.profile import save_profile_checkpoint
+
+    d = save_profile_checkpoint(load_checkpoint(checkpoint_factory("hf")), tmp / "prof")
+    edit_json(d / "profile.json", edit)
+    return d
+
+
+PROFILE_VALUES = {  # edit of profile.json -> needles
+    "weight-offset-1e308": (lambda p: p["blocks"][0]["norm"].update(weight_offset=1e308), ["'weight_offset'"]),
+    "cell-eps-negative": (lambda p: p["blocks"][1].update(cell_eps=-1e-6), ["'cell_eps'"]),
+    "gate-soft-cap-0": (lambda p: p["blocks"][0].update(gate_soft_cap=0.0), ["'gate_soft_cap'"]),
+    "out-norm-eps-negative": (lambda p: p["out_norm"].update(eps=-1.0), ["out_norm", "'eps'"]),
+    "logit-cap-0": (lambda p: p.update(output_logit_soft_cap=0.0), ["'output_logit_soft_cap'"]),
+    "head-norm-eps-inf-like": (lambda p: p["blocks"][0]["head_norm"].update(eps=1e200), ["head_norm", "'eps'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_VALUES) + [f"profile-{k}" for k in sorted(PROFILE_VALUES)])
+def test_config_values_that_cannot_work_are_config_errors(checkpoint_factory, tmp_path, out_dir, case):
+    if case.startswith("profile-"):
+        edit, needles = PROFILE_VALUES[case[len("profile-"):]]
+        d = _profile_with(checkpoint_factory, tmp_path, edit)
+        needles = ["profile.json", *needles]
+    else:
+        name, cfg, patch, needles = CONFIG_VALUES[case]
+        d = copy_of(checkpoint_factory, tmp_path, name)
+        (edit_json if cfg.endswith(".json") else edit_yaml)(d / cfg, lambda c: c.update(patch))
+        needles = [cfg, *needles]
+    for cmd in ("inspect", "onnx"):
+        assert_one_error_line(invoke(argv(cmd, d, out_dir)), *needles)
+    assert listing(out_dir) == []
+
+
+def test_gate_soft_cap_0_is_a_config_error_for_coreml(checkpoint_factory, tmp_path, out_dir):
+    """Before: a ZeroDivisionError traceback from the Core ML lowering."""
+    d = copy_of(checkpoint_factory, tmp_path, "large")
+    edit_yaml(d / "config.yaml", lambda c: c.update(gate_soft_cap=0))
+    assert_one_error_line(invoke(argv("coreml", d, out_dir)), "config.yaml", "'gate_soft_cap'", "or null")
+    assert listing(out_dir) == []
+
+
+SHARD_NAMES = {  # before: the 5,000-character name was a traceback (ENAMETOOLONG), the NUL one too (ValueError)
+    "5000-characters": ("x" * 5000 + ".safetensors", ["shard name", "5012 characters", "255 bytes"]),
+    "nul-byte": ("a\x00b.safetensors", ["shard name", "plain file name"]),
+    "dot": (".", ["shard name", "plain file name"]),
+    "empty": ("", ["shard name", "plain file name"]),
+    "parent": ("../model.safetensors", ["shard name", "plain file name"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHARD_NAMES))
+@pytest.mark.parametrize("cmd", ["inspect", "onnx"])
+def test_odd_shard_names_in_the_index_are_one_line(checkpoint_factory, tmp_path, out_dir, case, cmd):
+    shard, needles = SHARD_NAMES[case]
+    d = copy_of(checkpoint_factory, tmp_path, "hf_sharded")
+    edit_json(d / "model.safetensors.index.json",
+              lambda ix: ix["weight_map"].update({next(iter(ix["weight_map"])): shard}))
+    line = assert_one_error_line(invoke(argv(cmd, d, out_dir)), "model.safetensors.index.json", *needles)
+    assert len(line) <= 400
+    assert listing(out_dir) == []
+
+
+TRUNCATE_MID_EXPORT = """
+import os, sys
+from xlstm_export.graphs import weights
+_load = weights.WeightHandle.load
+def load_then_truncate(self, *a, **k):
+    arr = _load(self, *a, **k)  # the first tensor the export reads: then the file shrinks, as if rewritten meanwhile
+    victim = os.environ.pop("XLSTM_TEST_TRUNCATE", None)
+    if victim:
+        with open(victim, "r+b") as f:
+            f.truncate(0)
+    return arr
+weights.WeightHandle.load = load_then_truncate
+from xlstm_export.cli import main
+main(sys.argv[1:], prog_name="xlstm-export")
+"""
+
+
+# every export kind but Core ML's prefill one (the same reads as "coreml", and 20 s of coremltools)
+TRUNCATED = [("hf", c) for c in EXPORTS if c != "coreml --prefill-chunk 8"] + [("hybrid_pt", "onnx"),
+                                                                              ("hybrid_pt", "torchscript")]
+
+
+@pytest.mark.parametrize("name,cmd", TRUNCATED)
+def test_checkpoint_truncated_during_export_is_one_line_and_leaves_nothing(checkpoint_factory, tmp_path, out_dir,
+                                                                           name, cmd):
+    """Before: SIGBUS (the tensors were memory-mapped; the data of a truncated file is gone from the map) and a
+    temporary sibling left beside the output."""
+    d = copy_of(checkpoint_factory, tmp_path, name)
+    victim = d / ("model.pt" if name.endswith("_pt") else "model.safetensors")
+    res = subprocess.run([sys.executable, "-c", TRUNCATE_MID_EXPORT, *argv(cmd, d, out_dir)], cwd=REPO,
+                         env=_env(XLSTM_TEST_TRUNCATE=victim), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    line = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(line) == 1 and victim.name in line[0] and "truncated" in line[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert listing(out_dir) == []
+
+
+@pytest.mark.parametrize("content", ["text", "zip", "png", "pt"])
+def test_a_file_that_is_not_safetensors_is_said_so_without_quoting_its_bytes(checkpoint_factory, tmp_path, out_dir,
+                                                                             content):
+    """Before: 'safetensors header length 8031924123371070824 is impossible ...' (8 bytes of text as a number)."""
+    import re
+
+    d = copy_of(checkpoint_factory, tmp_path, "hf")
+    p = d / "model.safetensors"
+    if content == "text":
+        p.write_text("hello world, this is a README and not a safetensors file at all\n" * 3)
+    elif content == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("a.txt", "hello" * 100)
+    elif content == "png":
+        p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    else:
+        shutil.copy(checkpoint_factory("hybrid_pt") / "model.pt", p)
+    line = assert_one_error_line(invoke(argv("inspect", d, out_dir)), "model.safetensors", "not a safetensors file")
+    assert not re.search(r"\d{7,}", line.replace(str(d), "")), line

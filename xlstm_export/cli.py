@@ -32,11 +32,14 @@ FORMAT_CHOICES = ("hf", "large", "hybrid", "profile")
 
 
 def run_guarded(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; turn an XlstmExportError into ``error: <one line>`` on stderr + its exit code."""
+    """Run ``fn``; turn an XlstmExportError into ``error: <one line>`` on stderr + its exit code (the line cut
+    to ``errors.MAX_LINE`` characters, keeping its head and its end)."""
     try:
         return fn()
     except XlstmExportError as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
+        from .errors import cut
+
+        msg = cut(str(e)) or type(e).__name__  # one line of at most ~1000 characters, whatever the input was
         click.echo(f"error: {msg}", err=True)
         sys.exit(e.exit_code)
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 from ..errors import ConfigError
 from ..graphs import FFNSpec, MLSTMBlock, ModelConfig, NormSpec
+from ..graphs.spec import check_cap, check_eps
 from ._table import Rule, split_rows
 
 
@@ -45,6 +46,18 @@ def positive_dims(where: str, **dims: float) -> None:
         if not (math.isfinite(v) and v > 0):
             raise ConfigError(f"{where}: {what.replace('__', ' x ')} = {v!r} must be a positive size; "
                               f"check those fields")
+
+
+def check_values(cfg: dict, where: str, norm_eps: float) -> None:
+    """The L family's numeric fields that must describe a working model, named as in the config:
+    ``norm_eps`` and ``eps`` small positive numbers, ``gate_soft_cap`` / ``output_logit_soft_cap`` positive
+    (within fp16's range) or null. Read with their upstream defaults, as the dims are."""
+    from . import field
+
+    check_eps(where, "norm_eps", norm_eps)
+    check_eps(where, "eps", field(cfg, "eps", float, where, 1e-6))
+    for key, default in (("gate_soft_cap", 15.0), ("output_logit_soft_cap", 30.0)):
+        check_cap(where, key, field(cfg, key, float, where, default, optional=True))
 
 
 def large_block(d: LargeDims, where: str) -> MLSTMBlock:

@@ -127,9 +127,9 @@ def apply_rules(ckpt: dict[str, WeightHandle], rules: Sequence[Rule], blocks: Se
 def build_graph(config: ModelConfig, blocks: tuple[BlockSpec, ...], ckpt: dict[str, WeightHandle],
                 mapped: Mapped, source: str, ignore: Sequence[str] = (),
                 config_source: Optional[str] = None) -> Graph:
-    """One error listing every missing / misshaped / unexpected tensor; else the validated graph.
+    """One error listing every missing / misshaped / non-float / unexpected tensor; else the validated graph.
     An inconsistent config is a ConfigError that names ``config_source`` (the config file)."""
-    from ..graphs.graph import raise_weight_mismatch, validate_config
+    from ..graphs.graph import not_float_weights, raise_weight_mismatch, validate_config
 
     try:
         validate_config(config, blocks)
@@ -149,5 +149,6 @@ def build_graph(config: ModelConfig, blocks: tuple[BlockSpec, ...], ckpt: dict[s
     ign = [_rx(p) for p in ignore]
     unexpected = sorted(n for n in ckpt if n not in mapped.consumed and not any(r.match(n) for r in ign))
     unexpected += sorted(n for n in mapped.handles if n not in expected)
-    raise_weight_mismatch(source, missing, misshaped, unexpected)
+    read = [ckpt[c] for c in sorted(mapped.consumed) if c in ckpt]  # a tied lm_head.weight too
+    raise_weight_mismatch(source, missing, misshaped, unexpected, not_float_weights(mapped.handles, expected, read))
     return graph  # every check of Graph.validate() was made above, with checkpoint names

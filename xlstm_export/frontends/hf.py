@@ -10,47 +10,62 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..errors import CheckpointError, ConfigError, UnsupportedError
+from ..errors import CheckpointError, ConfigError, UnsupportedError, short
 from ..graphs import Graph, NormSpec
-from . import check_num_blocks, field, read_config, read_json
-from ._large_family import (FUSED_BLOCK_TABLE, SINGLE_BLOCK_TABLE, LargeDims, large_block, model_config,
-                            model_rules, positive_dims, round_up_to_next_multiple_of)
+from . import MAX_INDEX_BYTES, check_num_blocks, field, path_exists, read_config, read_json
+from ._large_family import (FUSED_BLOCK_TABLE, SINGLE_BLOCK_TABLE, LargeDims, check_values, large_block,
+                            model_config, model_rules, positive_dims, round_up_to_next_multiple_of)
 from ._table import apply_rules, build_graph
 from .safetensors_io import open_safetensors
 
 INDEX = "model.safetensors.index.json"
 
 
+NAME_MAX = 255  # bytes in one file name on the file systems we run on
+
+
+def shard_path(d: Path, shard: str, index: Path) -> Path:
+    """The shard file an index names: a plain file name in the checkpoint directory (no folders, at most
+    ``NAME_MAX`` bytes), checked before the file system sees it."""
+    if not shard or Path(shard).name != shard or shard in (".", "..") or "\0" in shard:
+        raise CheckpointError(f"{index}: shard name {short(shard, 100)} must be a plain file name in the "
+                              f"checkpoint directory")
+    if len(shard.encode("utf-8", "surrogatepass")) > NAME_MAX:
+        raise CheckpointError(f"{index}: shard name {short(shard, 60)} is {len(shard)} characters long; a file "
+                              f"name has at most {NAME_MAX} bytes, so no such shard can exist")
+    return d / shard
+
+
 def open_hf_weights(d: Path, file: Optional[Path]) -> dict:
     if file is not None and file.suffix == ".safetensors":
         return open_safetensors(file)
     single, index = d / "model.safetensors", d / INDEX
-    if single.exists():
+    if path_exists(single):
         return open_safetensors(single)
-    if not index.exists():
+    if not path_exists(index):
         raise CheckpointError(f"{d}: no weights: expected model.safetensors or {INDEX} with its shards")
-    idx = read_json(index)
+    idx = read_json(index, MAX_INDEX_BYTES, "safetensors index")
     wm = idx.get("weight_map") if isinstance(idx, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
         raise CheckpointError(f"{index}: expected an object with 'weight_map': {{tensor: shard file}}")
     out: dict = {}
-    for shard in sorted(set(wm.values())):
-        sp = d / shard
-        if Path(shard).name != shard:
-            raise CheckpointError(f"{index}: shard name {shard!r} must be a plain file name")
-        if not sp.exists():
+    shards = sorted(set(wm.values()))
+    paths = {shard: shard_path(d, shard, index) for shard in shards}  # every name checked before any is opened
+    for shard in shards:
+        sp = paths[shard]
+        if not path_exists(sp):
             n = sum(1 for v in wm.values() if v == shard)
-            raise CheckpointError(f"{index}: shard {shard!r} is missing ({n} tensors live there, e.g. "
-                                  f"{next(k for k, v in wm.items() if v == shard)!r})")
+            raise CheckpointError(f"{index}: shard {short(shard, 100)} is missing ({n} tensors live there, e.g. "
+                                  f"{short(next(k for k, v in wm.items() if v == shard), 100)})")
         handles = open_safetensors(sp)
         for name, h in handles.items():
             if name in out:
-                raise CheckpointError(f"{sp}: tensor {name!r} is also in another shard")
+                raise CheckpointError(f"{sp}: tensor {short(name, 200)} is also in another shard")
             out[name] = h
         for name, s in wm.items():
             if s == shard and name not in handles:
-                raise CheckpointError(f"{index}: tensor {name!r} is mapped to {shard!r} but that shard does "
-                                      f"not hold it")
+                raise CheckpointError(f"{index}: tensor {short(name, 200)} is mapped to {short(shard, 100)} but "
+                                      f"that shard does not hold it")
     return out
 
 
@@ -93,8 +108,9 @@ def hf_dims(cfg: dict, where: str, has_lm_head: bool) -> tuple[LargeDims, str]:
     up = round_up_to_next_multiple_of(hidden * ffn_f, mult)
     weight_mode = field(cfg, "weight_mode", str, where, "single")
     if weight_mode not in ("single", "fused"):
-        raise ConfigError(f"{where}: field 'weight_mode' must be 'single' or 'fused', got {weight_mode!r}")
+        raise ConfigError(f"{where}: field 'weight_mode' must be 'single' or 'fused', got {short(weight_mode)}")
     tie = field(cfg, "tie_word_embeddings", bool, where, False) and not has_lm_head
+    check_values(cfg, where, eps_n)
     d = LargeDims(
         vocab_size=field(cfg, "vocab_size", int, where, 50304), embedding_dim=hidden, num_heads=nh,
         num_blocks=layers, qk_dim=qk_lin, v_dim=v_lin, up_dim=up, use_bias=use_bias, norm_eps=eps_n,
@@ -110,12 +126,12 @@ def hf_dims(cfg: dict, where: str, has_lm_head: bool) -> tuple[LargeDims, str]:
 
 def load_hf(d: Path, file: Optional[Path] = None) -> Graph:
     cfg_path = d / "config.json"
-    if not cfg_path.exists():
+    if not path_exists(cfg_path):
         raise CheckpointError(f"{d}: config.json is missing (expected a transformers xLSTM checkpoint)")
     cfg = read_config(cfg_path)
     where = str(cfg_path)
     if cfg.get("model_type") != "xlstm":
-        raise ConfigError(f"{where}: field 'model_type' must be 'xlstm', got {cfg.get('model_type')!r}")
+        raise ConfigError(f"{where}: field 'model_type' must be 'xlstm', got {short(cfg.get('model_type'))}")
     ckpt = open_hf_weights(d, file)
     dims, weight_mode = hf_dims(cfg, where, "lm_head.weight" in ckpt)
     if dims.num_blocks <= 0:

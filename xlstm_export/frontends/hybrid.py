@@ -23,11 +23,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, UnsupportedError
+from ..errors import CheckpointError, ConfigError, UnsupportedError, cut, short
 from ..graphs import FFNSpec, Graph, MLSTMBlock, ModelConfig, NormSpec, SLSTMBlock, WeightHandle
 from ..graphs.names import SLSTM_GATES
 from ..graphs.spec import check_positive
-from . import check_num_blocks, field, list_dir, read_config
+from . import check_num_blocks, field, list_dir, path_exists, read_config
 from ._table import Misshaped, Rule, apply_rules, build_graph, conv_weight, split_rows
 from .safetensors_io import open_safetensors, open_torch_state_dict
 
@@ -65,9 +65,9 @@ def check_strict(d: Any, schema: dict, where: str) -> None:
     """Like dacite strict: every key must be a field of the dataclass, nested dicts too."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - set(schema))
+    unknown = sorted(set(d) - set(schema), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(schema)}")
+        raise ConfigError(f"{where}: unknown field(s) {short(unknown, 200)}; allowed: {sorted(schema)}")
     for k, sub in schema.items():
         if k in ("mlstm", "slstm", "feedforward") and d.get(k) is not None:
             check_strict(d[k], sub, f"{where}.{k}")
@@ -90,7 +90,7 @@ def _mlstm_spec(cfg: dict, E: int, bias: bool, where: str) -> MLSTMBlock:
     layer = cfg.get("mlstm", {})
     w = f"{where}.mlstm"
     if not isinstance(layer, dict):
-        raise ConfigError(f"{w}: expected a mapping of mLSTMLayerConfig fields, got {layer!r}")
+        raise ConfigError(f"{w}: expected a mapping of mLSTMLayerConfig fields, got {short(layer)}")
     inner = proj_up_dim(layer, E, w, 2.0)
     nh = field(layer, "num_heads", int, w, 4)
     k = field(layer, "conv1d_kernel_size", int, w, 4)
@@ -111,10 +111,10 @@ def _ffn_spec(ff: Optional[dict], E: int, where: str) -> Optional[FFNSpec]:
         return None
     act = field(ff, "act_fn", str, where, "gelu")
     if act not in ACT:
-        raise UnsupportedError(f"{where}: act_fn {act!r} is not supported (supported: {sorted(ACT)})")
+        raise UnsupportedError(f"{where}: act_fn {short(act)} is not supported (supported: {sorted(ACT)})")
     ff_type = field(ff, "ff_type", str, where, "ffn_gated")
     if ff_type != "ffn_gated":
-        raise ConfigError(f"{where}: field 'ff_type' must be 'ffn_gated', got {ff_type!r}")
+        raise ConfigError(f"{where}: field 'ff_type' must be 'ffn_gated', got {short(ff_type)}")
     return FFNSpec(up_dim=proj_up_dim(ff, E, where, 1.3), activation=ACT[act], norm=LN,
                    bias=field(ff, "bias", bool, where, False))
 
@@ -123,7 +123,7 @@ def _slstm_spec(cfg: dict, E: int, where: str) -> tuple[SLSTMBlock, str, bool]:
     layer = cfg.get("slstm", {})
     w = f"{where}.slstm"
     if not isinstance(layer, dict):
-        raise ConfigError(f"{w}: expected a mapping of sLSTMLayerConfig fields, got {layer!r}")
+        raise ConfigError(f"{w}: expected a mapping of sLSTMLayerConfig fields, got {short(layer)}")
     nh = field(layer, "num_heads", int, w, 4)
     if nh <= 0:
         nh = 1  # upstream's sLSTMCellConfig.__post_init__
@@ -131,10 +131,10 @@ def _slstm_spec(cfg: dict, E: int, where: str) -> tuple[SLSTMBlock, str, bool]:
         raise ConfigError(f"{w}: num_heads {nh} must divide embedding_dim {E}")
     backend = field(layer, "backend", str, w, "cuda")
     if backend not in ("vanilla", "cuda"):
-        raise ConfigError(f"{w}: field 'backend' must be 'vanilla' or 'cuda', got {backend!r}")
+        raise ConfigError(f"{w}: field 'backend' must be 'vanilla' or 'cuda', got {short(backend)}")
     for key, want in (("function", "slstm"), ("num_gates", 4), ("input_shape", "BSGNH"), ("output_shape", "BNSH")):
         if layer.get(key, want) != want:
-            raise UnsupportedError(f"{w}: {key}={layer[key]!r} is not supported (only {want!r})")
+            raise UnsupportedError(f"{w}: {key}={short(layer[key])} is not supported (only {want!r})")
     if layer.get("forward_clipval") is not None:
         raise UnsupportedError(f"{w}: forward_clipval is not supported")
     k = field(layer, "conv1d_kernel_size", int, w, 4)
@@ -166,12 +166,12 @@ def parse_config(cfg: dict, where: str, n_tensors: Optional[int] = None) -> tupl
     if slstm_at == "all":
         slstm_at = list(range(nb))
     if not isinstance(slstm_at, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in slstm_at):
-        raise ConfigError(f"{where}: field 'slstm_at' must be a list of block indices or 'all', got {slstm_at!r}")
+        raise ConfigError(f"{where}: field 'slstm_at' must be a list of block indices or 'all', got {short(slstm_at)}")
     bad = [x for x in slstm_at if not 0 <= x < nb]
     if bad:
-        raise ConfigError(f"{where}: slstm_at {bad} out of range for num_blocks {nb}")
+        raise ConfigError(f"{where}: slstm_at {short(bad)} out of range for num_blocks {nb}")
     if slstm_at and scfg is None:
-        raise ConfigError(f"{where}: slstm_at {slstm_at} places sLSTM blocks but slstm_block is null")
+        raise ConfigError(f"{where}: slstm_at {short(slstm_at)} places sLSTM blocks but slstm_block is null")
     if mcfg is None and scfg is None:
         raise ConfigError(f"{where}: both mlstm_block and slstm_block are null")
     m_spec = _mlstm_spec(mcfg, E, bias, f"{where}.mlstm_block") if mcfg is not None and len(slstm_at) < nb else None
@@ -306,19 +306,20 @@ def open_hybrid_weights(d: Path, file: Optional[Path]) -> dict:
         if file.suffix in (".pt", ".pth", ".bin"):
             return open_torch_state_dict(file)
         raise CheckpointError(f"{file}: expected a .safetensors or .pt/.pth/.bin weights file")
-    if (d / "model.safetensors").exists():
+    if path_exists(d / "model.safetensors"):
         return open_safetensors(d / "model.safetensors")
     cands = [p for p in list_dir(d) if p.suffix in (".pt", ".pth", ".bin")]
     if len(cands) == 1:
         return open_torch_state_dict(cands[0])
     if not cands:
         raise CheckpointError(f"{d}: no weights: expected model.safetensors or one .pt/.pth/.bin state dict")
-    raise CheckpointError(f"{d}: several state dicts {[p.name for p in cands]}: pass the one to use as --checkpoint")
+    raise CheckpointError(f"{d}: several state dicts {[cut(p.name, 60) for p in cands][:8]}: pass the one to use as "
+                          f"--checkpoint")
 
 
 def load_hybrid(d: Path, file: Optional[Path] = None) -> Graph:
-    cfg_path = d / "config.yaml" if (d / "config.yaml").exists() else d / "config.json"
-    if not cfg_path.exists():
+    cfg_path = d / "config.yaml" if path_exists(d / "config.yaml") else d / "config.json"
+    if not path_exists(cfg_path):
         raise CheckpointError(f"{d}: config.yaml / config.json is missing (expected an xLSTMLMModel checkpoint)")
     cfg = read_config(cfg_path)
     ckpt = open_hybrid_weights(d, file)

@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..errors import CheckpointError, ConfigError, OutputError
 from ..graphs import Graph, config_from_profile
-from . import read_json
+from . import path_exists, read_json
 from ._table import Mapped, build_graph
 from .safetensors_io import open_safetensors, write_safetensors
 
@@ -21,7 +21,7 @@ WEIGHTS = "model.safetensors"
 
 def load_profile(d: Path, file: Optional[Path] = None) -> Graph:
     prof_path = file if file is not None and file.suffix == ".json" else d / PROFILE
-    if not prof_path.exists():
+    if not path_exists(prof_path):
         raise CheckpointError(f"{d}: {PROFILE} is missing (expected an xlstm-export profile checkpoint)")
     try:
         config, blocks = config_from_profile(read_json(prof_path), str(prof_path))
@@ -30,7 +30,7 @@ def load_profile(d: Path, file: Optional[Path] = None) -> Graph:
             raise
         raise ConfigError(f"{prof_path}: {e}") from None
     weights = file if file is not None and file.suffix == ".safetensors" else d / WEIGHTS
-    if not weights.exists():
+    if not path_exists(weights):
         raise CheckpointError(f"{d}: {WEIGHTS} is missing next to {PROFILE}")
     ckpt = open_safetensors(weights)
     handles = dict(ckpt)

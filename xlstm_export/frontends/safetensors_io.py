@@ -1,9 +1,11 @@
 """Our own lazy safetensors reader (and a streaming writer), plus a torch state-dict reader.
 
 Reading a file parses only its 8-byte header length and JSON header; every tensor becomes a
-:class:`WeightHandle` whose loader memory-maps just that tensor's bytes when ``load()`` is called.
-No torch is imported for safetensors. Every problem is one ``CheckpointError`` line naming the
-file and, where there is one, the tensor.
+:class:`WeightHandle` whose loader reads just that tensor's bytes when ``load()`` is called, with
+ordinary reads into a fresh array (a memory map over a file truncated meanwhile would kill the process
+with SIGBUS) after checking that the file is still the one whose header was read.
+No torch is imported for safetensors. Only regular files are opened (a FIFO or a device is refused, never
+read). Every problem is one ``CheckpointError`` line naming the file and, where there is one, the tensor.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import CheckpointError, OutputError, first_line
+from ..errors import CheckpointError, OutputError, first_line, short
 from ..graphs.weights import WeightHandle
 
 # safetensors dtype tag -> (our dtype name, numpy dtype used to map the bytes, itemsize)
@@ -55,30 +57,53 @@ def float32_to_bf16_bits(arr: np.ndarray) -> np.ndarray:
     return out
 
 
+def _identity(st: os.stat_result) -> tuple:
+    """What must not change between reading a file's header and reading its tensors."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
     """Parse and validate a safetensors header. Returns (entries, data_start); reads no tensor data."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
+    entries, data_start, _ = _read_header(Path(path))
+    return entries, data_start
+
+
+def _read_header(path: Path) -> tuple[dict[str, dict], int, tuple]:
+    from . import open_regular
+
+    with open_regular(path, "safetensors file") as f:
+        try:
+            st = os.fstat(f.fileno())
+            size = st.st_size
+            head = f.read(9)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: not a safetensors file: {size} bytes, shorter than the "
                                       f"8-byte header length (truncated or empty?)")
-            n = int.from_bytes(head, "little")
+            n = int.from_bytes(head[:8], "little")
             if n > MAX_HEADER_BYTES or 8 + n > size:
+                if head[8:9] != b"{":  # not even the start of a JSON header: do not quote its bytes as a number
+                    raise CheckpointError(f"{path}: not a safetensors file ({size} bytes that do not start with "
+                                          f"an 8-byte header length and a JSON header)")
                 raise CheckpointError(f"{path}: safetensors header length {n} is impossible for a file of "
                                       f"{size} bytes (truncated or not a safetensors file)")
+            f.seek(8)
             raw = f.read(n)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(raw) != n:
+        raise CheckpointError(f"{path}: the file shrank while its header was read (being written or truncated?)")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON (not UTF-8 at byte {8 + e.start})") \
+            from None
+    except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from None
     except RecursionError:
         raise CheckpointError(f"{path}: safetensors header is nested too deeply to be a tensor index "
                               f"(corrupt or not a safetensors file)") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise CheckpointError(f"{path}: safetensors header is not a usable tensor index ({first_line(e)})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header must be a JSON object, got {type(header).__name__}")
     data_start = 8 + n
@@ -90,35 +115,35 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
             if info is not None and not isinstance(info, dict):
                 raise CheckpointError(f"{path}: '__metadata__' must be an object")
             continue
-        where = f"{path}: tensor {name!r}"
+        where = f"{path}: tensor {short(name, 200)}"
         if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"} \
                 or not {"dtype", "shape", "data_offsets"} <= set(info):
             raise CheckpointError(f"{where}: header entry must have exactly dtype, shape, data_offsets; "
-                                  f"got {info!r}")
+                                  f"got {short(info)}")
         tag = info["dtype"]
         if not isinstance(tag, str):
-            raise CheckpointError(f"{where}: dtype must be a string such as 'F32', got {tag!r}")
+            raise CheckpointError(f"{where}: dtype must be a string such as 'F32', got {short(tag)}")
         if tag not in _DTYPES:
             if tag in _KNOWN_UNSUPPORTED:
                 raise CheckpointError(f"{where}: dtype {tag} is not supported (supported: {sorted(_DTYPES)})")
-            raise CheckpointError(f"{where}: unknown dtype {tag!r} (supported: {sorted(_DTYPES)})")
+            raise CheckpointError(f"{where}: unknown dtype {short(tag, 40)} (supported: {sorted(_DTYPES)})")
         shape = info["shape"]
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                   for d in shape):
-            raise CheckpointError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+            raise CheckpointError(f"{where}: shape must be a list of non-negative integers, got {short(shape)}")
         offs = info["data_offsets"]
         if (not isinstance(offs, list) or len(offs) != 2
                 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
                 or offs[0] < 0 or offs[1] < offs[0]):
             raise CheckpointError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, "
-                                  f"got {offs!r}")
+                                  f"got {short(offs)}")
         _, _, itemsize = _DTYPES[tag]
         numel = 1
         for d in shape:
             numel *= d
         if offs[1] - offs[0] != numel * itemsize:
-            raise CheckpointError(f"{where}: data_offsets {offs} span {offs[1] - offs[0]} bytes, but shape "
-                                  f"{shape} x {tag} needs {numel * itemsize}")
+            raise CheckpointError(f"{where}: data_offsets {short(offs)} span {offs[1] - offs[0]} bytes, but shape "
+                                  f"{short(shape)} x {tag} needs {numel * itemsize}")
         if offs[1] > data_size:
             raise CheckpointError(f"{where}: data ends at byte {offs[1]} but the file has only {data_size} "
                                   f"data bytes (truncated or half-written file)")
@@ -130,27 +155,67 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
         if e == b:
             continue
         if prev is not None and b < prev[1]:
-            raise CheckpointError(f"{path}: tensors {prev[2]!r} [{prev[0]}, {prev[1]}) and {n!r} [{b}, {e}) "
+            raise CheckpointError(f"{path}: tensors {short(prev[2])} [{prev[0]}, {prev[1]}) and {short(n)} [{b}, {e}) "
                                   f"overlap")
         if prev is None or e > prev[1]:
             prev = (b, e, n)
-    return entries, data_start
+    return entries, data_start, _identity(st)
 
 
-def _make_loader(path: Path, tag: str, shape: tuple[int, ...], offset: int):
+def _file_changed(path: Path, identity: tuple) -> str | None:
+    """Why ``path`` is no longer the file whose header was read (None when it still is)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"it can no longer be read ({e.strerror or e})"
+    now = _identity(st)
+    if now == identity:
+        return None
+    if now[:2] != identity[:2]:
+        return "it was replaced by another file"
+    if now[2] < identity[2]:
+        return f"it was truncated from {identity[2]} to {now[2]} bytes"
+    return "it was modified"
+
+
+def _changed_error(path: Path, name: str, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: tensor {short(name, 200)} cannot be read: {why} after the checkpoint was opened; "
+                           f"do not modify a checkpoint while it is being exported, and run the command again")
+
+
+def read_span(path: Path, name: str, identity: tuple, offset: int, out: np.ndarray) -> None:
+    """Fill ``out`` with the bytes at ``offset`` of ``path`` by ordinary reads (not a memory map: a map over a
+    file truncated meanwhile kills the process with SIGBUS). The file must still be the one whose header
+    was read (same device, inode, size and modification time), else one CheckpointError line."""
+    from . import open_regular
+
+    why = _file_changed(path, identity)
+    if why is not None:
+        raise _changed_error(path, name, why)
+    buf = memoryview(out.reshape(-1).view(np.uint8))
+    with open_regular(path, "safetensors file") as f:
+        try:
+            if _identity(os.fstat(f.fileno())) != identity:  # replaced between the stat and the open
+                raise _changed_error(path, name, _file_changed(path, identity) or "it was replaced")
+            f.seek(offset)
+            got = 0
+            while got < len(buf):
+                k = f.readinto(buf[got:])
+                if not k:
+                    raise _changed_error(path, name, f"it ended at byte {offset + got}, before the tensor's "
+                                                     f"{len(buf)} bytes from byte {offset} (truncated)")
+                got += k
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read tensor {short(name, 200)}: {e.strerror or e}") from None
+
+
+def _make_loader(path: Path, name: str, tag: str, shape: tuple[int, ...], offset: int, identity: tuple):
     _, np_dtype, _ = _DTYPES[tag]
 
     def loader() -> np.ndarray:
-        numel = 1
-        for d in shape:
-            numel *= d
-        if numel == 0:
-            arr = np.zeros(shape, dtype=np_dtype)
-        else:
-            try:
-                arr = np.asarray(np.memmap(path, dtype=np_dtype, mode="r", offset=offset, shape=shape))
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"{path}: cannot map tensor data at byte {offset}: {e}") from None
+        arr = np.empty(shape, dtype=np_dtype)
+        if arr.size:
+            read_span(path, name, identity, offset, arr)
         if tag == "BF16":
             arr = bf16_to_float32(arr)
         return arr
@@ -161,24 +226,37 @@ def _make_loader(path: Path, tag: str, shape: tuple[int, ...], offset: int):
 def open_safetensors(path: str | os.PathLike) -> dict[str, WeightHandle]:
     """name -> lazy handle, for every tensor of one safetensors file (header only is read)."""
     path = Path(path)
-    entries, data_start = read_header(path)
+    entries, data_start, identity = _read_header(path)
     out = {}
     for name, e in entries.items():
         out[name] = WeightHandle(name=name, shape=e["shape"], dtype=_DTYPES[e["dtype"]][0],
                                  source=f"{path}:{name}",
-                                 loader=_make_loader(path, e["dtype"], e["shape"], data_start + e["begin"]))
+                                 loader=_make_loader(path, name, e["dtype"], e["shape"], data_start + e["begin"],
+                                                     identity))
     return out
 
 
 def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
-    """name -> handle for a ``.pt/.pth/.bin`` state dict, loaded with ``weights_only=True`` (mmap'd)."""
+    """name -> handle for a ``.pt/.pth/.bin`` state dict, loaded with ``weights_only=True`` (mmap'd).
+
+    Only dense CPU tensors of the dtypes we read are accepted (sparse, meta, quantized, nested ...: one error
+    line naming the tensor). Each handle copies its tensor out of the map after checking that the file is
+    still the one that was loaded (a map over a truncated file would kill the process with SIGBUS)."""
+    from . import open_regular
+
     path = Path(path)
     import pickle
+    import warnings
 
     import torch  # lazily: only this format needs it
 
+    with open_regular(path, "torch state dict") as f:  # a FIFO or a device is refused before torch opens it
+        identity = _identity(os.fstat(f.fileno()))
+
     def _load(mmap: bool):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's own (sparse beta, deprecated dtypes): not the user's concern
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
     try:
         try:
@@ -208,19 +286,25 @@ def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
     names_of: dict[tuple, str] = {}
     for name, t in obj.items():
         if not isinstance(name, str) or not isinstance(t, torch.Tensor):
-            raise CheckpointError(f"{path}: entry {name!r} is not a tensor ({type(t).__name__})")
-        if t.layout != torch.strided or t.device.type != "cpu":
-            # sparse tensors have no storage to map, meta tensors no data at all
-            raise CheckpointError(f"{path}: tensor {name!r}: expected a dense tensor with data, got layout "
-                                  f"{str(t.layout).replace('torch.', '')} on device {t.device.type}")
+            raise CheckpointError(f"{path}: entry {short(name, 200)} is not a tensor ({type(t).__name__})")
+        odd = _odd_tensor(t, torch)
+        if odd:
+            raise CheckpointError(f"{path}: tensor {short(name, 200)}: expected a dense tensor with data, got {odd}")
         dtype = str(t.dtype).replace("torch.", "")
         if dtype not in _TAG_OF:
-            raise CheckpointError(f"{path}: tensor {name!r}: dtype {dtype} is not supported")
+            raise CheckpointError(f"{path}: tensor {short(name, 200)}: dtype {dtype} is not supported "
+                                  f"(supported: {sorted(_TAG_OF)})")
 
-        def loader(t=t) -> np.ndarray:
-            if t.dtype == torch.bfloat16:
-                return t.detach().to(torch.float32).numpy()
-            return t.detach().numpy()
+        def loader(t=t, name=name) -> np.ndarray:
+            why = _file_changed(path, identity)
+            if why is not None:
+                raise _changed_error(path, name, why)
+            try:
+                if t.dtype == torch.bfloat16:
+                    return t.detach().to(torch.float32).numpy()
+                return np.array(t.detach().numpy(force=True), copy=True)  # out of the map, now
+            except RuntimeError as e:
+                raise CheckpointError(f"{path}: tensor {short(name, 200)} cannot be read ({first_line(e)})") from None
 
         # tensors sharing storage (tied weights) share one loader, so they are counted once
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
@@ -232,6 +316,21 @@ def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
         out[name] = WeightHandle(name=name, shape=tuple(int(d) for d in t.shape), dtype=dtype,
                                  source=f"{path}:{name}", loader=loader)
     return out
+
+
+def _odd_tensor(t, torch) -> str:
+    """What makes ``t`` something other than a plain dense CPU tensor with data ('' when it is one)."""
+    if t.layout != torch.strided:
+        return f"layout {str(t.layout).replace('torch.', '')} (a sparse or other non-dense tensor)"
+    if t.device.type != "cpu":
+        return f"a tensor on device {t.device.type}" + (" (no data at all)" if t.device.type == "meta" else "")
+    if getattr(t, "is_nested", False):
+        return "a nested tensor"
+    if t.is_quantized:
+        return f"a quantized tensor ({str(t.dtype).replace('torch.', '')})"
+    if type(t) not in (torch.Tensor, torch.nn.Parameter):
+        return f"a tensor subclass {type(t).__name__}"
+    return ""
 
 
 def write_safetensors(path: str | os.PathLike, handles: Iterable[tuple[str, WeightHandle]],

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, short
 from ..graphs import Graph, NormSpec
 from ..graphs.spec import check_positive
-from . import check_num_blocks, field, read_config
-from ._large_family import (SINGLE_BLOCK_TABLE, LargeDims, large_block, model_config, model_rules,
-                            positive_dims, round_up_to_next_multiple_of)
+from . import check_num_blocks, field, path_exists, read_config
+from ._large_family import (SINGLE_BLOCK_TABLE, LargeDims, check_values, large_block, model_config,
+                            model_rules, positive_dims, round_up_to_next_multiple_of)
 from ._table import apply_rules, build_graph
 from .safetensors_io import open_safetensors
 
@@ -33,14 +33,15 @@ def open_large_weights(d: Path, file: Optional[Path]) -> dict:
     if file is not None and file.suffix == ".safetensors":
         return open_safetensors(file)
     single = d / "model.safetensors"
-    if single.exists():
+    if path_exists(single):
         return open_safetensors(single)
     out: dict = {}
     n = 0
-    while (d / f"model_{n}.safetensors").exists():
+    while path_exists(d / f"model_{n}.safetensors"):
         for name, h in open_safetensors(d / f"model_{n}.safetensors").items():
             if name in out:
-                raise CheckpointError(f"{d / f'model_{n}.safetensors'}: tensor {name!r} is also in an earlier shard")
+                raise CheckpointError(f"{d / f'model_{n}.safetensors'}: tensor {short(name, 200)} is also in an "
+                                      f"earlier shard")
             out[name] = h
         n += 1
     if n == 0:
@@ -51,13 +52,13 @@ def open_large_weights(d: Path, file: Optional[Path]) -> dict:
 
 def load_large(d: Path, file: Optional[Path] = None) -> Graph:
     cfg_path = d / "config.yaml"
-    if not cfg_path.exists():
+    if not path_exists(cfg_path):
         raise CheckpointError(f"{d}: config.yaml is missing (expected an xlstm_large checkpoint)")
     cfg = read_config(cfg_path)
     where = str(cfg_path)
-    unknown = sorted(set(cfg) - set(LARGE_FIELDS))
+    unknown = sorted(set(cfg) - set(LARGE_FIELDS), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown} for xLSTMLargeConfig")
+        raise ConfigError(f"{where}: unknown field(s) {short(unknown, 200)} for xLSTMLargeConfig")
     E = field(cfg, "embedding_dim", int, where)
     nh = field(cfg, "num_heads", int, where)
     nb = field(cfg, "num_blocks", int, where)
@@ -73,6 +74,7 @@ def load_large(d: Path, file: Optional[Path] = None) -> Graph:
     mult = field(cfg, "ffn_round_up_to_multiple_of", int, where, 64)
     positive_dims(where, ffn_round_up_to_multiple_of=mult, embedding_dim__qk_dim_factor=E * qkf,
                   embedding_dim__v_dim_factor=E * vf, embedding_dim__ffn_proj_factor=E * ffn_f)
+    check_values(cfg, where, eps_n)
     ckpt = open_large_weights(d, file)
     check_num_blocks(nb, len(ckpt), where)
     dims = LargeDims(

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, cut, short
 from .names import model_weights
 from .spec import (
     BlockSpec,
@@ -18,10 +18,12 @@ from .spec import (
     SLSTMBlock,
     StateSpec,
     block_states,
+    check_cap,
     check_positive,
     validate_block,
+    validate_norm,
 )
-from .weights import WeightStore
+from .weights import FLOAT_DTYPES, WeightStore
 
 PROFILE_FORMAT = "xlstm-export-profile/1"
 # keys that `inspect --json` adds for people and tools; a profile read back ignores them
@@ -65,7 +67,8 @@ class Graph:
             if n in self.weights and tuple(self.weights[n].shape) != tuple(s)
         ]
         unexpected = [n for n in self.weights if n not in expected]
-        raise_weight_mismatch(self.source or "checkpoint", missing, misshaped, unexpected)
+        raise_weight_mismatch(self.source or "checkpoint", missing, misshaped, unexpected,
+                              not_float_weights(self.weights, expected))
         return self
 
     # -- the profile ----------------------------------------------------------------------
@@ -90,15 +93,45 @@ class Graph:
         return prof
 
 
-def raise_weight_mismatch(source: str, missing: list, misshaped: list, unexpected: list) -> None:
-    """One error that lists every missing, misshaped and unexpected tensor at once (none: no error)."""
+MAX_LISTED = 12  # names listed per kind of problem; the rest are counted
+
+
+def _listed(items: list, sep: str) -> str:
+    shown = sep.join(cut(str(x), 400) for x in items[:MAX_LISTED])
+    return shown + (f"{sep}... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+
+
+def not_float_weights(weights, expected, also=()) -> list[str]:
+    """Every expected weight whose stored dtype is not a float type, one entry per stored tensor with the
+    canonical names made from it (``file:tensor is int32 (-> embedding.weight)``); ``also``: more handles
+    to check (checkpoint tensors that are read but not used, such as a tied ``lm_head.weight``)."""
+    by_source: dict[tuple[str, str], list[str]] = {}
+    for n in expected:
+        h = weights.get(n)
+        if h is not None and h.dtype not in FLOAT_DTYPES:
+            by_source.setdefault((h.source, h.dtype), []).append(n)
+    for h in also:
+        if h.dtype not in FLOAT_DTYPES:
+            by_source.setdefault((h.source, h.dtype), [])
+    return [f"{src} is {dtype}" + (f" (-> {', '.join(names)})" if names else "")
+            for (src, dtype), names in by_source.items()]
+
+
+def raise_weight_mismatch(source: str, missing: list, misshaped: list, unexpected: list,
+                          not_float: list = ()) -> None:
+    """One error that lists every missing, misshaped, non-float and unexpected tensor at once (none: no
+    error); at most ``MAX_LISTED`` names per kind, the rest counted."""
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)}: " + ", ".join(missing))
+        problems.append(f"missing {len(missing)}: " + _listed(missing, ", "))
     if misshaped:
-        problems.append(f"misshaped {len(misshaped)}: " + "; ".join(misshaped))
+        problems.append(f"misshaped {len(misshaped)}: " + _listed(misshaped, "; "))
+    if not_float:
+        problems.append(f"not a float dtype {len(not_float)}: " + _listed(list(not_float), "; ")
+                        + f" (parameters must be stored as {'/'.join(FLOAT_DTYPES)}; integer or bool "
+                          f"weights would make a silently wrong model)")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: " + ", ".join(unexpected))
+        problems.append(f"unexpected {len(unexpected)}: " + _listed(unexpected, ", "))
     if problems:
         raise CheckpointError(f"{source}: weights do not match the config: " + " | ".join(problems))
 
@@ -108,7 +141,10 @@ def validate_config(cfg: ModelConfig, blocks: tuple[BlockSpec, ...]) -> None:
     if not blocks:
         raise ConfigError("model: the block schedule is empty (num_blocks must be positive)")
     if cfg.family not in ("large", "hybrid"):
-        raise ConfigError(f"model: family must be 'large' or 'hybrid', got {cfg.family!r}")
+        raise ConfigError(f"model: family must be 'large' or 'hybrid', got {short(cfg.family)}")
+    if cfg.out_norm is not None:
+        validate_norm("model out_norm", cfg.out_norm)
+    check_cap("model", "output_logit_soft_cap", cfg.output_logit_soft_cap)
     for i, b in enumerate(blocks):
         validate_block(i, b, cfg.embedding_dim)
 
@@ -135,10 +171,10 @@ def _take(d: dict, key: str, types, where: str, default=...):
         try:
             v = float(v)
         except OverflowError:  # a JSON integer beyond float range
-            raise ConfigError(f"{where}: field {key!r} must be a finite number, got {v!r}") from None
+            raise ConfigError(f"{where}: field {key!r} must be a finite number, got {short(v)}") from None
     if not isinstance(v, types) or (isinstance(v, bool) and types in (int, float)):
         tname = getattr(types, "__name__", str(types))
-        raise ConfigError(f"{where}: field {key!r} must be {tname}, got {v!r}")
+        raise ConfigError(f"{where}: field {key!r} must be {tname}, got {short(v)}")
     if isinstance(v, float) and not math.isfinite(v):
         raise ConfigError(f"{where}: field {key!r} must be finite, got {v!r}")
     return v
@@ -147,9 +183,9 @@ def _take(d: dict, key: str, types, where: str, default=...):
 def _strict(d: Any, allowed: set[str], where: str) -> dict:
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected an object, got {type(d).__name__}")
-    extra = sorted(set(d) - allowed)
+    extra = sorted(set(d) - allowed, key=str)
     if extra:
-        raise ConfigError(f"{where}: unknown field(s) {extra}; allowed: {sorted(allowed)}")
+        raise ConfigError(f"{where}: unknown field(s) {short(extra, 200)}; allowed: {sorted(allowed)}")
     return d
 
 
@@ -157,7 +193,7 @@ def norm_from_json(d: Any, where: str) -> NormSpec:
     d = _strict(d, {f.name for f in dataclasses.fields(NormSpec)}, where)
     kind = _take(d, "kind", str, where)
     if kind not in ("rmsnorm", "layernorm"):
-        raise ConfigError(f"{where}: field 'kind' must be 'rmsnorm' or 'layernorm', got {kind!r}")
+        raise ConfigError(f"{where}: field 'kind' must be 'rmsnorm' or 'layernorm', got {short(kind)}")
     return NormSpec(kind=kind, eps=_take(d, "eps", float, where),
                     weight_offset=_take(d, "weight_offset", float, where, 0.0),
                     bias=_take(d, "bias", bool, where, False),
@@ -185,7 +221,7 @@ def block_from_json(d: Any, i: int) -> BlockSpec:
     kind = d.get("kind")
     cls = {"mlstm": MLSTMBlock, "slstm": SLSTMBlock}.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ConfigError(f"{where}: field 'kind' must be 'mlstm' or 'slstm', got {kind!r}")
+        raise ConfigError(f"{where}: field 'kind' must be 'mlstm' or 'slstm', got {short(kind)}")
     d = _strict(d, {f.name for f in dataclasses.fields(cls)} | {"kind", "form"}, where)
     kw: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -207,7 +243,7 @@ def config_from_profile(prof: Any, where: str = "profile") -> tuple[ModelConfig,
     prof = _strict(prof, allowed, where)
     fmt = prof.get("format")
     if fmt != PROFILE_FORMAT:
-        raise ConfigError(f"{where}: field 'format' must be {PROFILE_FORMAT!r}, got {fmt!r}")
+        raise ConfigError(f"{where}: field 'format' must be {PROFILE_FORMAT!r}, got {short(fmt)}")
     blocks_json = _take(prof, "blocks", list, where)
     blocks = tuple(block_from_json(b, i) for i, b in enumerate(blocks_json))
     cap = prof.get("output_logit_soft_cap")
@@ -226,4 +262,4 @@ def config_from_profile(prof: Any, where: str = "profile") -> tuple[ModelConfig,
     return cfg, blocks
 
 
-__all__ = ["Graph", "PROFILE_FORMAT", "config_from_profile", "raise_weight_mismatch"]
+__all__ = ["Graph", "PROFILE_FORMAT", "config_from_profile", "raise_weight_mismatch", "not_float_weights"]

@@ -14,10 +14,11 @@ Canonical weight names and their shapes per block kind are in ``names.py``; the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
-from ..errors import ConfigError
+from ..errors import ConfigError, short
 
 NormKind = Literal["rmsnorm", "layernorm"]
 Activation = Literal["silu", "gelu", "relu", "sigmoid"]
@@ -165,15 +166,59 @@ def block_states(index: int, block: BlockSpec, batch_size: int) -> list[StateSpe
 def check_positive(where: str, **values: float) -> None:
     for key, v in values.items():
         if v is None or v <= 0:
-            raise ConfigError(f"{where}: field {key!r} must be positive, got {v!r}")
+            raise ConfigError(f"{where}: field {key!r} must be positive, got {short(v)}")
+
+
+# Values that cannot describe a working model are refused here (and, with the config's own field names, by
+# the frontends): an eps that is not a small positive number, a soft cap <= 0 (cap * tanh(x / cap) divides by
+# it) or beyond fp16's range (then inf * 0 = NaN in an fp16 export), a weight offset beyond fp16's range.
+FP16_MAX = 65504.0
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_eps(where: str, key: str, v) -> None:
+    """An epsilon: finite, 0 < eps <= 1 (it stabilises a division; larger ones swamp what they guard)."""
+    if not (_number(v) and 0 < v <= 1):
+        raise ConfigError(f"{where}: field {key!r} must be a small positive number (0 < {key} <= 1), "
+                          f"got {short(v)}")
+
+
+def check_cap(where: str, key: str, v) -> None:
+    """A soft cap (``cap * tanh(x / cap)``): null for none, else 0 < cap <= 65504 (fp16's largest value)."""
+    if v is not None and not (_number(v) and 0 < v <= FP16_MAX):
+        raise ConfigError(f"{where}: field {key!r} must be a positive soft cap of at most {FP16_MAX:g} "
+                          f"(fp16's range), or null for no cap; got {short(v)}")
+
+
+def check_offset(where: str, key: str, v) -> None:
+    """A norm's weight offset (applied weight = offset + stored): finite, within fp16's range."""
+    if not (_number(v) and abs(v) <= FP16_MAX):
+        raise ConfigError(f"{where}: field {key!r} must be a finite number of magnitude at most "
+                          f"{FP16_MAX:g} (fp16's range), got {short(v)}")
+
+
+def validate_norm(where: str, spec: NormSpec) -> None:
+    if spec.kind not in ("rmsnorm", "layernorm"):
+        raise ConfigError(f"{where}: field 'kind' must be 'rmsnorm' or 'layernorm', got {short(spec.kind)}")
+    check_eps(where, "eps", spec.eps)
+    check_offset(where, "weight_offset", spec.weight_offset)
 
 
 def validate_block(index: int, block: BlockSpec, embedding_dim: int) -> None:
     """Invariants of one block spec; raises ConfigError naming the block and field."""
     where = f"block {index} ({block.kind})"
+    validate_norm(f"{where} norm", block.norm)
+    validate_norm(f"{where} head_norm", block.head_norm)
+    if block.ffn is not None:
+        validate_norm(f"{where} ffn norm", block.ffn.norm)
     if isinstance(block, MLSTMBlock):
         check_positive(where, num_heads=block.num_heads, qk_head_dim=block.qk_head_dim,
-                       v_head_dim=block.v_head_dim, cell_eps=block.cell_eps)
+                       v_head_dim=block.v_head_dim)
+        check_eps(where, "cell_eps", block.cell_eps)
+        check_cap(where, "gate_soft_cap", block.gate_soft_cap)
         if block.form == "hybrid":
             check_positive(where, inner_dim=block.inner_dim, qkv_blocksize=block.qkv_blocksize)
             if block.inner_dim % block.num_heads:
@@ -190,7 +235,7 @@ def validate_block(index: int, block: BlockSpec, embedding_dim: int) -> None:
             if block.conv_kernel < 0:
                 raise ConfigError(f"{where}: conv1d_kernel_size must be >= 0, got {block.conv_kernel}")
         elif block.form != "large":
-            raise ConfigError(f"{where}: form must be 'large' or 'hybrid', got {block.form!r}")
+            raise ConfigError(f"{where}: form must be 'large' or 'hybrid', got {short(block.form)}")
         elif block.conv_kernel != 0:
             # the large form has no conv: a conv_kernel would add a state no target has
             raise ConfigError(f"{where}: conv_kernel must be 0 for form 'large' (it has no conv), "
@@ -206,4 +251,4 @@ def validate_block(index: int, block: BlockSpec, embedding_dim: int) -> None:
         check_positive(f"{where} ffn", up_dim=block.ffn.up_dim)
         if block.ffn.activation not in ACTIVATIONS:
             raise ConfigError(f"{where} ffn: activation must be one of {ACTIVATIONS}, "
-                              f"got {block.ffn.activation!r}")
+                              f"got {short(block.ffn.activation)}")

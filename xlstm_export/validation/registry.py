@@ -34,4 +34,45 @@ def open_artifact(path: str | os.PathLike, graph: Graph, **opts) -> Runner:
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"{p}: no such artifact (file or .mlpackage directory)")
-    return target_for_path(p).open_runner(p, graph, **opts)
+    target = target_for_path(p)
+    check_regular_files(p)
+    return target.open_runner(p, graph, **opts)
+
+
+def _not_regular(q: Path) -> str | None:
+    """What ``q`` is when it is not a regular file (links followed); None when it is one or is absent."""
+    import stat
+
+    from ..frontends import file_kind
+
+    try:
+        mode = os.stat(q).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    return None if stat.S_ISREG(mode) else file_kind(mode)
+
+
+def check_regular_files(p: Path) -> None:
+    """Every file a runner would open from artifact ``p`` is a regular file: ``p`` itself (a package: each
+    file under it) and its known siblings (an ONNX graph's ``.data`` file, its prefill / step graph). A
+    FIFO would hang the runtime that opens it, a device such as ``/dev/zero`` feed it without end."""
+    files: list[Path] = []
+    if p.is_dir() and p.suffix.lower() == ".mlpackage":
+        for root, _dirs, names in os.walk(p):
+            files.extend(Path(root) / n for n in names)
+            if len(files) > 10_000:
+                raise ArtifactError(f"{p}: holds more than 10000 files; not a package this tool wrote")
+    else:
+        files.append(p)
+        if p.suffix.lower() == ".onnx":
+            stem = p.name[:-len(p.suffix)]
+            base = stem[:-len(".prefill")] if stem.endswith(".prefill") else stem
+            for graph in (p.with_name(base + p.suffix), p.with_name(base + ".prefill" + p.suffix)):
+                files += [graph, graph.with_name(graph.name + ".data")]
+    for q in files:
+        what = _not_regular(q)
+        if what is not None and (q == p or what != "a directory"):  # a sibling directory is not opened
+            raise ArtifactError(f"{q}: is {what}, not a regular file; an artifact's files must be regular files "
+                                f"(refused without opening it)")
