@@ -195,3 +195,17 @@ def test_the_readmes_python_example_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "validation PASS: onnx-prefill fp32 on ONNX Runtime" in res.stdout
     assert (tmp_path / "model.onnx.report" / "report.json").is_file()
+
+
+def test_a_fifo_model_card_is_skipped_not_read(tmp_path):
+    import os
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(EXAMPLE, ck)
+    (ck / "README.md").unlink()
+    os.mkfifo(ck / "README.md")
+    art = xe.export(str(ck), "coreml", tmp_path / "m.mlpackage", swift=False)  # would block reading the FIFO
+    from xlstm_export.coreml.runner import read_contract
+
+    assert "Same license as the source checkpoint" in read_contract(art.path)[1].description.metadata.license

@@ -174,9 +174,13 @@ def checkpoint_license(graph: Graph) -> Optional[str]:
         return None
     src = Path(graph.source)
     card = (src if src.is_dir() else src.parent) / "README.md"
-    try:
-        text = card.read_text(encoding="utf-8", errors="replace")[:20000]
-    except OSError:
+    from ..errors import XlstmExportError
+    from ..frontends import open_regular
+
+    try:  # a regular file only (a FIFO or a device there is skipped, never read), its head only
+        with open_regular(card, "model card") as f:
+            text = f.read(20000).decode("utf-8", errors="replace")
+    except (OSError, XlstmExportError):
         return None
     if not text.startswith("---"):
         return None
