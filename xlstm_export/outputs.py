@@ -54,7 +54,7 @@ from typing import Iterator, List, Optional, Sequence
 from .errors import OutputError
 
 # errors of the output side (whatever file the writer was touching when they happened)
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NAME_MAX = 255
 _TAG = "xlstm-tmp"
 _MARKER = ".xlstm-export-tmp"  # inside the private folder: {"tool", "pid", "outputs"}
@@ -384,7 +384,7 @@ def _clean_stale(parent: Path) -> None:
 
 # -- committing -----------------------------------------------------------------------------------------
 def _is_write_error(e: OSError, private: Path) -> bool:
-    if e.errno in _WRITE_ERRNOS:
+    if e.errno in WRITE_ERRNOS:
         return True
     return any(f is not None and str(f).startswith(str(private)) for f in (e.filename, e.filename2))
 
@@ -528,6 +528,23 @@ def atomic_output(out_path: str | os.PathLike, force: bool = False) -> Iterator[
     """The temporary for one output (see :func:`atomic_outputs`)."""
     with atomic_outputs([out_path], force) as (tmp,):
         yield tmp
+
+
+def room_at(folder: str | os.PathLike) -> str:
+    """What a failed write there may have run out of: the bytes free on its file system, and the process's
+    file size limit where there is one ("1.2 GB free there; file size limit 500000 bytes")."""
+    parts = []
+    with contextlib.suppress(OSError):
+        parts.append(f"{shutil.disk_usage(folder).free / 1e9:.3g} GB free there")
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY:
+            parts.append(f"file size limit {soft} bytes")
+    except (ImportError, OSError, ValueError):
+        pass
+    return "; ".join(parts)
 
 
 def normalise_modes(path: Path) -> None:

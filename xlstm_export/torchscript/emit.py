@@ -59,7 +59,7 @@ from .. import progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..outputs import Artifact, atomic_output, check_output_path, scratch_for
+from ..outputs import Artifact, atomic_output, check_output_path, room_at, scratch_for
 from ..targets import check_suffix
 
 TARGET = "torchscript"
@@ -177,15 +177,15 @@ def save_raw(scripted, raw: Path, extra_files: dict) -> None:
     how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
            else msg or f"exit status {os.waitstatus_to_exitcode(status)}")
     written = raw.stat().st_size if raw.exists() else 0
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else -1
-    free = shutil.disk_usage(raw.parent).free
-    if limit not in (-1, getattr(resource, "RLIM_INFINITY", -1)) and written >= limit:
-        code, why = errno.EFBIG, f"file size limit of {limit} bytes reached"
-    elif free < (1 << 20) or "No space" in msg:
-        code, why = errno.ENOSPC, f"{free} bytes free"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else None
+    if limit not in (None, getattr(resource, "RLIM_INFINITY", None)) and written >= limit:
+        code = errno.EFBIG
+    elif shutil.disk_usage(raw.parent).free < (1 << 20) or "No space" in msg:
+        code = errno.ENOSPC
     else:
-        code, why = errno.EIO, how
-    raise OSError(code, f"{os.strerror(code)} (torch.jit.save stopped after {written} bytes: {why})", str(raw))
+        code = errno.EIO
+    raise OSError(code, f"{os.strerror(code)}: torch.jit.save stopped after {written} bytes ({how}; "
+                        f"{room_at(raw.parent)})", str(raw))
 
 
 class _GuardedFile:
