@@ -106,39 +106,44 @@ RACES = {"torchscript": ["model.pt"], "coreml": ["model.mlpackage", "model.swift
 @pytest.mark.slow
 @pytest.mark.parametrize("cmd", list(RACES))
 def test_two_exports_racing_to_one_new_path_exactly_one_wins(checkpoint_factory, tmp_path, cmd):
+    """Two exports of different models (batch 1 and batch 2) to one new path: exactly one exits 0, the other
+    exits 2 saying "already exists", and every file there is the winner's, complete (the bytes the same
+    export makes alone; exports are byte-reproducible)."""
     ck = checkpoint_factory("hybrid")
-    out_dir, ref_dir = tmp_path / "out", tmp_path / "ref"
-    out_dir.mkdir()
-    ref_dir.mkdir()
     name = FILENAME[cmd.split()[0]]
     go = tmp_path / "go"
-    procs = []
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    procs, refs = [], []
     for i in range(2):
+        opts = ("--no-validate", "--batch-size", str(i + 1))
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", RACE, *export_args(cmd, ck, out_dir / name, "--no-validate")], cwd=tmp_path,
+            [sys.executable, "-c", RACE, *export_args(cmd, ck, out_dir / name, *opts)], cwd=tmp_path,
             env=env(XLSTM_TEST_READY=tmp_path / f"ready{i}", XLSTM_TEST_GO=go), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True))
-    # the same export alone, for the bytes a complete artifact has (exports are byte-reproducible)
-    ref = subprocess.Popen([sys.executable, "-m", "xlstm_export", *export_args(cmd, ck, ref_dir / name,
-                                                                               "--no-validate")],
-                           cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        (tmp_path / f"ref{i}").mkdir()
+        refs.append(subprocess.Popen([sys.executable, "-m", "xlstm_export",
+                                      *export_args(cmd, ck, tmp_path / f"ref{i}" / name, *opts)],
+                                     cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     t0 = time.time()
     while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        assert time.time() - t0 < 400, "the exports did not reach the final step"
+        assert time.time() - t0 < 500, "the exports did not reach the final step"
         time.sleep(0.01)
     go.write_text("go")
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
-    _, ref_err = ref.communicate(timeout=300)
-    assert ref.returncode == 0, ref_err
-    codes = sorted(rc for _, _, rc in results)
-    assert codes == [0, 2], [(rc, err[-1500:]) for _, err, rc in results]
-    loser_err = next(err for _, err, rc in results if rc == 2)
-    lines = error_lines(loser_err)
-    assert len(lines) == 1 and "already exists" in lines[0], loser_err
-    assert listing(out_dir) == sorted(RACES[cmd])  # nothing else: no temporaries, no half of the loser
+    for r in refs:
+        _, err = r.communicate(timeout=300)
+        assert r.returncode == 0, err
+    codes = [rc for _, _, rc in results]
+    assert sorted(codes) == [0, 2], [(rc, err[-1500:]) for _, err, rc in results]
+    winner = codes.index(0)
+    lines = error_lines(results[1 - winner][1])
+    assert len(lines) == 1 and "already exists" in lines[0], results[1 - winner][1]
+    assert listing(out_dir) == sorted(RACES[cmd])  # nothing else: no temporaries, no part of the loser
     for f in RACES[cmd]:
-        assert tree_bytes(out_dir / f) == tree_bytes(ref_dir / f), f"{f} is not the complete artifact"
+        assert tree_bytes(out_dir / f) == tree_bytes(tmp_path / f"ref{winner}" / f), \
+            f"{f} is not the winner's complete artifact"
 
 
 @pytest.mark.parametrize("fallback", ["renameat2", "link", "reservation"])
@@ -403,9 +408,10 @@ def test_coreml_enospc_is_one_line_and_leaves_nothing(checkpoint_factory, tmp_pa
 # -- 5. paths the file system refuses -------------------------------------------------------------------------
 @pytest.mark.parametrize("cmd", ["torchscript", "onnx", "coreml"])
 def test_an_output_name_as_long_as_the_file_system_allows_works(checkpoint_factory, tmp_path, cmd):
-    """A 245-character output name: was a traceback (the temporary sibling's name was longer than 255)."""
+    """A 250-character output name (the file system takes 255): was a traceback, the temporary sibling's
+    name ('.<name>.tmp-<pid>') being longer than the file system allows."""
     ext = FILENAME[cmd].split(".", 1)[1]
-    name = "m" * (245 - len(ext) - 1) + "." + ext
+    name = "m" * (250 - len(ext) - 1) + "." + ext
     res = invoke(export_args(cmd, checkpoint_factory("hybrid"), tmp_path / name, "--no-validate"))
     assert res.exit_code == 0, res.output
     assert listing(tmp_path) == sorted([name] + ([name[:-len(".mlpackage")] + ".swift"] if cmd == "coreml" else []))

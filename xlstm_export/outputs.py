@@ -479,12 +479,6 @@ def atomic_outputs(out_paths: Sequence[str | os.PathLike], force: bool = False) 
     _clean_stale(parent)  # first: it may put back an artifact a killed replace had moved aside
     for p in outs:
         check_output_path(p, force)
-    try:
-        private = _make_private(parent, [p.name for p in outs])
-    except OSError as e:
-        raise OutputError(f"{_short(outs[0])}: cannot create a temporary folder in {_short(parent)}: "
-                          f"{e.strerror or e}") from None
-    tmps = [private / "new" / p.name for p in outs]
 
     def on_term(signum, frame):  # turn SIGTERM into an exception so the cleanup below runs
         raise KeyboardInterrupt(f"signal {signum}")
@@ -494,8 +488,16 @@ def atomic_outputs(out_paths: Sequence[str | os.PathLike], force: bool = False) 
         old = signal.signal(signal.SIGTERM, on_term)
     except ValueError:  # not the main thread
         old = None
+    private: Optional[Path] = None
     done: List[_Done] = []
     try:
+        try:
+            with _signals_held():  # made and known to the cleanup below in one step
+                private = _make_private(parent, [p.name for p in outs])
+        except OSError as e:
+            raise OutputError(f"{_short(outs[0])}: cannot create a temporary folder in {_short(parent)}: "
+                              f"{e.strerror or e}") from None
+        tmps = [private / "new" / p.name for p in outs]
         try:
             yield tmps
         except OSError as e:
@@ -514,11 +516,11 @@ def atomic_outputs(out_paths: Sequence[str | os.PathLike], force: bool = False) 
             raise OutputError(f"{_short(outs[0])}: cannot move the finished artifact into place: "
                               f"{e.strerror or e}; nothing was written") from None
     finally:
-        if done:
-            with _signals_held():
-                for d in reversed(done):
-                    _undo(d)
-        shutil.rmtree(private, ignore_errors=True)
+        with _signals_held():
+            for d in reversed(done):
+                _undo(d)
+            if private is not None:
+                shutil.rmtree(private, ignore_errors=True)
         if old is not None:
             signal.signal(signal.SIGTERM, old)
 
