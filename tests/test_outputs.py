@@ -382,6 +382,23 @@ def test_torchscript_rewrite_survives_a_short_write(exported_pt, tmp_path):
     assert res.stdout.split() == ["OSError", str(errno.EFBIG)]
 
 
+def test_torchscript_without_fork_checks_the_room_first(checkpoint_factory, tmp_path, monkeypatch):
+    """Where the raw save cannot run in a forked child (macOS), a disk without room for it is refused before
+    torch's writer could die on it; with room the export works as on Linux."""
+    import importlib
+    from collections import namedtuple
+
+    ts = importlib.import_module("xlstm_export.torchscript.emit")
+    monkeypatch.setattr(ts.sys, "platform", "darwin")
+    ck = checkpoint_factory("hybrid")
+    assert invoke(export_args("torchscript", ck, tmp_path / "ok.pt", "--no-validate")).exit_code == 0
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ts.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
+    res = invoke(export_args("torchscript", ck, tmp_path / "model.pt", "--no-validate"))
+    one_error_line(res, "model.pt: cannot write: No space left on device", "1000 are free")
+    assert listing(tmp_path) == ["ok.pt"]
+
+
 @pytest.mark.parametrize("stage", ["convert", "write_package"])
 def test_coreml_enospc_is_one_line_and_leaves_nothing(checkpoint_factory, tmp_path, monkeypatch, stage):
     import importlib

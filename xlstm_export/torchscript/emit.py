@@ -29,7 +29,7 @@ name (declaration order has no meaning). The writer writes through a file object
 installed.
 
 A full disk: torch's zip writer, writing to a path, dies in ``std::terminate`` (SIGABRT) when a write fails,
-so the raw save runs in a forked child (:func:`save_raw`) and the re-write goes through a file object that
+so the raw save runs in a forked child on Linux (elsewhere after a check of the room; :func:`save_raw`) and the re-write goes through a file object that
 keeps the error instead of raising it into the writer (:class:`_GuardedFile`); both end as one
 :class:`~xlstm_export.errors.OutputError` line with nothing left behind. Not across emits *within one process*: TorchScript's process-wide type
 registry gives a module class scripted again with other attributes a mangled name
@@ -46,6 +46,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,14 +123,21 @@ def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike)
 
 
 def save_raw(scripted, raw: Path, extra_files: dict) -> None:
-    """``torch.jit.save`` of ``scripted`` to ``raw``. Where ``os.fork`` exists it runs in a forked child
-    (which shares the weights' memory, copy-on-write): a write that fails there (a full disk, a file size
-    limit) ends in ``std::terminate`` inside torch's zip writer (its destructor throws while the first error
-    unwinds), a SIGABRT that no handler can catch. The parent sees the child fail and raises an OSError
-    naming ``raw`` (so :func:`~xlstm_export.outputs.atomic_output` makes it one line)."""
+    """``torch.jit.save`` of ``scripted`` to ``raw``. On Linux it runs in a forked child (which shares the
+    weights' memory, copy-on-write): a write that fails there (a full disk, a file size limit) ends in
+    ``std::terminate`` inside torch's zip writer (its destructor throws while the first error unwinds), a
+    SIGABRT that no handler can catch. The parent sees the child fail and raises an OSError naming ``raw``
+    (so :func:`~xlstm_export.outputs.atomic_output` makes it one line). Elsewhere (macOS: a fork after the
+    Objective-C runtime started may crash the child) the save runs here, after a check that the file
+    system has room for the raw and the final archive."""
     import torch
 
-    if not hasattr(os, "fork"):
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        need = 2 * sum(t.numel() * t.element_size() for t in scripted.state_dict().values()) + (1 << 20)
+        free = shutil.disk_usage(raw.parent).free
+        if free < need:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the export needs about {need} bytes "
+                                        f"there, {free} are free", str(raw))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.save(scripted, str(raw), _extra_files=extra_files)
@@ -194,8 +202,13 @@ class _GuardedFile:
     :meth:`close` raises it."""
 
     def __init__(self, path: Path):
+        self.path = str(path)
         self.f = open(path, "wb")
         self.error: OSError | None = None
+
+    def _keep(self, e: OSError) -> None:  # named after the file, so that it reads as an output error
+        if self.error is None:
+            self.error = OSError(e.errno, e.strerror or str(e), self.path)
 
     def write(self, data) -> int:
         n = memoryview(data).nbytes
@@ -203,7 +216,7 @@ class _GuardedFile:
             try:
                 self.f.write(data)
             except OSError as e:
-                self.error = e
+                self._keep(e)
             except ValueError:  # closed: a writer finalised by its destructor after a failure
                 pass
         return n
@@ -213,7 +226,7 @@ class _GuardedFile:
             try:
                 return self.f.seek(offset, whence)
             except OSError as e:
-                self.error = e
+                self._keep(e)
             except ValueError:
                 pass
         return 0
@@ -222,7 +235,7 @@ class _GuardedFile:
         try:
             self.f.close()
         except OSError as e:
-            self.error = self.error or e
+            self._keep(e)
         if self.error is not None:
             raise self.error
 
