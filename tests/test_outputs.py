@@ -16,12 +16,10 @@ import errno
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest

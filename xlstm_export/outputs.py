@@ -391,15 +391,27 @@ def _is_write_error(e: OSError, private: Path) -> bool:
 
 @contextlib.contextmanager
 def _signals_held():
-    """SIGINT/SIGTERM wait until the block is done (main thread, POSIX); elsewhere a no-op."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """SIGINT/SIGTERM that arrive during the block take effect after it (as KeyboardInterrupt), so a signal
+    never splits what the block does. Python-level handlers, not a signal mask: in a process with other
+    threads (torch's, onnxruntime's) the kernel may hand a signal to any of them, and Python runs its
+    handler in the main thread whichever received it. Outside the main thread: a no-op."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    got: List[int] = []
+    old = {}
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, lambda signum, frame: got.append(signum))
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        pass
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+    if got:
+        raise KeyboardInterrupt(f"signal {got[0]}")
 
 
 @dataclass
