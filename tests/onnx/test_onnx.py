@@ -381,8 +381,13 @@ def test_no_clobber_without_force(graphs, tmp_path):
     with pytest.raises(OutputError, match="--force"):
         emit(graphs("hybrid_slstm_only"), OnnxOptions(), p)
     assert p.read_bytes() == b"keep"
-    emit(graphs("hybrid_slstm_only"), OnnxOptions(force=True), p)
-    assert p.read_bytes() != b"keep"
+    with pytest.raises(OutputError, match="not an artifact of xlstm-export"):  # --force replaces only ours
+        emit(graphs("hybrid_slstm_only"), OnnxOptions(force=True), p)
+    assert p.read_bytes() == b"keep"
+    q = tmp_path / "n.onnx"
+    emit(graphs("hybrid"), OnnxOptions(), q)
+    emit(graphs("hybrid_slstm_only"), OnnxOptions(force=True), q)
+    assert q.read_bytes() != p.read_bytes() and onnx.load(str(q)).producer_name == "xlstm-export"
 
 
 def test_runner_refuses_another_checkpoint(exported, graphs):

@@ -211,6 +211,10 @@ def test_emit_refuses_to_clobber_and_bad_options(checkpoint_factory, tmp_path):
     assert (tmp_path / "m.pt").read_bytes() == b"keep"
     with pytest.raises(UnsupportedError):
         emit(graph, TorchScriptOptions(precision="int8"), tmp_path / "n.pt")
-    emit(graph, TorchScriptOptions(force=True), tmp_path / "m.pt")
-    assert zipfile.is_zipfile(tmp_path / "m.pt")
+    with pytest.raises(OutputError, match="not an artifact of xlstm-export"):  # --force replaces only ours
+        emit(graph, TorchScriptOptions(force=True), tmp_path / "m.pt")
+    assert (tmp_path / "m.pt").read_bytes() == b"keep"
+    emit(graph, TorchScriptOptions(), tmp_path / "o.pt")
+    emit(graph, TorchScriptOptions(force=True), tmp_path / "o.pt")
+    assert zipfile.is_zipfile(tmp_path / "o.pt")
 

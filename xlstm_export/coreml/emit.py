@@ -29,6 +29,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,11 @@ from typing import Optional
 
 from ._ct import ct as _ct
 from .. import __version__, progress
-from ..errors import UnsupportedError
+from ..errors import OutputError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract, source_id
 from ..lowering import LOW_SCALE, PrecisionPolicy, check_prefill_chunk, core_ml_name, policy_for, prefill, step
-from ..outputs import Artifact, atomic_output, check_output_path
+from ..outputs import WRITE_ERRNOS, Artifact, atomic_outputs, check_output_path, normalise_modes, room_at, scratch_for
 from ..targets import check_suffix
 from .swift import shape_str
 from .backend import MILOps, stored_states
@@ -157,13 +158,42 @@ def build_program(graph: Graph, policy: PrecisionPolicy, batch_size: int, prefil
     return prog, ops
 
 
-def convert(prog):
-    """coremltools' default MIL passes + serialisation (no fp16 rewrite: dtypes are explicit)."""
-    ct = _ct()
+def convert(prog, workdir: Optional[Path] = None, where: str = "the Core ML package"):
+    """coremltools' default MIL passes + serialisation (no fp16 rewrite: dtypes are explicit).
 
-    with contextlib.redirect_stderr(io.StringIO()):  # coremltools' per-pass progress bars
-        return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
-                          compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+    coremltools writes the weights, the spec and the package it returns to temporary folders; with
+    ``workdir`` they go there (``tempfile.tempdir`` for the call: the output's file system, not TMPDIR,
+    removed with the output's private folder). A write that fails there (a full disk: coremltools' blob
+    writer says "[MIL FileWriter]: Unknown error ...") is an :class:`OutputError` naming ``where``."""
+    ct = _ct()
+    failed = None
+    saved = tempfile.tempdir
+    try:
+        if workdir is not None:
+            tempfile.tempdir = str(workdir)
+        with contextlib.redirect_stderr(io.StringIO()):  # coremltools' per-pass progress bars
+            return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
+                              compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS and not _in(e.filename, workdir):
+            raise
+        failed = f"{e.strerror or first_line(e)}"
+    except RuntimeError as e:  # the blob writer and the package writer are C++: no errno
+        text = first_line(e)
+        if not any(k in text for k in ("FileWriter", "write", "No space", "too large", "ModelPackage")):
+            raise
+        failed = text[:300]
+    finally:
+        tempfile.tempdir = saved
+    # raised here, outside the handler: the failed call's frames (and coremltools' temporary folders in
+    # them) are released first
+    room = room_at(workdir) if workdir is not None and Path(workdir).exists() else ""
+    raise OutputError(f"{where}: cannot write: coremltools failed writing the package ({failed})"
+                      + (f"; {room}" if room else "") + "; nothing was written")
+
+
+def _in(filename, folder) -> bool:
+    return filename is not None and folder is not None and str(filename).startswith(str(folder))
 
 
 # -- metadata ----------------------------------------------------------------------------------
@@ -288,10 +318,35 @@ def write_manifest(pkg: Path) -> None:
 
 
 def write_package(mlmodel, spec, dest: Path) -> None:
-    """The package coremltools made (weights), our spec (serialised deterministically), our manifest."""
-    shutil.copytree(mlmodel.package_path, dest)
+    """The package coremltools made (weights), our spec (serialised deterministically), our manifest, with
+    the modes a new file gets under the umask (0644 / 0755 under umask 022; coremltools' temporaries are
+    0600 / 0700). The package is moved if it is on ``dest``'s file system (see :func:`convert`'s
+    ``workdir``), else copied; either way no file of it keeps a mode or a path from its temporary folder."""
+    src = Path(mlmodel.package_path)
+    try:
+        same_fs = os.stat(src).st_dev == os.stat(dest.parent).st_dev
+    except OSError:
+        same_fs = False
+    if same_fs:
+        os.rename(src, dest)
+    else:
+        _copy_tree(src, dest)
     (dest.joinpath(*SPEC_PATH)).write_bytes(spec.SerializeToString(deterministic=True))
     write_manifest(dest)
+    normalise_modes(dest)
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    """Files and folders only, with fresh modes (``shutil.copytree`` copies 0700 / 0600 along and gathers
+    failures into a ``shutil.Error`` without an errno)."""
+    dest.mkdir()
+    for p in sorted(src.iterdir()):
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            _copy_tree(p, dest / p.name)
+        else:
+            shutil.copyfile(p, dest / p.name)
 
 
 def count_ops(spec, function: str = "main") -> dict:
@@ -324,24 +379,25 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
     prog, ops = build_program(graph, policy, options.batch_size, options.prefill_chunk, options.last_logits_only)
     weight_bytes = ops.weight_bytes
     del ops
-    progress.note("coremltools: MIL passes and serialisation of the program")
-    mlmodel = convert(prog)
-    del prog
-    spec = mlmodel._spec  # the converted spec; described and written below (coremltools' own save
-    describe(spec, graph, contract, options)  # would write random manifest UUIDs)
-    stats = count_ops(spec)
-    stats["weight_bytes"] = weight_bytes
-    if options.prefill_chunk is not None:
-        p = count_ops(spec, PREFILL_FUNCTION)
-        stats.update(prefill_chunk=options.prefill_chunk, prefill_ops=p["ops_per_step"],
-                     prefill_ops_per_token=round(p["ops_per_step"] / options.prefill_chunk, 2))
-    progress.note(f"writing {out_path.name}")
-    with atomic_output(out_path, options.force) as tmp:
-        write_package(mlmodel, spec, tmp)
-    if swift_path is not None:
-        with atomic_output(swift_path, options.force) as tmp:
-            tmp.write_text(swift_snippet(contract, out_path.name))
     files = (out_path,) if swift_path is None else (out_path, swift_path)
+    # the package and its snippet: both or neither; coremltools' temporaries in the output's private folder
+    with atomic_outputs(files, options.force) as tmps:
+        progress.note("coremltools: MIL passes and serialisation of the program")
+        mlmodel = convert(prog, scratch_for(tmps[0]), str(out_path))
+        del prog
+        spec = mlmodel._spec  # the converted spec; described and written below (coremltools' own save
+        describe(spec, graph, contract, options)  # would write random manifest UUIDs)
+        stats = count_ops(spec)
+        stats["weight_bytes"] = weight_bytes
+        if options.prefill_chunk is not None:
+            p = count_ops(spec, PREFILL_FUNCTION)
+            stats.update(prefill_chunk=options.prefill_chunk, prefill_ops=p["ops_per_step"],
+                         prefill_ops_per_token=round(p["ops_per_step"] / options.prefill_chunk, 2))
+        progress.note(f"writing {out_path.name}")
+        write_package(mlmodel, spec, tmps[0])
+        del mlmodel
+        if swift_path is not None:
+            tmps[1].write_text(swift_snippet(contract, out_path.name))
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
     return Artifact(out_path, kind, options.precision, contract, files, stats)
 

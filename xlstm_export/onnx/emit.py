@@ -44,7 +44,6 @@ Files: ``model.onnx``, plus ``model.onnx.data`` when the weights reach ``externa
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
 from ..lowering import PrecisionPolicy, check_prefill_chunk, policy_for
 from ..lowering.precision import STATE_ROLES
-from ..outputs import Artifact, atomic_output, check_output_path
+from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path
 from ..targets import check_suffix
 from .backend import ELEM, OnnxOps
 from .builder import COREML_OPS, DTYPE_NAME, I64, BuildError, GraphBuilder, ModelState
@@ -249,13 +248,13 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
     progress.note(f"writing {out_path.name}" + (f" and {data_path.name}" if external else ""))
     if external:
         check_output_path(data_path, options.force)
-        with contextlib.ExitStack() as stack:
-            tmp_data = stack.enter_context(atomic_output(data_path, options.force))
-            tmp = stack.enter_context(atomic_output(out_path, options.force))
+        # all or none; the step graph (the artifact) moves into place last
+        together = [out_path, data_path] if pre is None else [out_path, prefill_path, data_path]
+        with atomic_outputs(together, options.force) as tmps:
+            tmp, tmp_data = tmps[0], tmps[-1]
             stats = write_model(model, ms.initializers, tmp, External(tmp_data, data_path.name))
             if pre is not None:
-                tmp_pre = stack.enter_context(atomic_output(prefill_path, options.force))
-                pstats = write_model(pre[0], pre[1].initializers, tmp_pre, shared=stats["external"])
+                pstats = write_model(pre[0], pre[1].initializers, tmps[1], shared=stats["external"])
         files = (out_path, data_path) if pre is None else (out_path, prefill_path, data_path)
     else:
         with atomic_output(out_path, options.force) as tmp:

@@ -20,12 +20,18 @@ Byte-reproducible: TorchScript serialises tensors and most code in a fixed order
 ``*.debug_pkl`` records hold the absolute paths of the Python sources (this checkout's, torch's), and
 (b) it declares a module's ``__constants__`` (``Linear.in_features``/``out_features``) in the order of a
 Python ``set``, which changes with the interpreter's string hash seed. So the archive is saved to a temporary
-file and re-written record by record with torch's own zip writer: without the debug records (what is lost:
-original-source line numbers in TorchScript runtime error messages) and with each run of ``Final``
-constant declarations sorted by name (declaration order has no meaning). Same graph and options -> same
-bytes from a fresh interpreter (every ``xlstm-export torchscript`` run), whatever its hash seed,
-wherever the tool is installed and whatever the output file is called (the archive's top folder is
-always ``archive/``). Not across emits *within one process*: TorchScript's process-wide type
+file (beside the output, in the private folder of :func:`~xlstm_export.outputs.atomic_output`) and re-written
+record by record with torch's own zip writer: without the debug records (what is lost: original-source line
+numbers in TorchScript runtime error messages) and with each run of ``Final`` constant declarations sorted by
+name (declaration order has no meaning). The writer writes through a file object, so every record is under
+``archive/`` whatever the output is called. Same graph and options -> same bytes from a fresh interpreter
+(every ``xlstm-export torchscript`` run), whatever its hash seed, the output's name and wherever the tool is
+installed.
+
+A full disk: torch's zip writer, writing to a path, dies in ``std::terminate`` (SIGABRT) when a write fails,
+so the raw save runs in a forked child on Linux (elsewhere after a check of the room; :func:`save_raw`) and the re-write goes through a file object that
+keeps the error instead of raising it into the writer (:class:`_GuardedFile`); both end as one
+:class:`~xlstm_export.errors.OutputError` line with nothing left behind. Not across emits *within one process*: TorchScript's process-wide type
 registry gives a module class scripted again with other attributes a mangled name
 (``Linear`` -> ``___torch_mangle_13.Linear``), so an emit after other scripting in the same process names
 (and groups) its classes differently -- an equivalent module, other bytes. Clearing that registry
@@ -34,19 +40,27 @@ registry gives a module class scripted again with other attributes a mangled nam
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
-import tempfile
+import shutil
+import signal
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+
+try:
+    import resource
+except ImportError:  # not POSIX
+    resource = None
 
 from .. import progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..outputs import Artifact, atomic_output, check_output_path
+from ..outputs import Artifact, atomic_output, check_output_path, room_at, scratch_for
 from ..targets import check_suffix
 
 TARGET = "torchscript"
@@ -100,13 +114,130 @@ def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike)
     contract = contract_for(graph, options)
     progress.note("torch.jit.script of the reference model")
     scripted = script_model(graph, options.precision)
-    with tempfile.TemporaryDirectory(prefix="xlstm-export-ts-") as raw_dir:
-        raw = Path(raw_dir) / "raw.pt"
-        torch.jit.save(scripted, str(raw), _extra_files={IO_KEY: dumps(contract)})
+    with atomic_output(out_path, options.force) as tmp:
+        raw = scratch_for(tmp) / "raw.pt"  # beside the output (its file system), not in TMPDIR
+        save_raw(scripted, raw, {IO_KEY: dumps(contract)})
         del scripted  # the weights live on only in raw.pt now
-        with atomic_output(out_path, options.force) as tmp, open(tmp, "wb") as f:
-            canonical_archive(raw, f)
+        canonical_archive(raw, tmp)
     return Artifact(out_path, TARGET, options.precision, contract)
+
+
+def save_raw(scripted, raw: Path, extra_files: dict) -> None:
+    """``torch.jit.save`` of ``scripted`` to ``raw``. On Linux it runs in a forked child (which shares the
+    weights' memory, copy-on-write): a write that fails there (a full disk, a file size limit) ends in
+    ``std::terminate`` inside torch's zip writer (its destructor throws while the first error unwinds), a
+    SIGABRT that no handler can catch. The parent sees the child fail and raises an OSError naming ``raw``
+    (so :func:`~xlstm_export.outputs.atomic_output` makes it one line). Elsewhere (macOS: a fork after the
+    Objective-C runtime started may crash the child) the save runs here, after a check that the file
+    system has room for the raw and the final archive."""
+    import torch
+
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        need = 2 * sum(t.numel() * t.element_size() for t in scripted.state_dict().values()) + (1 << 20)
+        free = shutil.disk_usage(raw.parent).free
+        if free < need:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the export needs about {need} bytes "
+                                        f"there, {free} are free", str(raw))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(scripted, str(raw), _extra_files=extra_files)
+        return
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python >= 3.12: fork of a threaded process
+        pid = os.fork()
+    if pid == 0:  # the child: save, say why not, never return
+        code = 1
+        try:
+            os.close(r)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)  # std::terminate's message is not for the user
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.jit.save(scripted, str(raw), _extra_files=extra_files)
+                code = 0
+            except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
+                os.write(w, " ".join(str(e).split())[:500].encode("utf-8", "replace"))
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        chunks = []
+        while True:
+            b = os.read(r, 4096)
+            if not b:
+                break
+            chunks.append(b)
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # interrupted: the child goes too
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(r)
+    if status == 0:
+        return
+    msg = b"".join(chunks).decode("utf-8", "replace")
+    how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
+           else msg or f"exit status {os.waitstatus_to_exitcode(status)}")
+    written = raw.stat().st_size if raw.exists() else 0
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else None
+    if limit not in (None, getattr(resource, "RLIM_INFINITY", None)) and written >= limit:
+        code = errno.EFBIG
+    elif shutil.disk_usage(raw.parent).free < (1 << 20) or "No space" in msg:
+        code = errno.ENOSPC
+    else:
+        code = errno.EIO
+    raise OSError(code, f"{os.strerror(code)}: torch.jit.save stopped after {written} bytes ({how}; "
+                        f"{room_at(raw.parent)})", str(raw))
+
+
+class _GuardedFile:
+    """The file torch's zip writer writes through: a failing write is never raised into the writer (an
+    exception there ends in ``std::terminate``); the first OSError is kept, later writes are skipped, and
+    :meth:`close` raises it."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self.f = open(path, "wb")
+        self.error: OSError | None = None
+
+    def _keep(self, e: OSError) -> None:  # named after the file, so that it reads as an output error
+        if self.error is None:
+            self.error = OSError(e.errno, e.strerror or str(e), self.path)
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if self.error is None:
+            try:
+                self.f.write(data)
+            except OSError as e:
+                self._keep(e)
+            except ValueError:  # closed: a writer finalised by its destructor after a failure
+                pass
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if self.error is None:
+            try:
+                return self.f.seek(offset, whence)
+            except OSError as e:
+                self._keep(e)
+            except ValueError:
+                pass
+        return 0
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except OSError as e:
+            self._keep(e)
+        if self.error is not None:
+            raise self.error
 
 
 _FINAL = re.compile(rb"^ +\w+ : Final\[.*\] = .*$")
@@ -125,26 +256,26 @@ def _sort_final_runs(code: bytes) -> bytes:
     return b"\n".join(out[:-1])
 
 
-def canonical_archive(src: Path, dst: BinaryIO) -> None:
-    """Re-write the TorchScript zip ``src`` into the open binary file ``dst`` without ``*.debug_pkl``
-    records and with sorted ``Final`` declarations, by torch's own reader and writer (64-byte aligned
-    records; it adds ``byteorder`` and ``serialization_id`` itself, the latter derived from the content).
-    File to file, one record at a time: export memory stays at about one copy of the weights.
-
-    ``dst`` is a file object, not a path: given a path, torch names the archive's top folder after the
-    file (``.model.pt.tmp-123/data.pkl``), so the bytes would depend on the output's name; given a file
-    object it writes ``archive/``, as ``torch.save`` to a buffer does, whatever the file is called."""
+def canonical_archive(src: Path, dst: Path) -> None:
+    """Re-write the TorchScript zip ``src`` to ``dst`` without ``*.debug_pkl`` records and with sorted
+    ``Final`` declarations, by torch's own reader and writer (64-byte aligned records; it adds
+    ``byteorder`` and ``serialization_id`` itself, the latter derived from the content). File to file,
+    one record at a time: export memory stays at about one copy of the weights."""
     import torch
 
     reader = torch._C.PyTorchFileReader(str(src))
-    writer = torch._C.PyTorchFileWriter(dst)
-    for name in reader.get_all_records():
-        if name.endswith(".debug_pkl") or name in ("byteorder", ".data/serialization_id"):
-            continue
-        rec = reader.get_record(name)
-        if name.startswith("code/") and name.endswith(".py"):
-            rec = _sort_final_runs(rec)
-        writer.write_record(name, rec, len(rec))
-        del rec
-    writer.write_end_of_file()
-    del writer, reader
+    out = _GuardedFile(dst)
+    try:
+        writer = torch._C.PyTorchFileWriter(out)  # through a file object: its records are under "archive/"
+        for name in reader.get_all_records():
+            if name.endswith(".debug_pkl") or name in ("byteorder", ".data/serialization_id"):
+                continue
+            rec = reader.get_record(name)
+            if name.startswith("code/") and name.endswith(".py"):
+                rec = _sort_final_runs(rec)
+            writer.write_record(name, rec, len(rec))
+            del rec
+        writer.write_end_of_file()
+        del writer, reader
+    finally:
+        out.close()  # raises the first failed write (a full disk: ENOSPC) as an OSError

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, List
 
 from ..errors import OutputError
-from ..outputs import atomic_output
+from ..outputs import atomic_outputs, foreign_reason
 from .compare import fmt, where_line
 
 REPORT_FORMAT = "xlstm-export-validation/1"
@@ -37,30 +37,94 @@ def to_json(report: dict) -> str:
     return json.dumps(_jsonable(report), indent=1, sort_keys=False, allow_nan=False) + "\n"
 
 
+def _short(path: Path, n: int = 200) -> str:
+    s = str(path)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _lexists(p: Path, where: Path) -> bool:
+    try:
+        os.lstat(p)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:  # no permission to look, a name too long for the file system, a loop of links...
+        raise OutputError(f"{_short(where)}: cannot be the report folder: {e.strerror or e}") from None
+
+
+def _missing_ancestors(out: Path) -> List[Path]:
+    """``out`` and its parents that do not exist yet, nearest first (what :func:`write_report` creates)."""
+    missing = []
+    p = out
+    while not _lexists(p, out):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    return missing
+
+
 def check_report_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
-    """The report folder may be written: not a file, and holding no report unless ``force`` (OutputError)."""
+    """The report folder may be written (OutputError otherwise, one line): it is a folder or can be made
+    one in a writable place, and holds no report unless ``force``; with ``force`` the report files there
+    must be recognisably this tool's (a folder or another file at ``report.json``'s place is never
+    replaced)."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: cannot be the report folder: a file is in the way")
-    taken = [n for n in FILES if (out / n).exists()]
-    if taken and not force:
-        raise OutputError(f"{out}: already holds a report ({', '.join(taken)}); pass --force to replace it")
+    missing = _missing_ancestors(out)
+    if not missing:
+        try:
+            is_dir = out.is_dir()
+        except OSError as e:
+            raise OutputError(f"{_short(out)}: cannot be the report folder: {e.strerror or e}") from None
+        if not is_dir:
+            raise OutputError(f"{out}: cannot be the report folder: a file is in the way")
+        taken = [n for n in FILES if _lexists(out / n, out)]
+        if taken and not force:
+            raise OutputError(f"{out}: already holds a report ({', '.join(taken)}); pass --force to replace it")
+        for n in taken:
+            why = foreign_reason(out / n)
+            if why is not None:
+                raise OutputError(f"{out / n}: exists and is not a report of xlstm-export ({why}); --force "
+                                  f"replaces only those: remove it or choose another report folder")
+        where = out
+    else:
+        where = missing[-1].parent  # the nearest existing folder
+        if not where.is_dir():
+            raise OutputError(f"{out}: cannot be the report folder: {where} is not a directory")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: cannot write the report: {where} is not writable")
 
 
 def write_report(report: dict, out_dir: str | os.PathLike, force: bool = False) -> List[Path]:
+    """report.json, report.md, report.html in ``out_dir`` (made if missing): all three or none, each
+    complete; on failure the folders made here are removed again."""
     out = Path(out_dir)
     check_report_dir(out, force)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file in the way, no permission, read-only file system...
-        raise OutputError(f"{out}: cannot create the report folder: {e.strerror or e}") from None
     texts = {"report.json": to_json(report), "report.md": to_markdown(report), "report.html": to_html(report)}
-    paths = []
-    for name in FILES:
-        with atomic_output(out / name, force=True) as tmp:
-            tmp.write_text(texts[name], encoding="utf-8")
-        paths.append(out / name)
-    return paths
+    made: List[Path] = []  # the folders this call created, outermost first
+    ok = False
+    try:
+        for d in reversed(_missing_ancestors(out)):
+            try:
+                d.mkdir()
+                made.append(d)
+            except FileExistsError:
+                if not d.is_dir():
+                    raise OutputError(f"{_short(out)}: cannot create the report folder: {d} is a file") from None
+            except OSError as e:  # no permission, read-only file system...
+                raise OutputError(f"{_short(out)}: cannot create the report folder: {e.strerror or e}") from None
+        with atomic_outputs([out / n for n in FILES], force) as tmps:
+            for name, tmp in zip(FILES, tmps):
+                tmp.write_text(texts[name], encoding="utf-8")
+        ok = True
+    finally:
+        if not ok:
+            for d in reversed(made):
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+    return [out / n for n in FILES]
 
 
 # -- shared pieces -------------------------------------------------------------------------------
