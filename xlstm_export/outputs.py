@@ -133,6 +133,25 @@ def _is_our_package(p: Path) -> Optional[str]:
     return None
 
 
+def _is_our_pte(p: Path, chunk: int = 1 << 20) -> bool:
+    """An ExecuTorch program (flatbuffer identifier ``ET..`` at byte 4) holding our contract method."""
+    mark = b"xlstm_export_io"
+    try:
+        with open(p, "rb") as f:
+            if f.read(8)[4:6] != b"ET":
+                return False
+            tail = b""
+            while True:  # the method names sit in the program's header tables: the first chunk in practice
+                block = f.read(chunk)
+                if not block:
+                    return False
+                if mark in tail + block:
+                    return True
+                tail = block[-len(mark):]
+    except OSError:
+        return False
+
+
 def _is_our_file(p: Path, name: str) -> Optional[str]:
     if name.endswith(".pt"):
         try:
@@ -153,6 +172,8 @@ def _is_our_file(p: Path, name: str) -> Optional[str]:
     if name.endswith(".swift"):
         first = _head(p, 4096).split(b"\n", 1)[0].decode("utf-8", "replace")
         return None if first.startswith(_SWIFT_HEAD) and _SWIFT_MARK in first else "not a Swift snippet of xlstm-export"
+    if name.endswith(".pte"):
+        return None if _is_our_pte(p) else "not an ExecuTorch program written by xlstm-export"
     if name in _REPORT_MARKS:
         return None if _REPORT_MARKS[name] in _head(p, 4096) else f"not a {name} written by xlstm-export"
     return None  # another name: a regular file is all we can ask for
@@ -163,7 +184,8 @@ def foreign_reason(path: str | os.PathLike) -> Optional[str]:
     replace; otherwise why not ("a directory", "not a TorchScript archive", ...). By the name: an
     ``.mlpackage`` folder holding a Core ML manifest and a spec with this tool's I/O contract; a TorchScript
     ``.pt`` archive holding it; an ``.onnx`` model whose producer is xlstm-export, its ``.onnx.data``
-    beside it; the Swift snippet; a validation report file; another name: any regular file. A symbolic link
+    beside it; an ExecuTorch ``.pte`` holding our contract method; the Swift snippet; a validation report
+    file; another name: any regular file. A symbolic link
     is judged by what it points to (and only the link is replaced)."""
     p = Path(path)
     try:

@@ -131,3 +131,14 @@ def test_cli_export_is_quiet_and_one_line_per_result(checkpoint_factory, tmp_pat
     assert len(lines) == 2 and lines[0].startswith("wrote ") and lines[1].startswith("validation PASS: executorch fp32 on "
                                                                                       "ExecuTorch")
     assert Path(tmp_path / "m.pte").stat().st_size > 0
+
+
+def test_force_replaces_our_program_but_not_a_foreign_pte(tmp_path):
+    from xlstm_export.outputs import foreign_reason
+
+    ours = tmp_path / "ours.pte"
+    ours.write_bytes(b"<\x00\x00\x00ET12" + b"\x00" * 100 + b"xlstm_export_io" + b"\x00" * 10)
+    theirs = tmp_path / "theirs.pte"
+    theirs.write_bytes(b"<\x00\x00\x00ET12" + b"\x00" * 200)
+    assert foreign_reason(ours) is None
+    assert foreign_reason(theirs) == "not an ExecuTorch program written by xlstm-export"
