@@ -32,7 +32,7 @@ from .. import __version__
 from ..errors import ArtifactError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps
-from ..validation.contract import check_contract, contract_batch_size, parse_contract
+from ..validation.contract import check_contract, contract_batch_size, declared_precision, parse_contract
 from .emit import (DATA_RECORD, PRECISIONS, WRITER_RECORDS, Digest, TorchScriptOptions, canonical_records,
                    contract_for, record_digest, remember_records, remembered_records, script_model)
 
@@ -124,10 +124,7 @@ def check_archive(path: Path, graph: Graph) -> dict:
     reader = open_reader(path)
     contract = read_contract(path, reader)
     check_contract(contract, graph, where)  # "exported from a different model" comes first
-    precision = contract.get("precision")
-    if precision not in PRECISIONS:
-        raise ArtifactError(f"{where}: its contract declares precision {str(precision)[:40]!r}; xlstm-export "
-                            f"writes TorchScript in {', '.join(PRECISIONS)} ({HOW})")
+    declared_precision(contract, where, "torchscript", PRECISIONS)  # target and precision pick the tolerance
     try:
         names = list(reader.get_all_records())
         why = first_difference(reader, names, expected_records(graph, contract))
