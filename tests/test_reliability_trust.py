@@ -283,30 +283,38 @@ def test_torchscript_archive_differing_from_ours_is_refused_before_loading(expor
     assert loads == []
 
 
+DIRTY_EMIT = r"""
+import sys
+from xlstm_export.frontends import load_checkpoint
+from xlstm_export.torchscript import TorchScriptOptions, emit, script_model
+
+*others, ckpt, out = sys.argv[1:]
+for other in others:  # TorchScript would mangle the class names of what is scripted after these
+    script_model(load_checkpoint(other))
+emit(load_checkpoint(ckpt), TorchScriptOptions(precision="fp16"), out)
+"""
+
+
 def test_torchscript_exports_pass_the_check_from_any_process(checkpoint_factory, tmp_path):
     """The check relies on exports being the same in every process: an export made in a process that
-    scripted other models first (TorchScript would mangle its class names) is accepted by a fresh
-    ``validate`` process, which scripts the expected archive itself."""
-    from xlstm_export.frontends import load_checkpoint
-    from xlstm_export.torchscript import TorchScriptOptions, emit, script_model
-
+    scripted other models first is record for record a fresh export, and a fresh ``validate`` process
+    (which scripts the expected archive itself) accepts it."""
     import torch
 
-    for other in ("hybrid", "large"):
-        script_model(load_checkpoint(checkpoint_factory(other)))
-    art = emit(load_checkpoint(checkpoint_factory(CKPT)), TorchScriptOptions(precision="fp16"), tmp_path / "m.pt")
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "xlstm_export", "torchscript", "--checkpoint",
-                           str(checkpoint_factory(CKPT)), "-o", str(fresh / "m.pt"), "--precision", "fp16",
-                           "--no-validate"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    a, b = (torch._C.PyTorchFileReader(str(p)) for p in (art.path, fresh / "m.pt"))
+    ckpt = str(checkpoint_factory(CKPT))
+    others = [str(checkpoint_factory(n)) for n in ("hybrid", "large")]
+    dirty, fresh = tmp_path / "dirty.pt", tmp_path / "fresh.pt"
+    runs = [[sys.executable, "-c", DIRTY_EMIT, *others, ckpt, str(dirty)],
+            [sys.executable, "-m", "xlstm_export", "torchscript", "--checkpoint", ckpt, "-o", str(fresh),
+             "--precision", "fp16", "--no-validate"]]
+    for cmd in runs:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = (torch._C.PyTorchFileReader(str(p)) for p in (dirty, fresh))
     assert a.get_all_records() == b.get_all_records()  # no mangled class names of its own
     assert all(a.get_record(n) == b.get_record(n) for n in a.get_all_records())
-    proc = subprocess.run([sys.executable, "-m", "xlstm_export", "validate", str(art.path), "--checkpoint",
-                           str(checkpoint_factory(CKPT)), "--steps", "1", "--prompts", "1"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "xlstm_export", "validate", str(dirty), "--checkpoint", ckpt,
+                           "--steps", "1", "--prompts", "1"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "validation PASS: torchscript fp16" in proc.stdout
 

@@ -68,7 +68,7 @@ def read_contract(path: Path, reader=None) -> dict:
     return parse_contract(text, str(path))
 
 
-def expected_records(graph: Graph, contract: dict) -> Dict[str, Digest]:
+def expected_records(graph: Graph, contract: dict, where: str = "the contract") -> Dict[str, Digest]:
     """Digests of the records of the archive xlstm-export writes for ``contract`` (from ``graph``, whose
     profile the contract holds): remembered from an export in this process, else scripted now."""
     import torch
@@ -76,7 +76,7 @@ def expected_records(graph: Graph, contract: dict) -> Dict[str, Digest]:
     known = remembered_records(contract)
     if known is not None:
         return known
-    options = TorchScriptOptions(precision=contract["precision"], batch_size=contract_batch_size(contract, ""))
+    options = TorchScriptOptions(precision=contract["precision"], batch_size=contract_batch_size(contract, where))
     ours = contract_for(graph, options)
     scripted = script_model(graph, options.precision)
     raw = scripted.save_to_buffer(_extra_files={IO_KEY: dumps(ours)})
@@ -127,7 +127,7 @@ def check_archive(path: Path, graph: Graph) -> dict:
     declared_precision(contract, where, "torchscript", PRECISIONS)  # target and precision pick the tolerance
     try:
         names = list(reader.get_all_records())
-        why = first_difference(reader, names, expected_records(graph, contract))
+        why = first_difference(reader, names, expected_records(graph, contract, where))
     except RuntimeError as e:  # torch's reader on a damaged record
         raise ArtifactError(f"{where}: not a loadable TorchScript archive ({first_line(e)})") from None
     if why is not None:
