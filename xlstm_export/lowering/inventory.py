@@ -31,6 +31,7 @@ class Inventory:
     def __init__(self, graph: Graph, policy: PrecisionPolicy, batch_size: int, tokens: int = 1):
         self.graph, self.policy, self.batch, self.tokens = graph, policy, batch_size, tokens
         self.table: Dict[str, Entry] = {}
+        self._idents: set = set()
 
     def _record(self, key: str, dtype: str, shape: Tuple[int, ...]) -> str:
         self.table.setdefault(key, (dtype, tuple(int(d) for d in shape)))
@@ -43,7 +44,12 @@ class Inventory:
         return like
 
     def weight(self, spec: WeightSpec) -> str:
-        return self._record(spec.key, self.policy.dtype(spec.role), spec.shape)
+        dtype = self.policy.dtype(spec.role)
+        ident = spec.identity(self.graph, dtype)  # as the backends cache: tied weights are one constant,
+        if ident in self._idents:                 # named by the first key that asked for it
+            return dtype
+        self._idents.add(ident)
+        return self._record(spec.key, dtype, spec.shape)
 
     def constant(self, value: Any, role: str, name: str) -> str:
         import numpy as np
@@ -89,7 +95,7 @@ def constants(graph: Graph, policy: PrecisionPolicy, batch_size: int = 1, prefil
     inv = Inventory(graph, policy, batch_size)
     step(inv, "int32")
     table = dict(inv.table)
-    if prefill_chunk is not None:
+    if prefill_chunk is not None:  # its own function: its own constants (on disk, one blob per weight)
         inv = Inventory(graph, policy, batch_size, tokens=prefill_chunk)
         prefill(inv, "int32", last_logits_only)
         for k, v in inv.table.items():
