@@ -55,13 +55,17 @@ def export(checkpoint: Checkpoint, target: str, output: str | os.PathLike, *, fo
 def validate(artifact: str | os.PathLike, checkpoint: Checkpoint, *, format: Optional[str] = None,
              report: Optional[str | os.PathLike] = None, force: bool = False, steps: int = 10, prompts: int = 3,
              prompt_len: int = 12, seed: int = 0, batch_size: Optional[int] = None,
-             extra_prompts: Optional[Sequence[Sequence[int]]] = None):
+             extra_prompts: Optional[Sequence[Sequence[int]]] = None, trust_artifact: bool = False):
     """Compare the artifact at ``artifact`` with the reference model of ``checkpoint``: each prompt's
     prefill, then ``steps`` greedy decode steps fed the reference's tokens. Returns a
     :class:`~xlstm_export.validation.ValidationResult` (``passed``, ``report`` dict, ``summary_line()``,
     ``raise_if_failed()``); it does not raise on parity. ``report``: a folder for report.json/.md/.html
     (an existing report is replaced only with ``force``). ``extra_prompts`` default to the example task's
-    held-out sequences when the checkpoint folder has a ``train_log.json``."""
+    held-out sequences when the checkpoint folder has a ``train_log.json``. The artifact must be what
+    xlstm-export writes for what its I/O contract declares (checked first: a TorchScript archive record by
+    record before its code is loaded and run, the others' tensor dtypes and shapes against the declared
+    precision, which picks the tolerance); ``trust_artifact=True`` skips that check, for artifacts you
+    trust (it then loads and runs a TorchScript archive's code, whatever it does)."""
     from .validation import validate_artifact
     from .validation.prompts import task_prompts
 
@@ -70,7 +74,7 @@ def validate(artifact: str | os.PathLike, checkpoint: Checkpoint, *, format: Opt
         extra_prompts = task_prompts(checkpoint) if not isinstance(checkpoint, Graph) else []
     return validate_artifact(artifact, graph, batch_size=batch_size, steps=steps, num_prompts=prompts,
                              prompt_len=prompt_len, seed=seed, extra_prompts=extra_prompts, report_dir=report,
-                             force=force)
+                             force=force, trust_artifact=trust_artifact)
 
 
 __all__ = ["load_checkpoint", "export", "validate", "Artifact", "Graph"]

@@ -378,12 +378,17 @@ def validate_options(f: Callable) -> Callable:
 @click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=None,
               help="Batch size to run at (default: the artifact's); checked against the memory available.")
 @click.option("--force", is_flag=True, help="Replace an existing report.")
+@click.option("--trust-artifact", is_flag=True,
+              help="Skip the check that ARTIFACT is what xlstm-export writes for what its I/O contract declares. "
+                   "Loading a TorchScript archive runs its code: without this flag only archives whose code is "
+                   "xlstm-export's are loaded. Only for artifacts you trust.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and figures as JSON (the report's summary).")
 def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | None, steps: int,
              num_prompts: int, prompt_len: int, seed: int, batch_size: int | None, force: bool,
-             as_json: bool) -> None:
+             trust_artifact: bool, as_json: bool) -> None:
     """Compare ARTIFACT with the reference model of its checkpoint: prefill + greedy decode on several
-    prompts. Exit 0 within tolerance, 1 outside it (after writing the report), 2 on bad input."""
+    prompts. Exit 0 within tolerance, 1 outside it (after writing the report), 2 on bad input (including
+    an artifact that is not what xlstm-export writes for what it declares, unless --trust-artifact)."""
     from pathlib import Path
 
     from . import api
@@ -400,7 +405,8 @@ def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | 
     extra = task_prompts(checkpoint)
     check_validation_memory(graph, batch_size or 1, max([prompt_len, *map(len, extra)]))  # before opening
     result = api.validate(path, graph, report=report, force=force, steps=steps, prompts=num_prompts,
-                          prompt_len=prompt_len, seed=seed, batch_size=batch_size, extra_prompts=extra)
+                          prompt_len=prompt_len, seed=seed, batch_size=batch_size, extra_prompts=extra,
+                          trust_artifact=trust_artifact)
     click.echo(json.dumps(validation_json(result)) if as_json else result.summary_line())
     result.raise_if_failed()
 

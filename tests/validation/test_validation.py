@@ -169,16 +169,21 @@ def test_validate_default_report_dir(artifacts, tmp_path):
 
 @pytest.fixture(scope="module")
 def broken(artifacts, tmp_path_factory):
-    """The hybrid artifact with one weight perturbed (block 1's sLSTM input weights), saved as TorchScript."""
+    """The hybrid artifact with one weight perturbed (block 1's sLSTM input weights), saved as TorchScript
+    and canonicalised as the emitter does: only a weight differs from an export, so it passes the check
+    that its code is xlstm-export's and is judged by the tolerance."""
+    from xlstm_export.torchscript.emit import canonical_archive
+
     ckpt, graph, art = artifacts["hybrid"]
     extra = {IO_KEY: ""}
     m = torch.jit.load(str(art), _extra_files=extra)
     with torch.no_grad():
         p = dict(m.named_parameters())["blocks.1.w_in"]
         p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
-    out = tmp_path_factory.mktemp("broken") / "broken.pt"
-    torch.jit.save(m, str(out), _extra_files=extra)
-    return ckpt, graph, out
+    d = tmp_path_factory.mktemp("broken")
+    torch.jit.save(m, str(d / "raw.pt"), _extra_files=extra)
+    canonical_archive(d / "raw.pt", d / "broken.pt")
+    return ckpt, graph, d / "broken.pt"
 
 
 def test_broken_artifact_fails_with_exit_1_and_says_where(broken, tmp_path):

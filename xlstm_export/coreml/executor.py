@@ -58,9 +58,47 @@ def _np_dtype(var) -> Optional[np.dtype]:
     return None
 
 
+MAX_PACKAGE_ENTRIES = 10_000  # ours hold 5 (manifest, 2 folders, spec, weights); a package is a small tree
+
+
+def check_package_tree(path: str | os.PathLike) -> None:
+    """Every entry of the package is a plain directory or a regular file: a FIFO (``weight.bin``) would
+    block the reader, a device never end, and a symbolic link would have it read outside the package."""
+    import stat
+
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ArtifactError(f"{path}: a Core ML package is a directory; this is "
+                            + ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "not one"))
+    def unreadable(e: OSError) -> None:
+        raise ArtifactError(f"{e.filename or path}: cannot be read ({e.strerror or e})")
+
+    seen = 0
+    for root, dirs, files in os.walk(path, onerror=unreadable):
+        for name in dirs + files:
+            seen += 1
+            if seen > MAX_PACKAGE_ENTRIES:
+                raise ArtifactError(f"{path}: more than {MAX_PACKAGE_ENTRIES} entries; not a package xlstm-export "
+                                    f"writes")
+            p = Path(root) / name
+            try:
+                mode = os.lstat(p).st_mode
+            except OSError as e:
+                unreadable(e)
+            if stat.S_ISLNK(mode):
+                raise ArtifactError(f"{p}: a symbolic link inside the package (it could point outside it)")
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise ArtifactError(f"{p}: not a regular file (a FIFO, socket or device) inside the package")
+
+
 def open_package(path: str | os.PathLike):
     """``MLModel(path, skip_model_load=True)`` (no Core ML framework needed); one line if unreadable."""
     ct = _ct()
+    check_package_tree(path)
     try:
         return ct.models.MLModel(str(path), skip_model_load=True)
     except Exception as e:  # coremltools raises bare Exceptions for unreadable packages

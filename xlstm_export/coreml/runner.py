@@ -73,6 +73,7 @@ class CoreMLRunner:
             raise UnsupportedError(f"coreml runner: compute units must be one of {COMPUTE_UNITS}, "
                                    f"got {compute_units!r}")
         self.contract, spec = read_contract(self.path)
+        self.spec = spec
         if graph is not None:
             check_contract(self.contract, graph, where)
             slots = state_slots(self.contract, graph, where)
@@ -229,10 +230,90 @@ class CoreMLRunner:
         return out
 
 
-def open_runner(path: str | Path, graph: Graph, **opts) -> CoreMLRunner:
-    """The validation registry's factory for ``.mlpackage`` artifacts."""
-    return CoreMLRunner(path, graph, **opts)
+def _feature(f) -> Tuple[str, Optional[List[int]]]:
+    """(data type name, shape) of a multi-array input/output or a state of a function description."""
+    from coremltools.proto import FeatureTypes_pb2 as ft
+
+    which = f.type.WhichOneof("Type")
+    arr = f.type.multiArrayType if which == "multiArrayType" else (
+        f.type.stateType.arrayType if which == "stateType" else None)
+    if arr is None:
+        return str(which), None
+    try:
+        name = ft.ArrayFeatureType.ArrayDataType.Name(arr.dataType)
+    except ValueError:
+        name = str(arr.dataType)
+    return name, [int(d) for d in arr.shape]
+
+
+def verify(runner: CoreMLRunner, graph: Graph) -> None:
+    """Raise ArtifactError unless the package is what xlstm-export writes for the options its contract
+    declares (precision, batch size, prefill chunk): the contract itself, each function's inputs, outputs
+    and states, and the dtype and shape of every weight and constant the lowering makes
+    (``lowering.inventory``; not their values, which validation measures). The declared precision picks
+    the tolerance, so it must be the precision of the actual tensors."""
+    from ..lowering import core_ml_name, policy_for
+    from ..lowering.inventory import constants
+    from ..validation.contract import TRUST_HINT, check_contract_is, declared_precision
+    from .backend import stored_states
+    from .emit import PREFILL_FUNCTION, CoreMLOptions, contract_for
+    from .executor import load_program
+
+    where, plan, B = str(runner.path), runner.prefill, runner.batch_size
+    precision = declared_precision(runner.contract, where, "coreml", ("fp16", "fp32"))
+    last = bool(plan.last_logits_only) if plan else False
+    options = CoreMLOptions(batch_size=B, precision=precision, prefill_chunk=plan.chunk if plan else None,
+                            last_logits_only=last)
+    what = f"its declaration (coreml {precision}, batch {B}" + (f", prefill chunk {plan.chunk})" if plan else ")")
+    check_contract_is(runner.contract, contract_for(graph, options), where, what)
+
+    def refuse(why: str) -> None:
+        raise ArtifactError(f"{where}: not the package xlstm-export writes for {what}: {why}; its tolerance is "
+                            f"chosen by that declaration (re-export it, or {TRUST_HINT})")
+
+    policy = policy_for("coreml", precision)
+    V = graph.config.vocab_size
+    states = {cm: ("FLOAT16", list(shape)) for _, cm, shape, _ in stored_states(graph, B, policy)}
+    for fname, T in (("main", 1), (PREFILL_FUNCTION, plan.chunk if plan else None)):
+        if T is None:
+            continue
+        fn = function_description(runner.spec, fname)
+        want = {"input": {"input_ids": ("INT32", [B, T])},
+                "output": {"logits": ("FLOAT32", [B, 1 if fname != "main" and last else T, V])},
+                "state": states}
+        for kind, expected in want.items():
+            got = {f.name: _feature(f) for f in getattr(fn, kind)} if fn is not None else {}
+            if got != expected:
+                bad = next((n for n in sorted(set(got) | set(expected)) if got.get(n) != expected.get(n)), None)
+                refuse(f"function {fname!r} {kind} {bad!r} is {got.get(bad, 'missing')}, xlstm-export writes "
+                       f"{expected.get(bad, 'none')}")
+    prog = runner._executor.prog if getattr(runner, "_executor", None) is not None else load_program(runner.path)[0]
+    found = {}
+    for func in prog.functions.values():
+        for op in func.operations:
+            val = op.outputs[0].val if op.op_type == "const" else None
+            if isinstance(val, np.ndarray):
+                found.setdefault(op.name, (str(val.dtype), tuple(val.shape)))
+    names = {"fp16": "float16", "fp32": "float32"}
+    for key, (dtype, shape) in sorted(constants(graph, policy, B, options.prefill_chunk, last).items()):
+        name = core_ml_name(key)
+        if name not in found:
+            refuse(f"it lacks the constant {name!r}")
+        if found[name] != (names[dtype], shape):
+            refuse(f"constant {name!r} is {found[name][0]} {list(found[name][1])}, xlstm-export writes "
+                   f"{names[dtype]} {list(shape)}")
+
+
+def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **opts) -> CoreMLRunner:
+    """The validation registry's factory for ``.mlpackage`` artifacts: checked against ``graph``'s contract
+    and, unless ``trust_artifact``, checked to be what xlstm-export writes for what it declares
+    (:func:`verify`)."""
+    runner = CoreMLRunner(path, graph, **opts)
+    runner.trusted = bool(trust_artifact)
+    if not trust_artifact:
+        verify(runner, graph)
+    return runner
 
 
 __all__ = ["BACKENDS", "CoreMLRunner", "coreml_runtime_available", "function_description", "open_runner",
-           "read_contract"]
+           "read_contract", "verify"]

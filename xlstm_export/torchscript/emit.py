@@ -31,25 +31,31 @@ installed.
 A full disk: torch's zip writer, writing to a path, dies in ``std::terminate`` (SIGABRT) when a write fails,
 so the raw save runs in a forked child on Linux (elsewhere after a check of the room; :func:`save_raw`) and the re-write goes through a file object that
 keeps the error instead of raising it into the writer (:class:`_GuardedFile`); both end as one
-:class:`~xlstm_export.errors.OutputError` line with nothing left behind. Not across emits *within one process*: TorchScript's process-wide type
-registry gives a module class scripted again with other attributes a mangled name
-(``Linear`` -> ``___torch_mangle_13.Linear``), so an emit after other scripting in the same process names
-(and groups) its classes differently -- an equivalent module, other bytes. Clearing that registry
-(``torch._C._jit_clear_class_registry``) crashes modules scripted earlier, so the emitter does not.
+:class:`~xlstm_export.errors.OutputError` line with nothing left behind. Also within one process: TorchScript's process-wide type registry gives a module class scripted again
+with other attributes a mangled name (``Linear`` -> ``___torch_mangle_13.Linear``), so scripting after other
+scripting in the same process would name (and group) its classes differently. :func:`script_model` therefore
+scripts in a fresh compilation unit with fresh type caches (:func:`isolated_scripting`), as a fresh
+interpreter would, and puts torch's back afterwards (clearing the registry instead,
+``torch._C._jit_clear_class_registry``, crashes modules scripted earlier). So an archive's code is a function
+of the I/O contract alone (profile, precision, batch size) and torch's version: ``torchscript/trust.py``
+checks archives against it before loading them, since loading a TorchScript archive runs its code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
 import signal
 import sys
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
 
 try:
     import resource
@@ -89,14 +95,44 @@ def contract_for(graph: Graph, options: TorchScriptOptions) -> dict:
         state_output=lambda n: f"states[{index[n]}]", target=TARGET, precision=options.precision)
 
 
+@contextlib.contextmanager
+def isolated_scripting() -> Iterator[None]:
+    """Script inside a fresh compilation unit with fresh type and function caches, as a fresh interpreter
+    would: class names are then not mangled by what this process scripted before, so the archive's
+    code is the same in every process. torch's own unit and caches are put back afterwards; modules
+    scripted before or inside keep theirs (a module holds its compilation unit). Not thread-safe."""
+    import torch
+    import torch.jit._recursive as recursive
+    import torch.jit._state as state
+
+    saved = (state._python_cu, recursive._python_cu, recursive.concrete_type_store, state._jit_caching_layer,
+             state._jit_function_overload_caching, dict(state._script_classes), dict(state._name_to_pyclass))
+    state._python_cu = recursive._python_cu = torch._C.CompilationUnit()
+    recursive.concrete_type_store = recursive.ConcreteTypeStore()
+    state._jit_caching_layer = weakref.WeakKeyDictionary()
+    state._jit_function_overload_caching = weakref.WeakKeyDictionary()
+    state._script_classes.clear()
+    state._name_to_pyclass.clear()
+    try:
+        yield
+    finally:
+        (state._python_cu, recursive._python_cu, recursive.concrete_type_store, state._jit_caching_layer,
+         state._jit_function_overload_caching, classes, names) = saved
+        state._script_classes.clear()
+        state._script_classes.update(classes)
+        state._name_to_pyclass.clear()
+        state._name_to_pyclass.update(names)
+
+
 def script_model(graph: Graph, precision: str = "fp32"):
-    """The scripted reference model of ``graph`` on cpu with weights in ``precision``."""
+    """The scripted reference model of ``graph`` on cpu with weights in ``precision`` (scripted in isolation:
+    the same code in every process)."""
     import torch
 
     from ..reference import build_model
 
     model = build_model(graph, device="cpu", dtype=precision)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), isolated_scripting():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still supported
         return torch.jit.script(model)
 
@@ -118,7 +154,8 @@ def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike)
         raw = scratch_for(tmp) / "raw.pt"  # beside the output (its file system), not in TMPDIR
         save_raw(scripted, raw, {IO_KEY: dumps(contract)})
         del scripted  # the weights live on only in raw.pt now
-        canonical_archive(raw, tmp)
+        records = canonical_archive(raw, tmp)
+    remember_records(contract, records)  # what validating this contract's archives compares against
     return Artifact(out_path, TARGET, options.precision, contract)
 
 
@@ -256,26 +293,72 @@ def _sort_final_runs(code: bytes) -> bytes:
     return b"\n".join(out[:-1])
 
 
-def canonical_archive(src: Path, dst: Path) -> None:
+# Records torch's writer adds itself (canonical_archive drops the source's): byteorder, and an id derived
+# from the content (it changes with the weights, and nothing reads it as code).
+WRITER_RECORDS = ("byteorder", ".data/serialization_id")
+DATA_RECORD = re.compile(r"^data/\d+$")  # tensor storages: weights, whose values validation measures
+Digest = Tuple[int, Optional[str]]  # (size, sha256 hex; None for data records and the serialization id)
+
+
+def record_digest(name: str, rec: bytes) -> Digest:
+    """A record's size and, unless it holds weights or the serialization id, its sha256."""
+    if DATA_RECORD.match(name) or name == ".data/serialization_id":
+        return len(rec), None
+    return len(rec), hashlib.sha256(rec).hexdigest()
+
+
+def canonical_records(reader) -> Iterator[Tuple[str, bytes]]:
+    """``(name, bytes)`` of every record the canonical archive copies from a raw one: no ``*.debug_pkl``
+    (source paths), none of :data:`WRITER_RECORDS`, ``Final`` declarations sorted in code records."""
+    for name in reader.get_all_records():
+        if name.endswith(".debug_pkl") or name in WRITER_RECORDS:
+            continue
+        rec = reader.get_record(name)
+        if name.startswith("code/") and name.endswith(".py"):
+            rec = _sort_final_runs(rec)
+        yield name, rec
+
+
+def canonical_archive(src: Path, dst: Path) -> Dict[str, Digest]:
     """Re-write the TorchScript zip ``src`` to ``dst`` without ``*.debug_pkl`` records and with sorted
     ``Final`` declarations, by torch's own reader and writer (64-byte aligned records; it adds
     ``byteorder`` and ``serialization_id`` itself, the latter derived from the content). File to file,
-    one record at a time: export memory stays at about one copy of the weights."""
+    one record at a time: export memory stays at about one copy of the weights. Returns every record's
+    :func:`record_digest` (those the writer adds included)."""
     import torch
 
     reader = torch._C.PyTorchFileReader(str(src))
+    digests: Dict[str, Digest] = {}
     out = _GuardedFile(dst)
     try:
         writer = torch._C.PyTorchFileWriter(out)  # through a file object: its records are under "archive/"
-        for name in reader.get_all_records():
-            if name.endswith(".debug_pkl") or name in ("byteorder", ".data/serialization_id"):
-                continue
-            rec = reader.get_record(name)
-            if name.startswith("code/") and name.endswith(".py"):
-                rec = _sort_final_runs(rec)
+        for name, rec in canonical_records(reader):
             writer.write_record(name, rec, len(rec))
+            digests[name] = record_digest(name, rec)
             del rec
         writer.write_end_of_file()
         del writer, reader
     finally:
         out.close()  # raises the first failed write (a full disk: ENOSPC) as an OSError
+    back = torch._C.PyTorchFileReader(str(dst))
+    for name in WRITER_RECORDS:
+        digests[name] = record_digest(name, back.get_record(name))
+    del back
+    return digests
+
+
+# contract JSON (profile, precision, batch size) -> the record digests of the archive this process writes
+# for it; filled by emit and by torchscript.trust (which scripts the model again when it is missing)
+_RECORDS: Dict[str, Dict[str, Digest]] = {}
+
+
+def remember_records(contract: dict, records: Dict[str, Digest]) -> None:
+    import torch
+
+    _RECORDS[f"{torch.__version__}\n{dumps(contract)}"] = dict(records)
+
+
+def remembered_records(contract: dict) -> Optional[Dict[str, Digest]]:
+    import torch
+
+    return _RECORDS.get(f"{torch.__version__}\n{dumps(contract)}")

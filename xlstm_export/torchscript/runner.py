@@ -1,4 +1,9 @@
-"""Validation runner over a saved TorchScript artifact (``torch.jit.load``; no xlstm_export code runs in it)."""
+"""Validation runner over a saved TorchScript artifact (``torch.jit.load``; no xlstm_export code runs in it).
+
+``torch.jit.load`` runs the archive's code, so the runner first checks (``trust.check_archive``, reading
+records only) that the archive is, but for its weight values, what xlstm-export writes for its contract;
+``trust_artifact=True`` (``validate --trust-artifact``) skips that check for an archive the caller trusts.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +25,19 @@ class TorchScriptRunner(TorchModuleRunner):
     kind = "torchscript"
     runtime_name = "TorchScript"
 
-    def __init__(self, path: str | Path, graph: Graph, batch_size: Optional[int] = None, device: str = "cpu"):
+    def __init__(self, path: str | Path, graph: Graph, batch_size: Optional[int] = None, device: str = "cpu",
+                 trust_artifact: bool = False):
         import torch
 
         from ..reference import resolve_device
+        from .trust import check_archive
 
         path = Path(path)
         where = str(path)
         device = resolve_device(device)  # UnsupportedError for a device torch lacks, before reading anything
+        if not trust_artifact:
+            check_archive(path, graph)  # before torch.jit.load runs any of its code
+        self.trusted = bool(trust_artifact)
         extra = {IO_KEY: ""}
         try:
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)

@@ -20,7 +20,7 @@ from ..graphs import Graph
 from ..graphs.io import IO_FORMAT, IO_KEY
 
 __all__ = ["IO_KEY", "StateSlot", "parse_contract", "check_contract", "state_slots", "profile_diff",
-           "contract_batch_size", "check_run_args"]
+           "contract_batch_size", "check_run_args", "declared_precision", "check_contract_is", "TRUST_HINT"]
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,13 @@ def _short(v: Any, n: int = 60) -> str:
     return s if len(s) <= n else s[:n - 3] + "..."
 
 
-def profile_diff(a: Any, b: Any, path: str = "profile", limit: int = 4) -> List[str]:
-    """The first ``limit`` differences between two JSON values (``a`` = artifact, ``b`` = checkpoint),
-    plain fields before nested ones, so the most telling (family, vocab_size, ...) come first."""
+def profile_diff(a: Any, b: Any, path: str = "profile", limit: int = 4,
+                 labels: Sequence[str] = ("artifact", "checkpoint")) -> List[str]:
+    """The first ``limit`` differences between two JSON values (``a`` = artifact, ``b`` = checkpoint, or
+    what ``labels`` name), plain fields before nested ones, so the most telling (family, vocab_size, ...)
+    come first."""
     out: List[str] = []
+    la, lb = labels
 
     def walk(x: Any, y: Any, p: str) -> None:
         if len(out) >= limit:
@@ -101,18 +104,18 @@ def profile_diff(a: Any, b: Any, path: str = "profile", limit: int = 4) -> List[
             keys = sorted(set(x) | set(y), key=lambda k: (isinstance(x.get(k, y.get(k)), (dict, list)), k))
             for k in keys:
                 if k not in x:
-                    out.append(f"{p}.{k}: missing in the artifact, checkpoint has {_short(y[k])}")
+                    out.append(f"{p}.{k}: missing in the {la}, {lb} has {_short(y[k])}")
                 elif k not in y:
-                    out.append(f"{p}.{k}: artifact has {_short(x[k])}, missing in the checkpoint")
+                    out.append(f"{p}.{k}: {la} has {_short(x[k])}, missing in the {lb}")
                 else:
                     walk(x[k], y[k], f"{p}.{k}")
         elif isinstance(x, list) and isinstance(y, list):
             if len(x) != len(y):
-                out.append(f"{p}: artifact has {len(x)} entries, checkpoint {len(y)}")
+                out.append(f"{p}: {la} has {len(x)} entries, {lb} {len(y)}")
             for i, (u, v) in enumerate(zip(x, y)):
                 walk(u, v, f"{p}[{i}]")
-        elif x != y:
-            out.append(f"{p}: artifact {_short(x)}, checkpoint {_short(y)}")
+        elif x != y or type(x) is not type(y):
+            out.append(f"{p}: {la} {_short(x)}, {lb} {_short(y)}")
 
     walk(a, b, path)
     return out
@@ -127,6 +130,34 @@ def check_contract(contract: dict, graph: Graph, where: str) -> None:
         raise ArtifactError(f"{where}: the artifact was exported from a different model than "
                             f"{graph.source or 'the checkpoint'}: " + shown
                             + " (validate it against the checkpoint it was exported from)")
+
+
+TRUST_HINT = "pass --trust-artifact to judge it by its own description anyway"
+
+
+def declared_precision(contract: dict, where: str, target: str, offered: Sequence[str]) -> str:
+    """The contract's precision, if ``target`` writes it (ArtifactError otherwise): it picks the tolerance
+    the artifact is judged by, so it is checked against the artifact's tensors after this."""
+    p = contract.get("precision")
+    if contract.get("target") not in (target, *(() if target != "onnx" else ("onnx-scan",))):
+        raise ArtifactError(f"{where}: its contract declares target {_short(contract.get('target'))}, but "
+                            f"the file is a {target} artifact; its tolerance would be another target's "
+                            f"({TRUST_HINT})")
+    if p not in offered:
+        raise ArtifactError(f"{where}: its contract declares precision {_short(p)}; xlstm-export writes {target} "
+                            f"artifacts in {', '.join(offered)} ({TRUST_HINT})")
+    return p
+
+
+def check_contract_is(contract: dict, expected: dict, where: str, what: str) -> None:
+    """Raise ArtifactError unless the artifact's contract is ``expected``: what xlstm-export writes for
+    the checkpoint and the options the contract declares (``what`` says which)."""
+    a = json.loads(json.dumps(contract))
+    b = json.loads(json.dumps(expected))
+    diffs = profile_diff(a, b, path="contract", limit=3, labels=("artifact", "xlstm-export"))
+    if diffs:
+        raise ArtifactError(f"{where}: its I/O contract is not what xlstm-export writes for {what}: "
+                            + "; ".join(diffs) + f" (re-export it, or {TRUST_HINT})")
 
 
 def state_slots(contract: dict, graph: Graph, where: str) -> List[StateSlot]:

@@ -26,9 +26,15 @@ def detect_kind(path: str | os.PathLike) -> str:
     return target_for_path(path).name
 
 
-def open_artifact(path: str | os.PathLike, graph: Graph, **opts) -> Runner:
+def open_artifact(path: str | os.PathLike, graph: Graph, trust_artifact: bool = False, **opts) -> Runner:
     """A runner over the artifact at ``path``, checked against ``graph`` (ArtifactError, exit 2, if the
-    file is missing, of an unknown kind, or exported from another model)."""
+    file is missing, of an unknown kind, or exported from another model).
+
+    The built-in factories also check, before judging it by the tolerance its contract names, that the
+    artifact is what xlstm-export writes for what its contract declares (a TorchScript archive record by
+    record before ``torch.jit.load`` runs its code; the tensors' dtypes and shapes of the others).
+    ``trust_artifact=True`` (``validate --trust-artifact``) skips that: the artifact is then loaded and
+    judged as it describes itself."""
     from ..targets import target_for_path
 
     p = Path(path)
@@ -36,6 +42,8 @@ def open_artifact(path: str | os.PathLike, graph: Graph, **opts) -> Runner:
         raise ArtifactError(f"{p}: no such artifact (file or .mlpackage directory)")
     target = target_for_path(p)
     check_regular_files(p)
+    if trust_artifact:
+        opts = {**opts, "trust_artifact": True}
     return target.open_runner(p, graph, **opts)
 
 

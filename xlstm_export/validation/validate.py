@@ -94,7 +94,8 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
         "passed": not fails,
         "artifact": {"path": str(artifact_path), "kind": artifact.kind, "precision": artifact.precision,
                      "runtime": getattr(artifact, "runtime", "unknown"), "batch_size": artifact.batch_size,
-                     "max_tokens_per_call": artifact.max_tokens_per_call},
+                     "max_tokens_per_call": artifact.max_tokens_per_call,
+                     "trusted_unchecked": bool(getattr(artifact, "trusted", False))},
         "reference": {"runtime": getattr(reference, "runtime", "unknown")},
         "checkpoint": graph.source,
         "settings": {"steps": steps, "num_prompts": num_prompts, "prompt_len": prompt_len, "seed": seed,
@@ -113,15 +114,17 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
 
 
 def validate_artifact(path: str | os.PathLike, graph: Graph, *, batch_size: Optional[int] = None,
-                      **kwargs) -> ValidationResult:
+                      trust_artifact: bool = False, **kwargs) -> ValidationResult:
     """Open the artifact at ``path`` (kind from its suffix), check its contract against ``graph``, compare.
 
     ``kwargs`` go to :func:`run_validation` (steps, num_prompts, prompt_len, seed, extra_prompts,
-    report_dir, force). Raises ArtifactError (exit 2) for a missing/foreign artifact; never raises on parity:
-    call ``raise_if_failed()`` after using the report.
+    report_dir, force). Raises ArtifactError (exit 2) for a missing/foreign artifact, or one that is not
+    what xlstm-export writes for what its contract declares (``open_artifact``; ``trust_artifact`` skips
+    that check, and so loads a TorchScript archive's code unchecked); never raises on parity: call
+    ``raise_if_failed()`` after using the report.
     """
     opts = {} if batch_size is None else {"batch_size": batch_size}
     if kwargs.get("report_dir") is not None:  # before opening (a Core ML package can take a while)
         check_report_dir(kwargs["report_dir"], kwargs.get("force", False))
-    runner = open_artifact(path, graph, **opts)
+    runner = open_artifact(path, graph, trust_artifact=trust_artifact, **opts)
     return run_validation(runner, graph, artifact_path=str(path), **kwargs)
