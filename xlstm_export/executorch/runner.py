@@ -137,9 +137,34 @@ class ExecuTorchRunner:
         return np.concatenate(logits, axis=1), states
 
 
-def open_runner(path: str | Path, graph: Graph, **opts) -> ExecuTorchRunner:
-    """The validation registry's factory for ``.pte`` artifacts."""
-    return ExecuTorchRunner(path, graph, **opts)
+def verify(runner: ExecuTorchRunner, graph: Graph) -> None:
+    """Raise ArtifactError unless the program's contract is what xlstm-export writes for the options it
+    declares (backend, batch size, prefill chunk): the declared precision, which picks the tolerance, must be
+    the backend's. The program's tensors sit inside the backend's payload (XNNPACK, Core ML) and are not
+    compared; a ``.pte`` holds operators, not Python, so running it runs no code of the file's own."""
+    from ..validation.contract import check_contract_is, declared_precision
+    from .emit import BACKENDS, PRECISION, ExecuTorchOptions, contract_for
+
+    c, where = runner.contract, str(runner.path)
+    backend = c.get("backend")
+    if backend not in BACKENDS:
+        raise ArtifactError(f"{where}: its contract declares backend {str(backend)[:40]!r}; xlstm-export writes "
+                            f"{', '.join(BACKENDS)}")
+    declared_precision(c, where, TARGET, (PRECISION[backend],))
+    plan = runner.prefill
+    options = ExecuTorchOptions(backend=backend, batch_size=runner.batch_size, prefill_chunk=plan.chunk if plan else None)
+    check_contract_is(c, contract_for(graph, options), where,
+                      f"its declaration ({backend}, batch {runner.batch_size}"
+                      + (f", prefill chunk {plan.chunk})" if plan else ")"))
 
 
-__all__ = ["ExecuTorchRunner", "open_runner"]
+def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **opts) -> ExecuTorchRunner:
+    """The validation registry's factory for ``.pte`` artifacts: checked against ``graph``'s contract and,
+    unless ``trust_artifact``, against what xlstm-export writes for what the contract declares (:func:`verify`)."""
+    runner = ExecuTorchRunner(path, graph, **opts)
+    if not trust_artifact:
+        verify(runner, graph)
+    return runner
+
+
+__all__ = ["ExecuTorchRunner", "open_runner", "verify"]
