@@ -429,6 +429,8 @@ def make_placeholder(path: Path) -> dict:
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("old/extra/xlstm_export.io", "{}")
             z.writestr("old/data.pkl", b"an older artifact " * 100)
+    elif path.suffix == ".pte":  # an ExecuTorch flatbuffer holding our contract method
+        path.write_bytes(b"<\x00\x00\x00ET12" + b"an older artifact " * 50 + b"xlstm_export_io" + b"\x00" * 64)
     else:  # ONNX: ir_version 8, producer_name "xlstm-export"
         path.write_bytes(b"\x08\x08\x12\x0cxlstm-export" + b"an older artifact " * 100)
     old = time.time() - 86400
