@@ -81,7 +81,7 @@ def render(r: dict, seven: Optional[dict]) -> str:
     L: List[str] = ["# Benchmarks", ""]
     L += ["All figures below except the 7B section come from one run of", "", f"    {r['command']}", "",
           "(`make bench` runs `python benchmarks/run.py --out benchmarks/RESULTS.md`; `--wait-quiet S` waits up to "
-          "S seconds for an idle machine before each config's timings.)", ""]
+          "S seconds for an idle machine before each config's decode and prefill timings.)", ""]
     if r["settings"].get("quick"):
         L += ["**Smoke run (`--quick`): too few repeats; these figures are not the benchmark.**", ""]
     s = r["settings"]
@@ -89,10 +89,18 @@ def render(r: dict, seven: Optional[dict]) -> str:
     if "load_average_end" in r:
         L += [f"- load average (1/5/15 min) at the start {', '.join(f'{x:.2f}' for x in r['load_average_start'])}, "
               f"at the end {', '.join(f'{x:.2f}' for x in r['load_average_end'])}; the run took "
-              f"{r['seconds'] / 60:.1f} min"]
+              f"{r['seconds'] / 60:.1f} min" + (f" ({r['waited_quiet_seconds'] / 60:.1f} min of it waiting for an idle "
+                                                f"machine)" if r.get("waited_quiet_seconds") else "")]
     if r.get("load_before_timings"):
         L += ["- load average (1/5/15 min) before each config's timings: " + "; ".join(
             f"{n} {', '.join(f'{x:.2f}' for x in v)}" for n, v in r["load_before_timings"].items())]
+    if r.get("load_before_prefill"):
+        L += ["- load average (1/5/15 min) before each config's prefill timings: " + "; ".join(
+            f"{n} {', '.join(f'{x:.2f}' for x in v)}" for n, v in r["load_before_prefill"].items())]
+    if r.get("load_after_timings"):
+        L += ["- load average (1/5/15 min) after each config's timings: " + "; ".join(
+            f"{n} {', '.join(f'{x:.2f}' for x in v)}" for n, v in r["load_after_timings"].items())
+              + " (other processes on this machine during the timings slow every figure, multi-threaded torch most)"]
     L += [""]
     L += [f"Threads: `torch.set_num_threads({s['torch_threads']})` for every PyTorch implementation; ONNX Runtime "
           f"CPU EP with `intra_op_num_threads={s['ort_intra_op_threads']}`, `inter_op_num_threads="
@@ -190,12 +198,12 @@ def render(r: dict, seven: Optional[dict]) -> str:
           "The Scan graph runs the recurrent step once per token (the step graph's lowerings in a `Scan` body), so "
           "it costs about what 512 step calls cost. The ONNX prefill graph (`xlstm-export onnx --prefill-chunk T`: "
           "`model.prefill.onnx`, static T, weights shared with the step graph in `model.onnx.data`) runs the "
-          "chunkwise mLSTM form on T tokens per `session.run`; a prompt of 512 tokens is 512 / T calls, each "
-          "call's `<state>.next` fed as the next call's states. *Last logits only* (`--last-logits-only`) returns "
-          "the logits of each chunk's last position (B, 1, V) instead of all T: what generation needs, the LM "
-          "head on 1 row instead of T. The chunkwise form of the reference, TorchScript and transformers handles "
-          "64 tokens per matrix product. Chunks above a checkpoint's `context_length` cannot be exported "
-          "(`hybrid`: 32, so its ONNX prefill graphs are T = 32 and 16).", ""]
+          "chunkwise mLSTM form (sLSTM blocks unrolled over the T steps) on T tokens per `session.run`; a prompt "
+          "of 512 tokens is 512 / T calls, each call's `<state>.next` fed as the next call's states. *Last logits "
+          "only* (`--last-logits-only`) returns the logits of each chunk's last position (B, 1, V) instead of all "
+          "T: what generation needs, the LM head on 1 row instead of T. The chunkwise form of the reference, "
+          "TorchScript and transformers handles 64 tokens per matrix product. Chunks above a checkpoint's "
+          "`context_length` cannot be exported (`hybrid`: 32, so its ONNX prefill graphs are T = 32 and 16).", ""]
     for name, d in r["prefill"].items():
         ref = d["reference-chunkwise"]["median_ms"]
         scan = d["onnx-scan"]["median_ms"]

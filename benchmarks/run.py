@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="few repeats (a smoke run; figures not for RESULTS.md)")
     ap.add_argument("--keep", action="store_true", help="keep --work")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                    help="before each config's timings, wait up to this long for a 1-min load average < 0.7")
+                    help="before each config's decode and prefill timings, wait up to this long for a 1-min "
+                         "load average < 0.7")
     a = ap.parse_args(argv)
 
     import torch
@@ -175,6 +176,17 @@ def main(argv=None) -> int:
         import speed
 
         results.update(configs={}, export={}, prefill_export={}, decode={}, prefill={})
+        waited = [0.0]
+
+        def quiet() -> tuple:
+            """--wait-quiet: wait for an idle machine (the time waited is recorded); the load averages."""
+            if not a.wait_quiet:
+                return os.getloadavg()
+            t0 = time.perf_counter()
+            la = wait_quiet(a.wait_quiet)
+            waited[0] += time.perf_counter() - t0
+            return la
+
         for name in [c for c in a.configs.split(",") if c]:
             kind = "hybrid" if name == "hybrid" else "hf"
             log(f"== {name}: building the checkpoint")
@@ -185,21 +197,23 @@ def main(argv=None) -> int:
             results["prefill_export"][name] = export_prefill(name, ckpt, a.work, graph)
             arts = {t: Path(v["path"]) for t, v in results["export"][name].items()}
             dw, dr, pw, pr, ps = QUICK_REPEATS if a.quick else REPEATS[name]
-            results.setdefault("load_before_timings", {})[name] = wait_quiet(a.wait_quiet) if a.wait_quiet \
-                else os.getloadavg()
+            results.setdefault("load_before_timings", {})[name] = quiet()
             for th in sorted({a.threads, 1}, reverse=True):
                 log(f"== {name}: decode-step latency, {th} thread(s) ({dw} warm-up + {dr} timed steps each)")
                 torch.set_num_threads(th)
                 key = name if th == a.threads else f"{name}, 1 thread"
                 results["decode"][key] = speed.decode_latency(kind, ckpt, graph, arts, th, dw, dr)
             torch.set_num_threads(a.threads)
+            results.setdefault("load_before_prefill", {})[name] = quiet()
             log(f"== {name}: prefill of {speed.PREFILL_TOKENS} tokens, {a.threads} thread(s)")
             results["prefill"][name] = speed.prefill_latency(
                 kind, ckpt, graph, arts, a.threads, pw, pr, max_seconds=ps,
                 prefill_graphs=prefill_graphs(results["prefill_export"][name]))
+            results.setdefault("load_after_timings", {})[name] = os.getloadavg()
             remove_artifacts(results["export"][name])
             remove_artifacts(results["prefill_export"][name])
         results["seconds"] = round(time.perf_counter() - t_start, 1)
+        results["waited_quiet_seconds"] = round(waited[0], 1)
         results["load_average_end"] = os.getloadavg()
     if a.with_7b or a.only_7b:
         import big7b
