@@ -142,3 +142,21 @@ def test_force_replaces_our_program_but_not_a_foreign_pte(tmp_path):
     theirs.write_bytes(b"<\x00\x00\x00ET12" + b"\x00" * 200)
     assert foreign_reason(ours) is None
     assert foreign_reason(theirs) == "not an ExecuTorch program written by xlstm-export"
+
+
+def test_a_contract_claiming_another_precision_is_refused_unless_trusted(programs, tmp_path):
+    """The declared precision picks the tolerance: an XNNPACK (fp32) program claiming fp16 is refused."""
+    import shutil
+
+    from xlstm_export.executorch.runner import open_runner
+
+    graph, art = programs("hf", prefill_chunk=T)
+    data = art.path.read_bytes()
+    assert data.count(b'"precision":"fp32"') == 1
+    lie = tmp_path / "lie.pte"
+    lie.write_bytes(data.replace(b'"precision":"fp32"', b'"precision":"fp16"'))
+    with pytest.raises(ArtifactError, match="precision"):
+        open_runner(lie, graph)
+    assert open_runner(lie, graph, trust_artifact=True).precision == "fp16"  # as it describes itself
+    shutil.copy(art.path, tmp_path / "ok.pte")
+    assert open_runner(tmp_path / "ok.pte", graph).precision == "fp32"
