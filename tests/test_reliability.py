@@ -550,10 +550,16 @@ def _temp_siblings(out: Path) -> list[Path]:
     return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
+def _sigint_default() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background by a non-interactive
+    shell ignores SIGINT, children inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_held(cmd: str, ckpt: Path, out_dir: Path, held_file: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", HOLD, *argv(cmd, ckpt, out_dir, "--no-validate")],
                             cwd=REPO, env=_env(XLSTM_TEST_HELD=held_file), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
 
 
 def _wait_for(pred, proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -635,7 +641,8 @@ def test_signal_mid_write_leaves_nothing(big_hf_checkpoint, tmp_path, sig):
     out = out_dir / "model.onnx"
     proc = subprocess.Popen([sys.executable, "-m", "xlstm_export", *argv("onnx", big_hf_checkpoint, out_dir,
                                                                           "--no-validate")],
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
     _wait_for(lambda: bool(_temp_siblings(out)), proc, 120, "the temporary sibling appeared")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
