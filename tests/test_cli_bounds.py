@@ -53,13 +53,8 @@ def run_cli(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProce
 
 
 def kind_words(k) -> list[str]:
-    words = [k.target]
-    for f, v in k.fixed.items():
-        if v is True:
-            words.append(f"--{f.replace('_', '-')}")
-        elif v not in (False, None):
-            words += [f"--{f.replace('_', '-')}", str(v)]
-    return words
+    """The CLI words of an artifact kind: ``onnx --scan``, ``onnx --prefill-chunk 8``."""
+    return k.cli_words()
 
 
 SUFFIX = {name: t.suffixes[0] for name, t in TARGETS.items()}

@@ -36,13 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def kind_words(k) -> list[str]:
     """The CLI words of an artifact kind: ``onnx --scan``, ``onnx --prefill-chunk 8``."""
-    words = [k.target]
-    for f, v in k.fixed.items():
-        if v is True:
-            words.append(f"--{f.replace('_', '-')}")
-        elif v not in (False, None):
-            words += [f"--{f.replace('_', '-')}", str(v)]
-    return words
+    return k.cli_words()
 
 
 # Every artifact kind of the target registry, as its CLI command ("onnx --scan" for the onnx-scan kind).

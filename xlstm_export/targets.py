@@ -52,6 +52,16 @@ class Kind:
     filename: str  # what the demo calls its file
     sweep: bool = True  # exported by what sweeps the registry (demo, parity matrix, reliability); else tested alone
 
+    def cli_words(self) -> list:
+        """The CLI words that export this kind: ``["onnx", "--scan"]``, ``["onnx", "--prefill-chunk", "8"]``."""
+        words = [self.target]
+        for f, v in self.fixed.items():
+            if v is True:
+                words.append(f"--{f.replace('_', '-')}")
+            elif v not in (False, None):
+                words += [f"--{f.replace('_', '-')}", str(v)]
+        return words
+
     def emit(self, graph, out: str | os.PathLike, **options):
         """Export ``graph`` as this kind (``options`` are the target's, e.g. ``precision="fp16"``)."""
         return TARGETS[self.target].emit(graph, out, **{**options, **self.fixed})

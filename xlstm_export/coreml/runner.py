@@ -25,7 +25,7 @@ from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..validation.contract import (IO_KEY, check_contract, check_run_args, contract_batch_size, parse_contract,
                                    state_slots)
-from ..validation.runner import PrefillPlan, prefill_plan
+from ..validation.runner import PrefillCalls, PrefillPlan, prefill_plan
 from .executor import open_package
 
 BACKENDS = ("auto", "coreml", "executor")
@@ -59,7 +59,7 @@ def coreml_runtime_available() -> bool:
     return True
 
 
-class CoreMLRunner:
+class CoreMLRunner(PrefillCalls):
     kind = "coreml"
     max_tokens_per_call: Optional[int] = 1
 
@@ -161,12 +161,6 @@ class CoreMLRunner:
                                 f"and the step's states")
         self.kind = "coreml-prefill"
         self.max_tokens_per_call = None
-
-    def calls(self, length: int):
-        return self.prefill.calls(length) if self.prefill is not None else None
-
-    def logit_positions(self, length: int) -> np.ndarray:
-        return self.prefill.logit_positions(length) if self.prefill is not None else np.arange(length)
 
     def init_states(self) -> List[np.ndarray]:
         return [np.zeros(s, dtype=np.float32) for s in self.state_shapes]

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ArtifactError, RuntimeUnavailable, UnsupportedError, first_line
 from ..graphs import Graph
 from ..validation.contract import check_contract, check_run_args, contract_batch_size, parse_contract, state_slots
-from ..validation.runner import PrefillPlan, prefill_plan
+from ..validation.runner import PrefillCalls, PrefillPlan, prefill_plan
 from .emit import CONTRACT_METHOD, TARGET
 
 
@@ -40,7 +40,7 @@ def _fd2_quiet():
         os.close(saved)
 
 
-class ExecuTorchRunner:
+class ExecuTorchRunner(PrefillCalls):
     """The Runner protocol (``validation/runner.py``) over a ``.pte`` file."""
 
     kind = TARGET
@@ -101,12 +101,6 @@ class ExecuTorchRunner:
             self.kind = f"{TARGET}-prefill"
             self.max_tokens_per_call = None
         self.runtime = f"ExecuTorch {version('executorch')} runtime ({self.backend} delegate)"
-
-    def calls(self, length: int):
-        return self.prefill.calls(length) if self.prefill is not None else None
-
-    def logit_positions(self, length: int) -> np.ndarray:
-        return self.prefill.logit_positions(length) if self.prefill is not None else np.arange(length)
 
     def init_states(self) -> List[np.ndarray]:
         return [np.zeros(s, dtype=np.float32) for s in self.state_shapes]

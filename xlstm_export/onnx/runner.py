@@ -22,7 +22,7 @@ from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY
 from ..validation.contract import check_run_args, contract_batch_size, parse_contract
-from ..validation.runner import PrefillPlan, prefill_plan
+from ..validation.runner import PrefillCalls, PrefillPlan, prefill_plan
 from .emit import TARGET_SCAN, TARGET_STEP
 
 PROVIDERS = ("auto", "cpu", "coreml")
@@ -98,7 +98,7 @@ def _open(path: Path, chosen: list, threads: int):
     return session, parse_contract(session.get_modelmeta().custom_metadata_map.get(IO_KEY), where), proto
 
 
-class OnnxRunner:
+class OnnxRunner(PrefillCalls):
     """The Runner protocol (``validation/runner.py``) over an ``.onnx`` file."""
 
     def __init__(self, path: str | Path, graph: Optional[Graph] = None, batch_size: Optional[int] = None,
@@ -168,12 +168,6 @@ class OnnxRunner:
             raise ArtifactError(f"{path}: the prefill graph lacks {missing[:4]}")
         self.kind = "onnx-prefill"
         self.max_tokens_per_call = None
-
-    def calls(self, length: int):
-        return self.prefill.calls(length) if self.prefill is not None else None
-
-    def logit_positions(self, length: int) -> np.ndarray:
-        return self.prefill.logit_positions(length) if self.prefill is not None else np.arange(length)
 
     def _check_session(self, where: str) -> None:
         """The contract's names and dtypes are the model's: else ``run`` would fail inside onnxruntime."""

@@ -75,6 +75,19 @@ class PrefillPlan:
         return logits, states
 
 
+class PrefillCalls:
+    """``calls(L)`` and ``logit_positions(L)`` of a runner whose ``prefill`` plan may be None (a step-only
+    artifact: one call per token, every position's logits)."""
+
+    prefill: Optional[PrefillPlan] = None
+
+    def calls(self, length: int) -> Optional[List[Tuple[int, int, str]]]:
+        return self.prefill.calls(length) if self.prefill is not None else None
+
+    def logit_positions(self, length: int) -> np.ndarray:
+        return self.prefill.logit_positions(length) if self.prefill is not None else np.arange(length)
+
+
 def prefill_plan(contract: dict, where: str) -> Optional[PrefillPlan]:
     """The contract's ``"prefill"`` entry, checked (artifacts are untrusted input): None when absent."""
     from ..errors import ArtifactError
