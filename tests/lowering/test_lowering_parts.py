@@ -77,3 +77,8 @@ def test_typed_states_come_from_the_contract(checkpoint_factory):
             assert s.n.shape[-1] == 1 and s.m.shape == (2, block.num_heads, 1, 1)
         else:
             assert isinstance(s, lowering.SLSTMStates) and s.state.shape[0] == 4
+
+
+def test_the_cli_prefill_limit_is_the_lowerings():
+    """targets.py restates the limit so that importing it loads no numpy; the two must agree."""
+    assert targets.MAX_PREFILL_CHUNK == lowering.MAX_PREFILL_CHUNK
