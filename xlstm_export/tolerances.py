@@ -57,6 +57,24 @@ BF16 = Tolerance(max_rel=1e-1, min_cosine=0.99, min_greedy_agreement=0.8, tie_ma
                   why="bf16 weights: 8-bit mantissa, ~8x fp16's rounding; >= 80% of greedy picks agree, "
                       "flips on margins <= 2e-2 not counted")
 
+# Compressed weights (``--quantize``): the per-step logits carry the weights' rounding, by design. These
+# bounds catch a broken artifact (wrong scales, wrong block layout, a transposed weight), not its quality:
+# compressed artifacts are judged by perplexity on held-out text and teacher-forced top-1 agreement against
+# the full-precision reference (``validation/text.py``; the issue's acceptance figures).
+INT8 = Tolerance(max_rel=6e-2, min_cosine=0.998, min_greedy_agreement=0.85, tie_margin=1e-2, state_rel=1e-1,
+                 param_rel=1e-2,
+                 why="int8 weights (per block): ~0.4% of a block's range per weight, fp16 activations on "
+                     "Core ML; >= 85% of greedy picks agree, flips on margins <= 1e-2 not counted")
+INT4 = Tolerance(max_rel=3e-1, min_cosine=0.98, min_greedy_agreement=0.7, tie_margin=5e-2, state_rel=5e-1,
+                 param_rel=1.5e-1,
+                 why="4-bit weights (int4 blocks or 16-entry palettes): ~7% of a block's range per weight; "
+                     "quality is judged by perplexity and top-1 agreement on text, these bounds catch "
+                     "broken artifacts; >= 70% of greedy picks agree, flips on margins <= 5e-2 not counted")
+LUT6 = Tolerance(max_rel=1e-1, min_cosine=0.995, min_greedy_agreement=0.8, tie_margin=2e-2, state_rel=2e-1,
+                 param_rel=4e-2,
+                 why="6-bit palettes (64 entries per group): between int8 and int4")
+QUANTIZED: Dict[str, Tolerance] = {"int8": INT8, "int4": INT4, "lut4": INT4, "lut6": LUT6}
+
 REFERENCE = Tolerance(max_rel=1e-5, min_cosine=0.999999, min_greedy_agreement=1.0, tie_margin=2e-5, state_rel=1e-5,
                       param_rel=0.0, why="the reference against itself (other kernel form or device)")
 # Core ML fp32: fp32 weights and math; states still fp16 (Core ML requires it) but split into high + scaled
