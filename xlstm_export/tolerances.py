@@ -92,6 +92,16 @@ def tolerances() -> Dict[Tuple[str, str], Tolerance]:
 
 
 def tolerance_for(target: str, precision: str) -> Tolerance:
+    """``precision`` as artifacts declare it; with compressed weights ``fp16+int4`` (``+`` the scheme,
+    ``-b64`` a block size): the compressed weights' entry of :data:`QUANTIZED`, for any target that
+    offers the base precision."""
+    if "+" in precision:
+        base, _, scheme = precision.partition("+")
+        scheme = scheme.split("-")[0]
+        tolerance_for(target, base)  # the target must offer the base precision
+        if scheme not in QUANTIZED:
+            raise UnsupportedError(f"no tolerance for compressed weights {scheme!r}; known: {sorted(QUANTIZED)}")
+        return QUANTIZED[scheme]
     table = tolerances()
     try:
         return table[(target, precision)]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..graphs import Graph, StateSpec
 from ..lowering import LOW_SCALE, LOW_SUFFIX, PrecisionPolicy, WeightSpec, core_ml_name, marked, prepare_weight
+from ..lowering.quant import Compression, Scheme, quantize
 from ..lowering.weights import NP_DTYPES
 
 
@@ -43,7 +44,7 @@ class MILOps:
     max_matmul_width = None
 
     def __init__(self, graph: Graph, policy: PrecisionPolicy, batch_size: int, state_vars: dict, tokens: int = 1,
-                 prepared: Optional[Dict[tuple, np.ndarray]] = None):
+                 prepared: Optional[Dict[tuple, np.ndarray]] = None, compression: Optional[Compression] = None):
         from coremltools.converters.mil.mil import Builder as mb
 
         self.mb = mb
@@ -57,6 +58,7 @@ class MILOps:
         self._names: Dict[str, int] = {}
         self._weights: Dict[tuple, object] = {}
         self.weight_bytes = 0  # bytes of weight constants (tied weights once)
+        self.compression = compression  # --quantize: compressed weights become constexpr ops
 
     def _n(self, name: str) -> str:
         k = self._names.get(name, 0) + 1
@@ -72,6 +74,9 @@ class MILOps:
 
     def weight(self, spec: WeightSpec):
         dtype = self.policy.dtype(spec.role)
+        scheme = self.compression.scheme_for(spec) if self.compression is not None else None
+        if scheme is not None:
+            return self._compressed(spec, scheme, dtype)
         ident = spec.identity(self.graph, dtype)
         if ident not in self._weights:
             arr = self.prepared.get(ident)
@@ -83,6 +88,51 @@ class MILOps:
             var.op.weight_id = f"w{list(self.prepared).index(ident)}"
             self._weights[ident] = var
         return self._weights[ident]
+
+    def _blob(self, ident: tuple, arr: Optional[np.ndarray], name: str, bits: Optional[int] = None):
+        """A const shared by the functions of the program (one blob on disk); ``bits``: of sub-byte codes."""
+        if ident not in self.prepared:
+            self.prepared[ident] = arr
+            self.weight_bytes += arr.nbytes if bits is None else arr.size * bits // 8
+        var = self.mb.const(val=self.prepared[ident], name=self._n(name))
+        var.op.weight_id = f"w{list(self.prepared).index(ident)}"
+        return var
+
+    def _compressed(self, spec: WeightSpec, scheme: Scheme, dtype: str):
+        """``constexpr_blockwise_shift_scale`` (integers) or ``constexpr_lut_to_dense`` (palettes), named
+        by the weight's key; its codes, scales and offsets are consts ``<key>_codes`` ... . The runtime
+        decompresses at load (or on the fly); the package holds only the compressed form."""
+        from coremltools.converters.mil.mil import types
+
+        ident = spec.identity(self.graph, dtype) + (scheme,)
+        if ident in self._weights:
+            return self._weights[ident]
+        key = ("q",) + ident
+        ft = NP_DTYPES[dtype]
+        name = core_ml_name(spec.key)
+        # the arrays are kept once, as stored (shared with the prefill function); the quantizer's own
+        # int8 codes are dropped as soon as the stored forms exist (7B: no second copy of the codes)
+        qw = quantize(self.graph, spec, scheme, self.compression) if key + ("codes",) not in self.prepared else None
+
+        def blob(part: str, make, bits: Optional[int] = None):
+            return self._blob(key + (part,), make() if qw is not None else None, f"{name}_{part}", bits)
+
+        if scheme.is_lut:
+            sub = {4: types.np_uint4_dtype, 6: types.np_uint6_dtype}[scheme.bits]
+            idx = blob("codes", lambda: qw.codes.astype(sub), scheme.bits)
+            lut = blob("lut", lambda: qw.lut.astype(ft).reshape(qw.lut.shape[0], 1, -1, 1))
+            var = self.mb.constexpr_lut_to_dense(indices=idx, lut=lut, name=self._n(spec.key))
+        else:
+            asym = self.prepared.get(key + ("offset",)) is not None if qw is None else qw.offset is not None
+            sub = np.int8 if scheme.kind == "int8" else (types.np_uint4_dtype if asym else types.np_int4_dtype)
+            kw = {"data": blob("codes", lambda: qw.codes.astype(sub), scheme.bits),
+                  "scale": blob("scale", lambda: qw.scale.astype(ft))}
+            if asym:
+                kw["offset"] = blob("offset", lambda: qw.offset.astype(sub), scheme.bits)
+            var = self.mb.constexpr_blockwise_shift_scale(name=self._n(spec.key), **kw)
+        del qw
+        self._weights[ident] = var
+        return var
 
     def constant(self, value: np.ndarray, role: str, name: str):
         key = ("constant", name)

@@ -41,6 +41,9 @@ from ..errors import OutputError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract, source_id
 from ..lowering import LOW_SCALE, PrecisionPolicy, check_prefill_chunk, core_ml_name, policy_for, prefill, step
+from ..lowering.inventory import weight_specs
+from ..lowering.quant import Compression, check_blocks
+from ..validation.contract import judged_precision
 from ..outputs import WRITE_ERRNOS, Artifact, atomic_outputs, check_output_path, normalise_modes, room_at, scratch_for
 from ..targets import check_suffix
 from .swift import shape_str
@@ -77,6 +80,7 @@ class CoreMLOptions:
     policy: Optional[PrecisionPolicy] = None  # measurements only (benchmarks/): replaces the named policy
     prefill_chunk: Optional[int] = None  # T: add the ``prefill`` function of T tokens (same states and weights)
     last_logits_only: bool = False  # the prefill function returns the chunk's last logits only
+    compression: Optional[Compression] = None  # --quantize: compressed weights (lowering/quant.py)
 
 
 def precision_policy(options: CoreMLOptions) -> PrecisionPolicy:
@@ -88,6 +92,9 @@ def check_options(options: CoreMLOptions) -> PrecisionPolicy:
         raise UnsupportedError("coreml: --last-logits-only applies to the prefill function; add --prefill-chunk T")
     if not isinstance(options.batch_size, int) or isinstance(options.batch_size, bool) or options.batch_size < 1:
         raise UnsupportedError(f"coreml: batch size must be a positive integer, got {options.batch_size!r}")
+    if options.compression is not None and options.compression.method == "gptq" \
+            and not options.compression.hessians:
+        raise UnsupportedError("coreml: --quant-method gptq needs calibration (api.calibrate or --calibration)")
     if options.compute_units not in COMPUTE_UNITS:
         raise UnsupportedError(f"coreml: compute units must be one of {COMPUTE_UNITS}, "
                                f"got {options.compute_units!r}")
@@ -107,6 +114,8 @@ def contract_for(graph: Graph, options: CoreMLOptions) -> dict:
     if options.prefill_chunk is not None:
         contract["prefill"] = {"function": PREFILL_FUNCTION, "chunk": options.prefill_chunk,
                                "last_logits_only": bool(options.last_logits_only)}
+    if options.compression is not None:
+        contract["quantize"] = options.compression.to_json()
     contract["extra_states"] = [
         {"name": key, "part_of": of, "part": "low", "scale": LOW_SCALE, "input": cm, "shape": list(shape),
          "dtype": "float16"}
@@ -121,7 +130,7 @@ def swift_path_for(out_path: Path) -> Path:
 
 # -- building the program ----------------------------------------------------------------------
 def build_program(graph: Graph, policy: PrecisionPolicy, batch_size: int, prefill_chunk: Optional[int] = None,
-                  last_logits_only: bool = False):
+                  last_logits_only: bool = False, compression: Optional[Compression] = None):
     """The MIL program: function ``main``, one decode step, and with ``prefill_chunk`` T the function
     ``prefill`` (input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with ``last_logits_only``) over the same
     states, its weights the same constants (one blob each on disk). Returns the program and the step's
@@ -144,7 +153,8 @@ def build_program(graph: Graph, policy: PrecisionPolicy, batch_size: int, prefil
             specs[cm] = mb.StateTensorSpec(shape, types.fp16)
         with Function(specs, opset_version=ct.target.iOS18) as func:
             states = {key: func.inputs[cm] for key, cm, _, _ in stored}
-            f_ops = MILOps(graph, policy, batch_size, states, tokens=T, prepared=ops.prepared if ops else None)
+            f_ops = MILOps(graph, policy, batch_size, states, tokens=T, prepared=ops.prepared if ops else None,
+                           compression=compression)
             if fname == "main":
                 logits = step(f_ops, func.inputs["input_ids"])
                 ops = f_ops
@@ -244,6 +254,8 @@ def describe(spec, graph: Graph, contract: dict, options: CoreMLOptions) -> None
     ud[IO_KEY] = dumps(contract)
     ud["xlstm_export.version"] = __version__
     ud["xlstm_export.precision"] = options.precision
+    if options.compression is not None:
+        ud["xlstm_export.quantize"] = options.compression.label()
     ud["xlstm_export.compute_units"] = options.compute_units
     ud["xlstm_export.family"] = cfg.family
     B = options.batch_size
@@ -370,13 +382,16 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
     out_path = Path(out_path)
     policy = check_options(options)
     check_prefill_chunk(graph, options.prefill_chunk, TARGET)
+    if options.compression is not None:
+        check_blocks(graph, options.compression, weight_specs(graph, policy, options.batch_size))
     check_suffix(TARGET, out_path)
     check_output_path(out_path, options.force)  # fail before the build
     swift_path = swift_path_for(out_path) if options.swift else None
     if swift_path is not None:
         check_output_path(swift_path, options.force)
     contract = contract_for(graph, options)
-    prog, ops = build_program(graph, policy, options.batch_size, options.prefill_chunk, options.last_logits_only)
+    prog, ops = build_program(graph, policy, options.batch_size, options.prefill_chunk, options.last_logits_only,
+                              options.compression)
     weight_bytes = ops.weight_bytes
     del ops
     files = (out_path,) if swift_path is None else (out_path, swift_path)
@@ -399,7 +414,7 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
         if swift_path is not None:
             tmps[1].write_text(swift_snippet(contract, out_path.name))
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
-    return Artifact(out_path, kind, options.precision, contract, files, stats)
+    return Artifact(out_path, kind, judged_precision(contract), contract, files, stats)
 
 
 __all__ = ["Artifact", "CoreMLOptions", "COMPUTE_UNITS", "TARGET", "build_program", "contract_for",

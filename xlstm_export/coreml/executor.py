@@ -156,6 +156,7 @@ class ProgramExecutor:
             if shapes != {n: (tuple(v.shape), v.dtype) for n, v in self.state_vars.items()}:
                 raise ArtifactError(f"{self.path}: function {fname!r} declares other states than 'main'")
         self.states: Dict[str, np.ndarray] = {}
+        self.decompressed: Dict[str, np.ndarray] = {}  # compression op name -> its dense weight
         self.reset_states()
 
     # -- states ------------------------------------------------------------------------------
@@ -276,6 +277,20 @@ def _update_state(ex: ProgramExecutor, op, env):
     return value
 
 
+def _decompress(ex: ProgramExecutor, op, env):
+    """A compression op (``constexpr_*``: codes + scales, or indices + palette, all consts): coremltools'
+    own decompression (``materialized_val_inference``), computed once per op and kept (the dense weight,
+    as the runtime holds it after loading)."""
+    val = ex.decompressed.get(op.name)
+    if val is None:
+        try:
+            val = ex.decompressed[op.name] = np.asarray(op.materialized_val_inference())
+        except Exception as e:  # noqa: BLE001 - coremltools' numpy code on the package's data
+            raise ExecutorError(f"{ex.path}: op {op.name} ({op.op_type}): coremltools' decompression failed "
+                                f"({type(e).__name__}: {first_line(e)})") from None
+    return val
+
+
 def _silu(ex: ProgramExecutor, op, env):
     x = np.asarray(ex._get(env, op.x))
     return x * (1 / (1 + np.exp(-x)))
@@ -285,6 +300,8 @@ HANDWRITTEN: Dict[str, Callable] = {
     "read_state": _read_state,
     "coreml_update_state": _update_state,
     "silu": _silu,
+    "constexpr_blockwise_shift_scale": _decompress,
+    "constexpr_lut_to_dense": _decompress,
 }
 
 

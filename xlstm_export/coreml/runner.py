@@ -23,7 +23,7 @@ import numpy as np
 from ._ct import ct as _ct
 from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
-from ..validation.contract import (IO_KEY, check_contract, check_run_args, contract_batch_size, parse_contract,
+from ..validation.contract import (IO_KEY, check_contract, check_run_args, contract_batch_size, judged_precision, parse_contract,
                                    state_slots)
 from ..validation.runner import PrefillCalls, PrefillPlan, prefill_plan
 from .executor import open_package
@@ -108,7 +108,7 @@ class CoreMLRunner(PrefillCalls):
         if batch_size is not None and int(batch_size) != self.batch_size:
             raise UnsupportedError(f"{where}: the package was exported for batch size {self.batch_size} (Core ML "
                                    f"states have a fixed shape); got batch size {batch_size}")
-        self.precision = str(self.contract.get("precision", "fp16"))
+        self.precision = judged_precision(self.contract)
         logits = next((o for o in self.contract["outputs"] if o["name"] == "logits"), None)
         v = logits["shape"][-1] if logits is not None and logits["shape"] else None
         if not isinstance(v, int) or v <= 0:
@@ -251,13 +251,21 @@ def verify(runner: CoreMLRunner, graph: Graph) -> None:
     from ..validation.contract import TRUST_HINT, check_contract_is, declared_precision
     from .backend import stored_states
     from .emit import PREFILL_FUNCTION, CoreMLOptions, contract_for
-    from .executor import load_program
+    from .executor import _np_dtype, load_program
+    from ..lowering.inventory import weight_specs
+    from ..lowering.quant import Compression
 
     where, plan, B = str(runner.path), runner.prefill, runner.batch_size
     precision = declared_precision(runner.contract, where, "coreml", ("fp16", "fp32"))
     last = bool(plan.last_logits_only) if plan else False
+    compression = None
+    if runner.contract.get("quantize") is not None:
+        try:
+            compression = Compression.from_json(runner.contract["quantize"])
+        except UnsupportedError as e:
+            raise ArtifactError(f"{where}: its contract's {first_line(e)} ({TRUST_HINT})") from None
     options = CoreMLOptions(batch_size=B, precision=precision, prefill_chunk=plan.chunk if plan else None,
-                            last_logits_only=last)
+                            last_logits_only=last, compression=compression)
     what = f"its declaration (coreml {precision}, batch {B}" + (f", prefill chunk {plan.chunk})" if plan else ")")
     check_contract_is(runner.contract, contract_for(graph, options), where, what)
 
@@ -282,12 +290,26 @@ def verify(runner: CoreMLRunner, graph: Graph) -> None:
                 refuse(f"function {fname!r} {kind} {bad!r} is {got.get(bad, 'missing')}, xlstm-export writes "
                        f"{expected.get(bad, 'none')}")
     prog = runner._executor.prog if getattr(runner, "_executor", None) is not None else load_program(runner.path)[0]
-    found = {}
+    found, compressed = {}, {}
     for func in prog.functions.values():
         for op in func.operations:
             val = op.outputs[0].val if op.op_type == "const" else None
             if isinstance(val, np.ndarray):
                 found.setdefault(op.name, (str(val.dtype), tuple(val.shape)))
+            elif op.op_type.startswith("constexpr_"):
+                out = op.outputs[0]
+                found.setdefault(op.name, (str(np.dtype(_np_dtype(out))), tuple(int(d) for d in out.shape)))
+                compressed[op.name] = op.op_type
+    if compression is not None:  # the weights the declared compression compresses, and only those
+        want = {core_ml_name(s.key): ("constexpr_lut_to_dense" if sch.is_lut else "constexpr_blockwise_shift_scale")
+                for s in weight_specs(graph, policy, B) if (sch := compression.scheme_for(s)) is not None}
+        if want != compressed:
+            bad = next(n for n in sorted(set(want) | set(compressed)) if want.get(n) != compressed.get(n))
+            refuse(f"weight {bad!r} is {compressed.get(bad, 'not compressed')}, xlstm-export writes "
+                   f"{want.get(bad, 'it uncompressed')}")
+    elif compressed:
+        refuse(f"weight {sorted(compressed)[0]!r} is compressed ({compressed[sorted(compressed)[0]]}), but its "
+               f"contract declares no quantization")
     names = {"fp16": "float16", "fp32": "float32"}
     for key, (dtype, shape) in sorted(constants(graph, policy, B, options.prefill_chunk, last).items()):
         name = core_ml_name(key)

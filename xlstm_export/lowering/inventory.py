@@ -13,7 +13,7 @@ judging the artifact by the tolerance its declared precision names.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..graphs import Graph
 from .precision import PrecisionPolicy
@@ -31,6 +31,7 @@ class Inventory:
     def __init__(self, graph: Graph, policy: PrecisionPolicy, batch_size: int, tokens: int = 1):
         self.graph, self.policy, self.batch, self.tokens = graph, policy, batch_size, tokens
         self.table: Dict[str, Entry] = {}
+        self.specs: Dict[str, WeightSpec] = {}  # key -> the spec of each weight made (tied: the first key)
         self._idents: set = set()
 
     def _record(self, key: str, dtype: str, shape: Tuple[int, ...]) -> str:
@@ -49,6 +50,7 @@ class Inventory:
         if ident in self._idents:                 # named by the first key that asked for it
             return dtype
         self._idents.add(ident)
+        self.specs.setdefault(spec.key, spec)
         return self._record(spec.key, dtype, spec.shape)
 
     def constant(self, value: Any, role: str, name: str) -> str:
@@ -103,4 +105,16 @@ def constants(graph: Graph, policy: PrecisionPolicy, batch_size: int = 1, prefil
     return table
 
 
-__all__ = ["Inventory", "constants"]
+def weight_specs(graph: Graph, policy: PrecisionPolicy, batch_size: int = 1, max_matmul_width=None
+                 ) -> List[WeightSpec]:
+    """The spec of every weight the step lowering makes (what compression decides over), in order.
+    ``max_matmul_width``: the backend's (the ONNX backend splits a wide LM head into row blocks)."""
+    from .model import step
+
+    inv = Inventory(graph, policy, batch_size)
+    inv.max_matmul_width = max_matmul_width
+    step(inv, "int32")
+    return list(inv.specs.values())
+
+
+__all__ = ["Inventory", "constants", "weight_specs"]

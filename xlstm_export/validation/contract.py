@@ -20,7 +20,7 @@ from ..graphs import Graph
 from ..graphs.io import IO_FORMAT, IO_KEY
 
 __all__ = ["IO_KEY", "StateSlot", "parse_contract", "check_contract", "state_slots", "profile_diff",
-           "contract_batch_size", "check_run_args", "declared_precision", "check_contract_is", "TRUST_HINT"]
+           "contract_batch_size", "check_run_args", "declared_precision", "judged_precision", "check_contract_is", "TRUST_HINT"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,18 @@ def check_contract(contract: dict, graph: Graph, where: str) -> None:
 
 
 TRUST_HINT = "pass --trust-artifact to judge it by its own description anyway"
+
+
+def judged_precision(contract: dict) -> str:
+    """The precision an artifact is judged at: its declared precision, with its weight compression
+    (``fp16+int4``, ``fp32+int8-b64``) when the contract declares one (``tolerances.tolerance_for``)."""
+    p = str(contract.get("precision", ""))
+    q = contract.get("quantize")
+    if not isinstance(q, dict):
+        return p
+    scheme, block = q.get("scheme"), q.get("block_size")
+    label = str(scheme) if block in (None, 32) else f"{scheme}-b{block}"
+    return f"{p}+{label}"
 
 
 def declared_precision(contract: dict, where: str, target: str, offered: Sequence[str]) -> str:
