@@ -55,7 +55,8 @@ def export(checkpoint: Checkpoint, target: str, output: str | os.PathLike, *, fo
 def validate(artifact: str | os.PathLike, checkpoint: Checkpoint, *, format: Optional[str] = None,
              report: Optional[str | os.PathLike] = None, force: bool = False, steps: int = 10, prompts: int = 3,
              prompt_len: int = 12, seed: int = 0, batch_size: Optional[int] = None,
-             extra_prompts: Optional[Sequence[Sequence[int]]] = None, trust_artifact: bool = False):
+             extra_prompts: Optional[Sequence[Sequence[int]]] = None, trust_artifact: bool = False,
+             heldout: Optional[str | os.PathLike | Sequence[int]] = None, heldout_tokens: int = 1024):
     """Compare the artifact at ``artifact`` with the reference model of ``checkpoint``: each prompt's
     prefill, then ``steps`` greedy decode steps fed the reference's tokens. Returns a
     :class:`~xlstm_export.validation.ValidationResult` (``passed``, ``report`` dict, ``summary_line()``,
@@ -65,16 +66,24 @@ def validate(artifact: str | os.PathLike, checkpoint: Checkpoint, *, format: Opt
     xlstm-export writes for what its I/O contract declares (checked first: a TorchScript archive record by
     record before its code is loaded and run, the others' tensor dtypes and shapes against the declared
     precision, which picks the tolerance); ``trust_artifact=True`` skips that check, for artifacts you
-    trust (it then loads and runs a TorchScript archive's code, whatever it does)."""
+    trust (it then loads and runs a TorchScript archive's code, whatever it does). ``heldout``: a text
+    file (tokenized with the checkpoint's tokenizer.json), a ``.ids`` file or token ids: the report adds
+    perplexity and top-1 agreement against the full-precision reference on its first ``heldout_tokens``."""
     from .validation import validate_artifact
     from .validation.prompts import task_prompts
 
     graph = _graph(checkpoint, format)
     if extra_prompts is None:
         extra_prompts = task_prompts(checkpoint) if not isinstance(checkpoint, Graph) else []
+    if isinstance(heldout, (str, os.PathLike)):
+        from .compress import calibration_ids
+
+        heldout = calibration_ids(graph, str(heldout), "--heldout", minimum=2, limit=heldout_tokens)
+    elif heldout is not None:
+        heldout = list(heldout)[:heldout_tokens]
     return validate_artifact(artifact, graph, batch_size=batch_size, steps=steps, num_prompts=prompts,
                              prompt_len=prompt_len, seed=seed, extra_prompts=extra_prompts, report_dir=report,
-                             force=force, trust_artifact=trust_artifact)
+                             force=force, trust_artifact=trust_artifact, heldout=heldout)
 
 
 __all__ = ["load_checkpoint", "export", "validate", "Artifact", "Graph"]

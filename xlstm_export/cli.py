@@ -382,10 +382,15 @@ def validate_options(f: Callable) -> Callable:
               help="Skip the check that ARTIFACT is what xlstm-export writes for what its I/O contract declares. "
                    "Loading a TorchScript archive runs its code: without this flag only archives whose code is "
                    "xlstm-export's are loaded. Only for artifacts you trust.")
+@click.option("--heldout", type=click.Path(dir_okay=False), default=None,
+              help="Held-out text (tokenized with the checkpoint's tokenizer.json) or a .ids file: the report adds "
+                   "perplexity and top-1 agreement against the full-precision reference (what compressed weights "
+                   "are judged by).")
+@click.option("--heldout-tokens", type=click.IntRange(min=2, max=65536), default=1024, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and figures as JSON (the report's summary).")
 def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | None, steps: int,
              num_prompts: int, prompt_len: int, seed: int, batch_size: int | None, force: bool,
-             trust_artifact: bool, as_json: bool) -> None:
+             trust_artifact: bool, heldout: str | None, heldout_tokens: int, as_json: bool) -> None:
     """Compare ARTIFACT with the reference model of its checkpoint: prefill + greedy decode on several
     prompts. Exit 0 within tolerance, 1 outside it (after writing the report), 2 on bad input (including
     an artifact that is not what xlstm-export writes for what it declares, unless --trust-artifact)."""
@@ -406,7 +411,7 @@ def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | 
     check_validation_memory(graph, batch_size or 1, max([prompt_len, *map(len, extra)]))  # before opening
     result = api.validate(path, graph, report=report, force=force, steps=steps, prompts=num_prompts,
                           prompt_len=prompt_len, seed=seed, batch_size=batch_size, extra_prompts=extra,
-                          trust_artifact=trust_artifact)
+                          trust_artifact=trust_artifact, heldout=heldout, heldout_tokens=heldout_tokens)
     click.echo(json.dumps(validation_json(result)) if as_json else result.summary_line())
     result.raise_if_failed()
 
@@ -417,7 +422,8 @@ def validation_json(result) -> dict:
     r = result.report
     return {"passed": result.passed, "artifact": r["artifact"], "reference": r.get("reference"),
             "summary": r["summary"], "tolerance": r["tolerance"], "localisation": r["localisation"],
-            "settings": r["settings"], "report": [str(p) for p in result.paths]}
+            "settings": r["settings"], "report": [str(p) for p in result.paths],
+            "compression": r.get("compression"), "text": r.get("text")}
 
 
 def artifact_json(art) -> dict:

@@ -100,7 +100,15 @@ class Target:
         return cls(**values)
 
     def emit(self, graph, out: str | os.PathLike, **options):
-        """Write the artifact of ``graph`` at ``out``; returns the emitter's ``Artifact``."""
+        """Write the artifact of ``graph`` at ``out``; returns the emitter's ``Artifact``. The compression
+        options (``quantize``, ``block_size``, ... : ``compress.QUANT_FIELDS``) become the emitter's
+        ``compression`` (calibrated first when GPTQ is asked for)."""
+        from .compress import QUANT_FIELDS, compression_for
+
+        quant = {k: options.pop(k) for k in QUANT_FIELDS if k in options}
+        if quant:
+            self.make_options(**options)  # the other options are checked before any calibration
+            options["compression"] = compression_for(graph, self.name, **quant)
         opts = self.make_options(**options)
         return importlib.import_module(self.package).emit(graph, opts, out)
 
@@ -184,6 +192,22 @@ MAX_PREFILL_CHUNK = 1024  # lowering.MAX_PREFILL_CHUNK (a test ties them; import
 DEMO_PREFILL_CHUNK = 8  # the demo's and the parity matrix's chunk: its prompts are and are not multiples of it
 
 
+def _quant_options(schemes: Tuple[str, ...], what: str) -> Tuple[Option, ...]:
+    return (Option("--quantize", "quantize", f"Compress weights: {what}. Gate projections, norms, conv, biases stay "
+                   "full precision; the embedding int8 (docs/COMPRESSION.md has the measured policy).", "none",
+                   choices=("none",) + schemes),
+            Option("--block-size", "block_size", "Weights per scale along the input axis (int8/int4).", 32, min=8,
+                   max=4096),
+            Option("--keep", "keep", "Comma-separated name patterns (fnmatch, canonical names as `inspect` lists "
+                   "them) of weights kept at full precision, e.g. 'blocks.0.*,lm_head.weight'.", text=True),
+            Option("--quant-method", "quant_method", "auto: GPTQ with --calibration, else round-to-nearest with a "
+                   "per-block clipping search.", "auto", choices=("auto", "rtn", "gptq")),
+            Option("--calibration", "calibration", "Calibration text for GPTQ (tokenized with the checkpoint's "
+                   "tokenizer.json), or a .ids file of token ids.", text=True),
+            Option("--asymmetric", "asymmetric", "int4 with a zero point per block (codes 0..15) instead of "
+                   "symmetric codes -8..7.", False, is_flag=True))
+
+
 def _prefill_options(what: str) -> Tuple[Option, ...]:
     return (Option("--prefill-chunk", "prefill_chunk", f"Also {what} of T prompt tokens per call (chunkwise mLSTM, "
                    f"unrolled sLSTM), same states; prompts run as floor(L/T) prefill calls + L mod T steps.",
@@ -201,6 +225,8 @@ register(Target(
      Option("--compute-units", "compute_units", "Recorded in the package metadata; what validation on macOS runs on.",
             "all", choices=("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")),
      *_prefill_options("write a 'prefill' function (multifunction package, weights shared)"),
+     *_quant_options(("int8", "int4", "lut4", "lut6"), "int8/int4 per block (constexpr_blockwise_shift_scale) "
+                     "or 16/64-entry palettes per row (constexpr_lut_to_dense), iOS 18"),
      Option("--author", "author", "Package metadata: author (default: xlstm-export and its version).", text=True),
      Option("--license", "license", "Package metadata: license (default: the checkpoint's, from its README's "
             "'license:' front matter, else 'same as the source checkpoint').", text=True),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -62,6 +62,10 @@ def coreml_runtime_available() -> bool:
 class CoreMLRunner(PrefillCalls):
     kind = "coreml"
     max_tokens_per_call: Optional[int] = 1
+
+    def compressed_weights(self, graph: Graph) -> Dict[str, np.ndarray]:
+        """The dense weights of the package's compressed weights (:func:`compressed_weights`)."""
+        return compressed_weights(self, graph)
 
     def __init__(self, path: str | Path, graph: Optional[Graph] = None, batch_size: Optional[int] = None,
                  backend: str = "auto", compute_units: Optional[str] = None):
@@ -240,6 +244,34 @@ def _feature(f) -> Tuple[str, Optional[List[int]]]:
     return name, [int(d) for d in arr.shape]
 
 
+def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.ndarray]:
+    """Canonical weight name -> the dense float32 weight the package computes with, for each weight its
+    contract declares compressed: coremltools' own decompression of the package's constexpr ops (data
+    read from weight.bin; nothing of the program runs)."""
+    from ..lowering import core_ml_name, policy_for
+    from ..lowering.inventory import weight_specs
+    from ..lowering.quant import Compression
+    from .executor import load_program
+
+    q = runner.contract.get("quantize")
+    if q is None:
+        return {}
+    comp = Compression.from_json(q)
+    policy = policy_for("coreml", str(runner.contract.get("precision")))
+    prog = runner._executor.prog if getattr(runner, "_executor", None) is not None else load_program(runner.path)[0]
+    ops = {op.name: op for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_")}
+    out: Dict[str, np.ndarray] = {}
+    for spec in weight_specs(graph, policy, runner.batch_size):
+        if comp.scheme_for(spec) is None:
+            continue
+        op = ops.get(core_ml_name(spec.key))
+        if op is None or len(spec.sources) != 1:
+            raise ArtifactError(f"{runner.path}: no compressed weight {core_ml_name(spec.key)!r} in the package")
+        arr = np.asarray(op.materialized_val_inference(), dtype=np.float32)
+        out[spec.sources[0]] = arr.reshape(graph.weights[spec.sources[0]].shape)
+    return out
+
+
 def verify(runner: CoreMLRunner, graph: Graph) -> None:
     """Raise ArtifactError unless the package is what xlstm-export writes for the options its contract
     declares (precision, batch size, prefill chunk): the contract itself, each function's inputs, outputs
@@ -331,5 +363,5 @@ def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **
     return runner
 
 
-__all__ = ["BACKENDS", "CoreMLRunner", "coreml_runtime_available", "function_description", "open_runner",
+__all__ = ["BACKENDS", "CoreMLRunner", "compressed_weights", "coreml_runtime_available", "function_description", "open_runner",
            "read_contract", "verify"]

@@ -19,6 +19,7 @@ from ..errors import UnsupportedError, first_line
 from ..frontends import load_weight
 from ..graphs import SLSTM_GATES, FFNSpec, Graph, MLSTMBlock, NormSpec, SLSTMBlock, WeightStore
 from . import kernels
+from ..compress import LINEAR_NAMES
 
 _KERNELS = ("chunkwise", "sequence")
 
@@ -50,6 +51,7 @@ class _Weights:
         lin.weight = self.param(f"{prefix}.weight")
         if bias:
             lin.bias = self.param(f"{prefix}.bias")
+        LINEAR_NAMES[lin] = prefix  # what calibration (compress.calibrate) keys its statistics by
         return lin
 
 

@@ -286,7 +286,10 @@ def where_line(loc: dict) -> str:
     """One line naming the place: step and prompt, state, tensor."""
     parts = []
     f = loc.get("first_failure")
-    if f:
+    if f and f["kind"] == "weights":
+        parts.append(f"a compressed weight is not the checkpoint's: {f['metric']} {fmt(f['value'])} vs limit "
+                     f"{fmt(f['limit'])}")
+    elif f:
         at = "prefill" if f["kind"] == "prefill" else ("greedy pick" if f["kind"] == "greedy" else "decode step")
         pos = f" position {f['position']}" if f.get("position") is not None else ""
         step = "" if f["kind"] == "prefill" else f" {f['step']}"

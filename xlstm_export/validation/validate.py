@@ -23,6 +23,7 @@ from .registry import open_artifact
 from .report import REPORT_FORMAT, check_report_dir, write_report
 from .runner import Runner
 from ..tolerances import tolerance_for
+from .compressed import base_precision, is_compressed, judge_weights, scheme_of, weight_errors, with_weights
 
 DEFAULT_STEPS = 10
 DEFAULT_PROMPTS = 3
@@ -47,6 +48,14 @@ class ValidationResult:
                 f"{n} prompt{'s' if n != 1 else ''} x (prefill + {r['settings']['steps']} steps): "
                 f"max rel {fmt(s['max_rel'])} (tol {t['max_rel']:g}), min cosine {s['min_cosine']:.6f}, "
                 f"greedy {s['greedy_agreeing']}/{s['greedy_picks']}")
+        c = r.get("compression")
+        if c is not None:
+            line += (f"; reference on the artifact's decoded {c['scheme']} weights, which are within rms "
+                     f"{fmt(c['max_rms'])} of the checkpoint's (limit {c['rms_bound']:g})")
+        if r.get("text") is not None:
+            from .text import metrics_line
+
+            line += "; " + metrics_line(r["text"])
         if self.paths:
             line += f"; report {self.paths[0].parent}"
         return line
@@ -62,8 +71,8 @@ class ValidationResult:
 def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS,
                    num_prompts: int = DEFAULT_PROMPTS, prompt_len: int = DEFAULT_PROMPT_LEN, seed: int = 0,
                    extra_prompts: Sequence[Sequence[int]] = (), report_dir: Optional[str | os.PathLike] = None,
-                   artifact_path: str = "", reference: Optional[Runner] = None, force: bool = False
-                   ) -> ValidationResult:
+                   artifact_path: str = "", reference: Optional[Runner] = None, force: bool = False,
+                   heldout: Optional[Sequence[int]] = None) -> ValidationResult:
     """Compare ``artifact`` (an open runner) with the reference of ``graph``; write the report if asked
     (into ``report_dir``; an existing report there is replaced only with ``force``, checked first)."""
     from .reference_runner import ReferenceRunner
@@ -77,6 +86,17 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
     if report_dir is not None:
         check_report_dir(report_dir, force)
     tol = tolerance_for(artifact.kind, artifact.precision)
+    compression, weight_fails = None, []
+    if is_compressed(artifact.precision) and hasattr(artifact, "compressed_weights"):
+        # the artifact against the reference on the artifact's own (decoded) weights, at the base
+        # precision's tolerance; the weights against the checkpoint's (validation/compressed.py)
+        dense = artifact.compressed_weights(graph)
+        compression, weight_fails = judge_weights(weight_errors(graph, dense), scheme_of(artifact.precision))
+        compression["reference"] = "the reference model on the artifact's own decoded weights"
+        tol = tolerance_for(artifact.kind, base_precision(artifact.precision))
+        if reference is None:
+            reference = ReferenceRunner(with_weights(graph, dense), artifact.batch_size)
+        del dense
     reference = reference or ReferenceRunner(graph, artifact.batch_size)
     plan = getattr(artifact, "prefill", None)
     prefill_lengths: List[int] = []
@@ -88,7 +108,7 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
                                            for n in prefill_lengths)]
     prompts = make_prompts(graph.config.vocab_size, num_prompts, prompt_len, seed, extra_prompts)
     cmp = compare(reference, artifact, graph, prompts, steps)
-    fails = judge(cmp, tol)
+    fails = judge(cmp, tol) + weight_fails
     report = {
         "format": REPORT_FORMAT,
         "passed": not fails,
@@ -109,6 +129,13 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
         "states": cmp["states"],
         "parameters": cmp["parameters"],
     }
+    if compression is not None:
+        report["compression"] = compression
+    if heldout is not None:  # against the full-precision reference, whatever the artifact's weights
+        from .text import text_metrics
+
+        full = ReferenceRunner(graph, artifact.batch_size) if compression is not None else reference
+        report["text"] = text_metrics(artifact, full, np.asarray(heldout))
     paths = write_report(report, report_dir, force) if report_dir is not None else []
     return ValidationResult(report, paths)
 
