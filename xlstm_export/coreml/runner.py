@@ -251,6 +251,7 @@ def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.nda
     from ..lowering import core_ml_name, policy_for
     from ..lowering.inventory import weight_specs
     from ..lowering.quant import Compression
+    from ..validation.compressed import split_sources
     from .executor import load_program
 
     q = runner.contract.get("quantize")
@@ -265,10 +266,13 @@ def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.nda
         if comp.scheme_for(spec) is None:
             continue
         op = ops.get(core_ml_name(spec.key))
-        if op is None or len(spec.sources) != 1:
+        if op is None:
             raise ArtifactError(f"{runner.path}: no compressed weight {core_ml_name(spec.key)!r} in the package")
         arr = np.asarray(op.materialized_val_inference(), dtype=np.float32)
-        out[spec.sources[0]] = arr.reshape(graph.weights[spec.sources[0]].shape)
+        if arr.shape != tuple(spec.shape):
+            raise ArtifactError(f"{runner.path}: compressed weight {op.name} decodes to {list(arr.shape)}, "
+                                f"xlstm-export writes {list(spec.shape)}")
+        out.update(split_sources(graph, spec, arr))
     return out
 
 
