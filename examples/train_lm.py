@@ -65,7 +65,7 @@ SETTINGS = {
     "samples": {"heldout_bytes": 150_000, "calibration_bytes": 45_000, "max_file_bytes": 30_000},
     "model": {"hidden_size": 256, "num_heads": 4, "num_blocks": 8, "qk_dim_factor": 0.5, "v_dim_factor": 1.0,
               "ffn_proj_factor": 2.667, "chunk_size": 64},
-    "train": {"seq_len": 512, "batch_size": 64, "steps": 3000, "lr": 3e-3, "warmup": 200, "min_lr_ratio": 0.05,
+    "train": {"seq_len": 512, "batch_size": 64, "steps": 1500, "lr": 3e-3, "warmup": 200, "min_lr_ratio": 0.05,
               "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "eval_every": 250,
               "eval_windows": 256, "seed": 0},
 }
@@ -358,7 +358,10 @@ def train(out: Path, work: Path, settings: dict, device: str) -> dict:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0, max_new_tokens=256).save_pretrained(out)
 
-    # measure the saved checkpoint, as a user loads it
+    # measure the saved checkpoint, as a user loads it, in plain fp32 (no TF32 matmuls)
+    if device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     saved = xLSTMForCausalLM.from_pretrained(out, dtype=torch.float32).to(device).eval()
     held_nll, held_n = stream_nll(saved, data["heldout"], device)
     first_nll, first_n = stream_nll(saved, data["heldout"][:512], device)
@@ -412,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         prep = json.loads((args.work / "prepare.json").read_text())
         log = {
             "command": " ".join(["python", "examples/train_lm.py", *(argv if argv is not None else sys.argv[1:])]),
+            # a task name xlstm_export.tasks does not generate: validation uses its seeded prompts only
+            "task": {"name": "language_modeling", "text": "heldout.txt"},
             "settings": SETTINGS, "corpus": prep, **figures,
         }
         (args.out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
