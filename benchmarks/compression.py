@@ -62,7 +62,6 @@ def variants(hessians) -> list:
         ("policy", "int4 b32, embedding kept", Compression("int4", policy=policy(embedding="keep"))),
         ("policy", "int4 b32 asymmetric", Compression("int4", symmetric=False)),
         ("policy", "int4 b64", Compression("int4", block_size=64)),
-        ("policy", "int4 b128", Compression("int4", block_size=128)),
         ("policy", "lut6 (64-entry palette per row)", Compression("lut6")),
         ("policy", "lut4 (16-entry palette per row)", Compression("lut4")),
         ("method", "int4 b32 round-to-nearest, no clipping search", None),  # filled below
@@ -70,6 +69,10 @@ def variants(hessians) -> list:
         ("method", "int4 b32 GPTQ (calibration.txt)", Compression("int4", method="gptq", hessians=hessians)),
         ("method", "int4 b32 asymmetric GPTQ", Compression("int4", symmetric=False, method="gptq", hessians=hessians)),
         ("method", "int8 GPTQ", Compression("int8", method="gptq", hessians=hessians)),
+        ("method", "int4 b32 GPTQ, LM head int8", Compression("int4", method="gptq", hessians=hessians,
+                                                            policy=policy(lm_head="int8"))),
+        ("method", "int4 b32 asymmetric GPTQ, LM head int8",
+         Compression("int4", symmetric=False, method="gptq", hessians=hessians, policy=policy(lm_head="int8"))),
     ]
     return out
 
@@ -82,6 +85,8 @@ def main() -> None:
     ap.add_argument("--artifact-tokens", type=int, default=2048, help="held-out tokens scored per artifact")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-artifacts", action="store_true")
+    ap.add_argument("--skip-layers", action="store_true")
+    ap.add_argument("--only", nargs="*", help="measure only the variants whose label contains one of these")
     args = ap.parse_args()
 
     import torch
@@ -99,7 +104,10 @@ def main() -> None:
 
     import xlstm_export.lowering.quant as q
 
-    for section, label, comp in variants(hessians):
+    todo = variants(hessians)
+    if args.only:
+        todo = [v for v in todo if any(k in v[1] for k in args.only)]
+    for section, label, comp in todo:
         t = time.perf_counter()
         if comp is None:  # plain RTN: the clipping grid of one entry
             saved, q.CLIP_GRID = q.CLIP_GRID, (1.0,)
@@ -116,17 +124,18 @@ def main() -> None:
         log(f"{label}: ppl x{m['perplexity_ratio']:.4f} top1 {m['top1_agreement']:.4f} "
             f"conf {m['top1_agreement_confident']:.4f} ({build_s:.1f}s)")
 
-    for i in range(len(graph.blocks)):
+    for i in range(0 if args.skip_layers else len(graph.blocks)):
         comp = Compression("int4", keep=tuple(f"blocks.{j}.*" for j in range(len(graph.blocks)) if j != i)
                            + ("embedding.weight", "lm_head.weight"))
         m = text_metrics(ReferenceRunner(compressed_graph(graph, comp)), ref, ids)
         m.update(label=f"block {i} alone int4")
         results["layers"].append(m)
         log(f"block {i}: ppl x{m['perplexity_ratio']:.4f} top1 {m['top1_agreement']:.4f}")
-    comp = Compression("int4", keep=tuple(f"blocks.{j}.*" for j in range(len(graph.blocks))) + ("embedding.weight",))
-    m = text_metrics(ReferenceRunner(compressed_graph(graph, comp)), ref, ids)
-    m.update(label="LM head alone int4")
-    results["layers"].append(m)
+    if not args.skip_layers:
+        comp = Compression("int4", keep=tuple(f"blocks.{j}.*" for j in range(len(graph.blocks))) + ("embedding.weight",))
+        m = text_metrics(ReferenceRunner(compressed_graph(graph, comp)), ref, ids)
+        m.update(label="LM head alone int4")
+        results["layers"].append(m)
 
     if not args.skip_artifacts:
         results["artifacts"] = artifacts(graph, ck, ids[:args.artifact_tokens], ref)
