@@ -51,14 +51,16 @@ class OnnxOps:
         self.compression = compression  # --quantize: compressed weights (lowering/quant.py, .quant)
         self.quantize_format = quantize_format
         self.quant_cache = quant_cache if quant_cache is not None else QuantCache()
-        self._dequantized: Dict[tuple, str] = {}  # qdq: DequantizeLinear outputs of this graph
+        self._dequantized: Dict[str, str] = {}  # qdq: weight key -> its DequantizeLinear output in this graph
         self._tables: Dict[str, tuple] = {}  # compressed embedding: codes initializer -> (spec, scheme, parts)
+        self._outer: Optional["OnnxOps"] = None  # the main graph's backend, in a Scan body
 
     def on(self, b: GraphBuilder) -> "OnnxOps":
         """The same backend writing into another graph (a Scan body); initializers stay shared."""
         ops = OnnxOps(b, self.graph, self.policy, self.batch, self.max_matmul_width, self._weights, self.tokens,
                       self.compression, self.quantize_format, self.quant_cache)
         ops._tables = self._tables
+        ops._outer = self
         return ops
 
     def scheme(self, spec: WeightSpec) -> Optional[Scheme]:
@@ -144,15 +146,23 @@ class OnnxOps:
             return self.b.op("MatMulNBits", inputs, name, domain=MS_DOMAIN, K=K, N=N, bits=scheme.bits,
                              block_size=scheme.block_size)
         # qdq: the dense (K, N) weight from its blocked codes, then an ordinary MatMul
-        where = (id(self.b), w.key)
-        if where not in self._dequantized:
-            dq = [q["codes"], q["scales"]] + ([q["zero_points"]] if "zero_points" in q else [])
-            self._dequantized[where] = self.b.op("DequantizeLinear", dq, w.key, out_dtype=self.b.dtype(q["scales"]),
-                                                 axis=0, block_size=scheme.block_size)
+        wq = self._dequantize(w, scheme, q)
         if b is None:
-            return self.b.op("MatMul", [x, self._dequantized[where]], name)
-        y = self.b.op("MatMul", [x, self._dequantized[where]], f"{name}.matmul")
+            return self.b.op("MatMul", [x, wq], name)
+        y = self.b.op("MatMul", [x, wq], f"{name}.matmul")
         return self.b.op("Add", [y, self.weight(b)], name)
+
+    def _dequantize(self, w: WeightSpec, scheme: Scheme, q: Dict[str, str]) -> str:
+        """The blocked ``DequantizeLinear`` of a weight (once per graph). Inside a Scan body it goes to the
+        main graph, before the Scan (once per call, not per token; ORT 1.32's DequantizeLinear -> MatMul
+        fusion also fails on a body's DequantizeLinear of an outer-scope initializer)."""
+        if self._outer is not None:
+            return self._outer._dequantize(w, scheme, q)
+        if w.key not in self._dequantized:
+            dq = [q["codes"], q["scales"]] + ([q["zero_points"]] if "zero_points" in q else [])
+            self._dequantized[w.key] = self.b.op("DequantizeLinear", dq, w.key, out_dtype=self.b.dtype(q["scales"]),
+                                                 axis=0, block_size=scheme.block_size)
+        return self._dequantized[w.key]
 
     def matmul(self, a: str, b: str, name: str) -> str:
         return self.b.op("MatMul", [a, b], name)
