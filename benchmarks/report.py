@@ -353,8 +353,9 @@ def quant_section(q: Optional[dict]) -> List[str]:
           "scheme). `int4-asym`: codes with a zero point per block.",
           "- `int8` as MatMulNBits is *slower* than fp32 on ORT 1.32's CPU EP: with fp32 activations "
           "(`accuracy_level` unset, which our graphs leave so they compute exactly with the stored weights) it has "
-          "no fast 8-bit kernel. `accuracy_level=4` (activations quantized to int8 per block) is fast but moves "
-          "logits by several percent; int8 pays off in bytes, not in CPU speed.",
+          "no fast 8-bit kernel. Measured once during development (not by this benchmark), the same graph with "
+          "`accuracy_level=4` (activations quantized to int8 per block) ran ~10x faster than without, but moved the "
+          "random-weight 100M model's logits by up to ~9%. int8 pays off in bytes, not in CPU speed.",
           "- `int4-qdq` (blocked `DequantizeLinear -> MatMul`, the form for the Core ML EP) is slower than fp32 on "
           "the CPU EP: ORT fuses the MatMuls followed by the residual Add into Gemm before its "
           "DequantizeLinear -> MatMulNBits fusion, so the out_proj and FFN down weights are dequantized every call "

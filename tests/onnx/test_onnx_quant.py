@@ -175,6 +175,23 @@ def test_scan_graph_carries_the_compressed_weights(exported, graph, fmt):
     assert err <= FP32_TOL
 
 
+@pytest.mark.parametrize("fmt, scheme", [("matmulnbits", "int4"), ("qdq", "int8")])
+def test_hybrid_with_slstm_blocks(checkpoint_factory, tmp_path, fmt, scheme):
+    """mLSTM + sLSTM blocks (headwise weights kept, FFN projections compressed), block 16."""
+    graph = load_checkpoint(checkpoint_factory("hybrid"))
+    comp = Compression(scheme, 16, False)
+    art = emit(graph, OnnxOptions(batch_size=B, compression=comp, quantize_format=fmt), tmp_path / "h.onnx")
+    runner = open_runner(art.path, graph)
+    dense = runner.compressed_weights(graph)
+    want = expected_dense(graph, comp)
+    assert sorted(dense) == sorted(want) and len(want) > 4
+    for name, arr in want.items():
+        np.testing.assert_array_equal(dense[name], arr, err_msg=name)
+    err = run_session(runner, reference_on(graph, dense), graph.config.vocab_size)
+    print(f"\n[hybrid {fmt} {comp.label()}] {len(dense)} weights compressed; max rel logits {err:.2e}")
+    assert err <= FP32_TOL
+
+
 def test_fp16_with_int4(exported, graph):
     art, comp = exported("matmulnbits", "int4", True, precision="fp16")
     runner = open_runner(art.path, graph)
