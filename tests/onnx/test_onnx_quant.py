@@ -65,9 +65,12 @@ def exported(graph, tmp_path_factory):
 
 
 def expected_dense(graph, comp) -> dict:
-    """Canonical name -> ``quantize(...).dequantize()`` of each weight the policy compresses (unsplit)."""
+    """Canonical name -> ``quantize(...).dequantize()`` of each weight the policy compresses (unsplit; the
+    embedding and LM head from their own specs, as a tied pair is compressed twice)."""
+    from xlstm_export.lowering.model import vocab_weights
+
     out = {}
-    for spec in weight_specs(graph, policy_for("onnx", "fp32"), B):
+    for spec in [*weight_specs(graph, policy_for("onnx", "fp32"), B), *vocab_weights(graph)]:
         scheme = comp.scheme_for(spec)
         if scheme is not None:
             out[spec.sources[0]] = quantize(graph, spec, scheme, comp).dequantize()
@@ -175,20 +178,22 @@ def test_scan_graph_carries_the_compressed_weights(exported, graph, fmt):
     assert err <= FP32_TOL
 
 
-@pytest.mark.parametrize("fmt, scheme", [("matmulnbits", "int4"), ("qdq", "int8")])
-def test_hybrid_with_slstm_blocks(checkpoint_factory, tmp_path, fmt, scheme):
-    """mLSTM + sLSTM blocks (headwise weights kept, FFN projections compressed), block 16."""
-    graph = load_checkpoint(checkpoint_factory("hybrid"))
+@pytest.mark.parametrize("name, fmt, scheme", [("hybrid", "matmulnbits", "int4"), ("hybrid", "qdq", "int8"),
+                                               ("hybrid_pt", "qdq", "int4")])
+def test_hybrid_with_slstm_blocks(checkpoint_factory, tmp_path, name, fmt, scheme):
+    """mLSTM + sLSTM blocks (headwise weights kept, FFN projections compressed), block 16; ``hybrid_pt``
+    ties the LM head to the embedding: two compressed weights (int8 table, the head in the scheme)."""
+    graph = load_checkpoint(checkpoint_factory(name))
     comp = Compression(scheme, 16, False)
     art = emit(graph, OnnxOptions(batch_size=B, compression=comp, quantize_format=fmt), tmp_path / "h.onnx")
     runner = open_runner(art.path, graph)
     dense = runner.compressed_weights(graph)
     want = expected_dense(graph, comp)
-    assert sorted(dense) == sorted(want) and len(want) > 4
+    assert sorted(dense) == sorted(want) and len(want) > 4 and {"embedding.weight", "lm_head.weight"} <= set(dense)
     for name, arr in want.items():
         np.testing.assert_array_equal(dense[name], arr, err_msg=name)
     err = run_session(runner, reference_on(graph, dense), graph.config.vocab_size)
-    print(f"\n[hybrid {fmt} {comp.label()}] {len(dense)} weights compressed; max rel logits {err:.2e}")
+    print(f"\n[{name} {fmt} {comp.label()}] {len(dense)} weights compressed; max rel logits {err:.2e}")
     assert err <= FP32_TOL
 
 

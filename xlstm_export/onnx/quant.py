@@ -118,6 +118,38 @@ def parts(spec: WeightSpec, scheme: Scheme, fmt: str, elem: int) -> List[Part]:
     return out
 
 
+def compressed_specs(graph, policy, batch_size: int, max_matmul_width: Optional[int], comp: Compression,
+                     fmt: str) -> List[Tuple[WeightSpec, Scheme]]:
+    """(spec, scheme) of every compressed weight the ONNX backend writes for the step lowering, one per
+    distinct set of initializers: a tied embedding and LM head are two (the table int8 codes, the head in the
+    scheme), which ``lowering.inventory.weight_specs`` (one spec per uncompressed identity) folds into one."""
+    from ..lowering.inventory import Inventory
+    from ..lowering.model import step
+
+    class _Every(Inventory):
+        def __init__(self):
+            super().__init__(graph, policy, batch_size)
+            self.max_matmul_width = max_matmul_width
+            self.asked: Dict[str, WeightSpec] = {}
+
+        def weight(self, spec: WeightSpec) -> str:
+            self.asked.setdefault(spec.key, spec)
+            return super().weight(spec)
+
+    inv = _Every()
+    step(inv, "int32")
+    out, seen = [], set()
+    for spec in inv.asked.values():
+        scheme = comp.scheme_for(spec)
+        if scheme is None:
+            continue
+        ident = spec.identity(graph, policy.dtype(spec.role)) + (scheme, form_of(spec, fmt))
+        if ident not in seen:  # as the backend caches (OnnxOps._compressed)
+            seen.add(ident)
+            out.append((spec, scheme))
+    return out
+
+
 class QuantCache:
     """The last weight quantized: its parts are written one after another, so it is quantized once and
     only one compressed weight is held at a time."""
@@ -179,5 +211,6 @@ def decode(spec: WeightSpec, scheme: Scheme, fmt: str, arrays: Dict[str, np.ndar
     return ((codes - zero[..., None]) * scale[..., None]).reshape(N, K).astype(np.float32)
 
 
-__all__ = ["FORMATS", "MS_DOMAIN", "PARTS", "Part", "QDQ_OPSET", "QuantCache", "check_compression", "decode",
+__all__ = ["FORMATS", "MS_DOMAIN", "PARTS", "Part", "QDQ_OPSET", "QuantCache", "check_compression", "compressed_specs",
+           "decode",
            "form_of", "opset_for", "parts", "tensor_array"]

@@ -325,13 +325,13 @@ def _head_block(model, vocab: int) -> int:
     return max(COREML_MAX_DIM, vocab)  # one block
 
 
-def _compressed_specs(graph: Graph, contract: dict, batch_size: int, block: int, comp) -> list:
+def _compressed_specs(graph: Graph, contract: dict, batch_size: int, block: int, comp, fmt: str) -> list:
     """(spec, scheme) of every weight ``comp`` compresses, as the step graph holds them (LM head blocks)."""
     from ..lowering import policy_for
-    from ..lowering.inventory import weight_specs
+    from .quant import compressed_specs
 
-    policy = policy_for(TARGET_STEP, str(contract.get("precision")))
-    return [(s, sch) for s in weight_specs(graph, policy, batch_size, block) if (sch := comp.scheme_for(s)) is not None]
+    return compressed_specs(graph, policy_for(TARGET_STEP, str(contract.get("precision"))), batch_size, block,
+                            comp, fmt)
 
 
 def _initializer_bytes(path: Path, t) -> bytes:
@@ -373,7 +373,7 @@ def compressed_weights(runner: OnnxRunner, graph: Graph) -> Dict[str, np.ndarray
     inits = {t.name: t for t in model.graph.initializer}
     block = _head_block(model, graph.config.vocab_size)
     out: Dict[str, np.ndarray] = {}
-    for spec, scheme in _compressed_specs(graph, runner.contract, runner.batch_size, block, comp):
+    for spec, scheme in _compressed_specs(graph, runner.contract, runner.batch_size, block, comp, fmt):
         arrays = {}
         for part in PARTS:
             t = inits.get(f"{spec.key}.{part}")
@@ -412,7 +412,7 @@ def _compressed_nodes(model) -> Dict[str, str]:
     return found
 
 
-def _want_nodes(specs, fmt: str, precision_policy=None) -> Dict[str, str]:
+def _want_nodes(specs, fmt: str) -> Dict[str, str]:
     from .quant import form_of
 
     want = {}
@@ -461,7 +461,7 @@ def verify(runner: OnnxRunner, graph: Graph) -> None:
     except UnsupportedError as e:
         raise ArtifactError(f"{where}: its contract declares what xlstm-export does not write: {first_line(e)}"
                             ) from None
-    want_nodes = _want_nodes(_compressed_specs(graph, c, runner.batch_size, block, comp), fmt) if comp else {}
+    want_nodes = _want_nodes(_compressed_specs(graph, c, runner.batch_size, block, comp, fmt), fmt) if comp else {}
     graphs = [(runner.path, model, False)]
     if plan is not None:
         graphs.append((runner.path.with_name(plan.where), runner.prefill_proto, True))
