@@ -273,7 +273,7 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
         check_output_path(prefill_path, options.force)
     cache = QuantCache()
     model, ms = build(graph, options, out_path=out_path, quant_cache=cache)
-    pre = build(graph, options, prefill=True, out_path=out_path, quant_cache=cache) if prefill_path is not None else None
+    pre = None if prefill_path is None else build(graph, options, prefill=True, out_path=out_path, quant_cache=cache)
     weight_bytes = sum(i.nbytes for i in ms.initializers)
     external = prefill_path is not None or (options.external_data if options.external_data is not None else (
         weight_bytes >= options.external_data_threshold))
