@@ -21,7 +21,10 @@ the output):
    (one call), the ONNX prefill graphs (512 / T calls carrying the states), the reference's chunkwise
    form, TorchScript's, upstream's, and the step graph x 512. The goals table judges the ONNX prefill
    graph (T = 64) at ``100m``: >= 8x faster than the Scan graph, <= 1.5x the reference chunkwise time;
-4. with ``--with-7b``: an xLSTM-7B-shaped transformers checkpoint (its real config, generated bf16
+4. compressed weights (``quant.py``, with ``100m`` in the configs, or alone with ``--only-quant``): the
+   ONNX decode step at 100M with int8 / int4 weights vs fp32 in interleaved rounds, artifact bytes per
+   precision, and the Core ML EP's share of each compressed form (ORT's usability checker);
+5. with ``--with-7b``: an xLSTM-7B-shaped transformers checkpoint (its real config, generated bf16
    weights) exported to ONNX fp16 with external data and to Core ML fp16 (``big7b.py``).
 
 Without ``--with-7b`` the 7B section of an earlier ``--with-7b`` run (``results-7b.json``) is carried
@@ -139,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only-7b", action="store_true", help="only the 7B section (re-renders RESULTS.md)")
     ap.add_argument("--render-only", action="store_true",
                     help="only re-write --out from results.json (and results-7b.json) beside it")
+    ap.add_argument("--only-quant", action="store_true",
+                    help="only the compressed-weights section (benchmarks/quant.py), merged into results.json")
+    ap.add_argument("--quant-rounds", type=int, default=5, help="interleaved rounds of the compressed-weights timings")
     ap.add_argument("--quick", action="store_true", help="few repeats (a smoke run; figures not for RESULTS.md)")
     ap.add_argument("--keep", action="store_true", help="keep --work")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
@@ -168,8 +174,10 @@ def main(argv=None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    if a.only_7b:
+    if a.only_7b or a.only_quant:
         results = json.loads(json_path.read_text()) if json_path.exists() else None
+        if a.only_quant and results is None:
+            raise SystemExit(f"--only-quant merges into {json_path}, which does not exist: run the benchmark first")
     else:
         from xlstm_export.frontends import load_checkpoint
 
@@ -215,6 +223,11 @@ def main(argv=None) -> int:
         results["seconds"] = round(time.perf_counter() - t_start, 1)
         results["waited_quiet_seconds"] = round(waited[0], 1)
         results["load_average_end"] = os.getloadavg()
+    if a.only_quant or (not a.only_7b and "100m" in a.configs.split(",")):
+        import quant
+
+        rounds, repeats = (2, 5) if a.quick else (a.quant_rounds, 60)
+        results["quant"] = quant.run(a.work / "quant", a.threads, "100m", "tiny", rounds, repeats=repeats)
     if a.with_7b or a.only_7b:
         import big7b
 

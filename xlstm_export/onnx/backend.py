@@ -8,6 +8,10 @@ per-weight hook makes when the model is written. States are graph inputs (``<nam
 
 Every op here is one the Core ML EP (MLProgram) takes: Neg and Abs are written by the lowering as
 ``Mul(x, -1)`` and ``Max(x, -x)``, GELU is the opset-20 ``Gelu`` node, LayerNorm ``LayerNormalization``.
+
+With a compression (``--quantize``), a weight it compresses goes through :mod:`.quant` instead of
+``prepare_weight``: a Linear becomes ``MatMulNBits`` or ``DequantizeLinear -> MatMul``, the embedding a
+Gather of int8 codes dequantized after the lookup; nothing else changes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..graphs import Graph, StateSpec
 from ..lowering import PrecisionPolicy, WeightSpec, marked, prepare_weight
-from .builder import F16, F32, GraphBuilder, Initializer
+from ..lowering.quant import Compression, Scheme, quantize
+from .builder import F16, F32, BuildError, GraphBuilder, Initializer
+from .quant import MS_DOMAIN, QuantCache, form_of, parts
 
 ELEM = {"fp16": F16, "fp32": F32}
 DTYPE_OF = {F16: "fp16", F32: "fp32"}
@@ -30,7 +36,9 @@ class OnnxOps:
     """The ops protocol over one :class:`GraphBuilder` (the main graph or a Scan body)."""
 
     def __init__(self, b: GraphBuilder, graph: Graph, policy: PrecisionPolicy, batch_size: int,
-                 max_matmul_width: Optional[int], weights: Optional[Dict[tuple, str]] = None, tokens: int = 1):
+                 max_matmul_width: Optional[int], weights: Optional[Dict[tuple, str]] = None, tokens: int = 1,
+                 compression: Optional[Compression] = None, quantize_format: str = "matmulnbits",
+                 quant_cache: Optional[QuantCache] = None):
         self.b = b
         self.graph = graph
         self.policy = policy
@@ -40,10 +48,23 @@ class OnnxOps:
         self._weights: Dict[tuple, str] = {} if weights is None else weights  # shared with Scan bodies
         self.state_in: Dict[str, str] = {}  # canonical state name -> value read
         self.state_out: Dict[str, str] = {}  # canonical state name -> value written
+        self.compression = compression  # --quantize: compressed weights (lowering/quant.py, .quant)
+        self.quantize_format = quantize_format
+        self.quant_cache = quant_cache if quant_cache is not None else QuantCache()
+        self._dequantized: Dict[str, str] = {}  # qdq: weight key -> its DequantizeLinear output in this graph
+        self._tables: Dict[str, tuple] = {}  # compressed embedding: codes initializer -> (spec, scheme, parts)
+        self._outer: Optional["OnnxOps"] = None  # the main graph's backend, in a Scan body
 
     def on(self, b: GraphBuilder) -> "OnnxOps":
         """The same backend writing into another graph (a Scan body); initializers stay shared."""
-        return OnnxOps(b, self.graph, self.policy, self.batch, self.max_matmul_width, self._weights, self.tokens)
+        ops = OnnxOps(b, self.graph, self.policy, self.batch, self.max_matmul_width, self._weights, self.tokens,
+                      self.compression, self.quantize_format, self.quant_cache)
+        ops._tables = self._tables
+        ops._outer = self
+        return ops
+
+    def scheme(self, spec: WeightSpec) -> Optional[Scheme]:
+        return self.compression.scheme_for(spec) if self.compression is not None else None
 
     # -- constants -------------------------------------------------------------------------------
     def dtype(self, x: str) -> str:
@@ -53,6 +74,14 @@ class OnnxOps:
         return self.b.scalar_like(value, like)
 
     def weight(self, spec: WeightSpec) -> str:
+        scheme = self.scheme(spec)
+        if scheme is not None:
+            if spec.use != "embedding":  # a compressed Linear is one node (``linear``), not a tensor
+                raise BuildError(f"onnx: weight {spec.key} is compressed ({scheme.label()}) but asked for as a "
+                                 f"dense tensor")
+            names = self._compressed(spec, scheme)
+            self._tables[names["codes"]] = (spec, scheme, names)
+            return names["codes"]
         dtype = self.policy.dtype(spec.role)
         ident = spec.identity(self.graph, dtype)
         if ident not in self._weights:
@@ -76,10 +105,64 @@ class OnnxOps:
                                                                 lambda: arr, "<constant>"))
         return self._weights[key]
 
+    def _compressed(self, spec: WeightSpec, scheme: Scheme) -> Dict[str, str]:
+        """The initializers of a compressed weight (part suffix -> name), made once per model; their data is
+        quantized while the model is written (one weight at a time, :class:`.quant.QuantCache`)."""
+        dtype = self.policy.dtype(spec.role)
+        form = form_of(spec, self.quantize_format)
+        ident = spec.identity(self.graph, dtype) + (scheme, form)
+        key = ("q",) + ident
+        if key not in self._weights:
+            ms, graph, comp, cache = self.b.model, self.graph, self.compression, self.quant_cache
+            sources = ", ".join(graph.weights[s].source for s in spec.sources)
+
+            def loader(make):
+                return lambda: make(cache.get(ident, lambda: quantize(graph, spec, scheme, comp)))
+
+            names = {}
+            for p in parts(spec, scheme, self.quantize_format, ELEM[dtype]):
+                name = ms.unique(f"{spec.key}.{p.suffix}")
+                ms.used_names.discard(name)  # add_initializer claims it
+                names[p.suffix] = ms.add_initializer(Initializer(name, p.elem, p.dims, loader(p.make),
+                                                                 f"{sources} ({scheme.label()})", ident + (p.suffix,)))
+            self._weights[key] = names
+        return self._weights[key]
+
     # -- ops ---------------------------------------------------------------------------------------
     def linear(self, x: str, w: WeightSpec, b: Optional[WeightSpec], name: str) -> str:
-        inputs = [x, self.weight(w)] + ([self.weight(b)] if b is not None else [])
-        return self.b.op("Gemm", inputs, name, transB=1)
+        scheme = self.scheme(w)
+        if scheme is None:
+            inputs = [x, self.weight(w)] + ([self.weight(b)] if b is not None else [])
+            return self.b.op("Gemm", inputs, name, transB=1)
+        q = self._compressed(w, scheme)
+        N, K = w.shape
+        if self.quantize_format == "matmulnbits":
+            inputs = [x, q["codes"], q["scales"], q.get("zero_points", "")]
+            if b is not None:
+                inputs += ["", self.weight(b)]  # g_idx (deprecated) left out
+            while inputs[-1] == "":
+                inputs.pop()
+            self.b.model.domains[MS_DOMAIN] = 1
+            return self.b.op("MatMulNBits", inputs, name, domain=MS_DOMAIN, K=K, N=N, bits=scheme.bits,
+                             block_size=scheme.block_size)
+        # qdq: the dense (K, N) weight from its blocked codes, then an ordinary MatMul
+        wq = self._dequantize(w, scheme, q)
+        if b is None:
+            return self.b.op("MatMul", [x, wq], name)
+        y = self.b.op("MatMul", [x, wq], f"{name}.matmul")
+        return self.b.op("Add", [y, self.weight(b)], name)
+
+    def _dequantize(self, w: WeightSpec, scheme: Scheme, q: Dict[str, str]) -> str:
+        """The blocked ``DequantizeLinear`` of a weight (once per graph). Inside a Scan body it goes to the
+        main graph, before the Scan (once per call, not per token; ORT 1.32's DequantizeLinear -> MatMul
+        fusion also fails on a body's DequantizeLinear of an outer-scope initializer)."""
+        if self._outer is not None:
+            return self._outer._dequantize(w, scheme, q)
+        if w.key not in self._dequantized:
+            dq = [q["codes"], q["scales"]] + ([q["zero_points"]] if "zero_points" in q else [])
+            self._dequantized[w.key] = self.b.op("DequantizeLinear", dq, w.key, out_dtype=self.b.dtype(q["scales"]),
+                                                 axis=0, block_size=scheme.block_size)
+        return self._dequantized[w.key]
 
     def matmul(self, a: str, b: str, name: str) -> str:
         return self.b.op("MatMul", [a, b], name)
@@ -154,7 +237,17 @@ class OnnxOps:
         return self.b.transpose(x, perm, name)
 
     def gather(self, table: str, ids: str, name: str) -> str:
-        return self.b.gather(table, ids, name)
+        if table not in self._tables:
+            return self.b.gather(table, ids, name)
+        # a compressed table: gather the rows' codes and block scales, dequantize only those rows
+        spec, scheme, q = self._tables[table]
+        E, bs = spec.shape[1], scheme.block_size
+        elem = self.b.dtype(q["scales"])
+        codes = self.b.cast(self.b.gather(q["codes"], ids, f"{name}.codes"), elem, f"{name}.codes_float")
+        codes = self.b.reshape(codes, [self.batch, -1, E // bs, bs], f"{name}.blocks")  # (B, T, E/b, b)
+        scales = self.b.reshape(self.b.gather(q["scales"], ids, f"{name}.scales"), [self.batch, -1, E // bs, 1],
+                                f"{name}.block_scales")  # (B, T, E/b, 1)
+        return self.b.reshape(self.b.mul(codes, scales, f"{name}.dequantized"), [self.batch, -1, E], name)
 
     # -- precision and states ------------------------------------------------------------------------
     def cast(self, x: str, role: str, place: str) -> str:

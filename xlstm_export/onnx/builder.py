@@ -33,9 +33,15 @@ from ..errors import XlstmExportError
 F32 = TensorProto.FLOAT
 F16 = TensorProto.FLOAT16
 I64 = TensorProto.INT64
-NP_DTYPE = {F32: np.float32, F16: np.float16, I64: np.int64}
+U8 = TensorProto.UINT8
+I8 = TensorProto.INT8
+I4 = TensorProto.INT4
+U4 = TensorProto.UINT4
+# 4-bit tensors are made as int8 / uint8 arrays of their logical shape, written packed (two per byte)
+NP_DTYPE = {F32: np.float32, F16: np.float16, I64: np.int64, U8: np.uint8, I8: np.int8, I4: np.int8, U4: np.uint8}
 DTYPE_NAME = {F32: "float32", F16: "float16", I64: "int64"}
 ELEM = {"float32": F32, "float16": F16, "int64": I64}
+SUB_BYTE = frozenset({I4, U4})
 
 # ops the Core ML EP (MLProgram) takes; the emitter checks every node past the embedding against it
 COREML_OPS = frozenset({
@@ -72,9 +78,13 @@ class Initializer:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.dims, dtype=np.int64)) * np.dtype(NP_DTYPE[self.data_type]).itemsize
+        n = int(np.prod(self.dims, dtype=np.int64))
+        if self.data_type in SUB_BYTE:
+            return (n + 1) // 2
+        return n * np.dtype(NP_DTYPE[self.data_type]).itemsize
 
     def materialize(self) -> np.ndarray:
+        """The tensor's bytes as an array (4-bit tensors: packed into uint8, ``pack_nibbles``)."""
         arr = self.load()
         want = NP_DTYPE[self.data_type]
         if arr.dtype != want:
@@ -82,7 +92,31 @@ class Initializer:
         if tuple(arr.shape) != tuple(self.dims):
             raise BuildError(f"initializer {self.name!r} ({self.source}): produced shape {tuple(arr.shape)}, "
                              f"declared {self.dims}")
+        if self.data_type in SUB_BYTE:
+            return pack_nibbles(arr.reshape(-1))
         return np.ascontiguousarray(arr)
+
+
+def pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """4-bit values (int8 in [-8, 7] or uint8 in [0, 15]) two per byte, as ONNX stores INT4 / UINT4 and
+    MatMulNBits its blobs: element 2i in the low nibble of byte i, element 2i+1 in the high nibble (an
+    odd count is padded with a zero nibble). Along the last axis; leading axes are kept."""
+    v = np.asarray(values).astype(np.uint8) & 0x0F
+    if v.shape[-1] % 2:
+        v = np.concatenate([v, np.zeros(v.shape[:-1] + (1,), dtype=np.uint8)], axis=-1)
+    return np.ascontiguousarray(v[..., 0::2] | (v[..., 1::2] << 4))
+
+
+def unpack_nibbles(packed: np.ndarray, count: int, signed: bool) -> np.ndarray:
+    """The inverse of :func:`pack_nibbles` along the last axis: ``count`` values per row, int8 in [-8, 7]
+    when ``signed`` (two's complement nibbles), else uint8 in [0, 15]."""
+    p = np.asarray(packed, dtype=np.uint8)
+    out = np.empty(p.shape[:-1] + (2 * p.shape[-1],), dtype=np.uint8)
+    out[..., 0::2], out[..., 1::2] = p & 0x0F, p >> 4
+    out = out[..., :count]
+    if signed:
+        return (out.astype(np.int16) - ((out >= 8) * 16)).astype(np.int8)
+    return out
 
 
 class ModelState:
@@ -95,6 +129,7 @@ class ModelState:
         self._consts: Dict[tuple, str] = {}
         self.used_names: set[str] = set()
         self.dtypes: Dict[str, int] = {}
+        self.domains: Dict[str, int] = {}  # opset imports beyond the default domain (com.microsoft: MatMulNBits)
 
     def unique(self, name: str) -> str:
         if name not in self.used_names:
@@ -150,7 +185,8 @@ def _fmt(v) -> str:
 
 
 def _elem_of(dtype: np.dtype) -> int:
-    return {np.dtype(np.float32): F32, np.dtype(np.float16): F16, np.dtype(np.int64): I64}[np.dtype(dtype)]
+    return {np.dtype(np.float32): F32, np.dtype(np.float16): F16, np.dtype(np.int64): I64,
+            np.dtype(np.uint8): U8, np.dtype(np.int8): I8}[np.dtype(dtype)]
 
 
 class GraphBuilder:

@@ -38,6 +38,12 @@ stabilizer m and the normaliser n lose most); fp32 cells cost a few Casts per bl
 A measurement can pass a ``PrecisionPolicy`` of its own (``OnnxOptions.policy``). Logits are always
 fp32; the states' dtype is in the contract (``xlstm_export.io``).
 
+Compressed weights (``compression``, ``--quantize int8|int4``): the weights the compression's policy
+compresses are stored as codes + block scales (``quant.py``): ``MatMulNBits`` nodes (com.microsoft; ORT's
+CPU and mobile EPs) or, with ``quantize_format="qdq"``, blocked ``DequantizeLinear -> MatMul`` (opset 21,
+for EPs that take QDQ graphs); the embedding is a Gather of int8 codes in both. The contract declares the
+compression (``"quantize"``, ``"quantize_format"``), the runner decodes the weights (``compressed_weights``).
+
 Files: ``model.onnx``, plus ``model.onnx.data`` when the weights reach ``external_data_threshold``
 (2 GB; protobuf cannot hold more), written one tensor at a time.
 """
@@ -57,11 +63,15 @@ from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
 from ..lowering import PrecisionPolicy, check_prefill_chunk, policy_for
+from ..lowering.inventory import weight_specs
 from ..lowering.precision import STATE_ROLES
+from ..lowering.quant import Compression, check_blocks
+from ..validation.contract import judged_precision
 from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path
 from ..targets import check_suffix
 from .backend import ELEM, OnnxOps
 from .builder import COREML_OPS, DTYPE_NAME, I64, BuildError, GraphBuilder, ModelState
+from .quant import FORMATS, QuantCache, check_compression, opset_for
 from .writer import External, write_model
 
 TARGET_STEP = "onnx"
@@ -86,6 +96,8 @@ class OnnxOptions:
     policy: Optional[PrecisionPolicy] = None  # measurements only (benchmarks/): replaces the named policy
     prefill_chunk: Optional[int] = None  # T: also write the chunkwise prefill graph (<stem>.prefill.onnx)
     last_logits_only: bool = False  # the prefill graph returns the chunk's last logits only
+    compression: Optional[Compression] = None  # --quantize: compressed weights (lowering/quant.py, quant.py)
+    quantize_format: str = "matmulnbits"  # how a compressed Linear is written: quant.FORMATS
 
 
 def state_output_name(name: str) -> str:
@@ -105,6 +117,7 @@ def check_options(options: OnnxOptions) -> PrecisionPolicy:
         raise UnsupportedError("onnx: --prefill-chunk and --scan are two sequence graphs; choose one")
     if options.last_logits_only and options.prefill_chunk is None:
         raise UnsupportedError("onnx: --last-logits-only applies to the prefill graph; add --prefill-chunk T")
+    check_compression(options.compression, options.quantize_format)
     policy = policy_for(TARGET_STEP, options.precision, options.policy)
     dtypes = {policy.storage(r).dtype for r in STATE_ROLES}
     if len(dtypes) != 1 or any(policy.storage(r).split for r in STATE_ROLES):
@@ -140,22 +153,29 @@ def contract_for(graph: Graph, options: OnnxOptions, out_path: Optional[Path] = 
             io["step"] = {"path": out_path.name}
         io["prefill"] = {"path": prefill_path_for(out_path).name, "chunk": T,
                          "last_logits_only": bool(options.last_logits_only)}
+    if options.compression is not None:
+        io["quantize"] = options.compression.to_json()
+        io["quantize_format"] = options.quantize_format
     return io
 
 
 def build(graph: Graph, options: OnnxOptions, prefill: bool = False,
-          out_path: Optional[Path] = None) -> Tuple[onnx.ModelProto, ModelState]:
+          out_path: Optional[Path] = None, quant_cache: Optional[QuantCache] = None
+          ) -> Tuple[onnx.ModelProto, ModelState]:
     """The ModelProto (no initializer data) and its lazy initializers: the step or Scan graph, or with
-    ``prefill`` the prefill graph of ``options.prefill_chunk`` tokens."""
+    ``prefill`` the prefill graph of ``options.prefill_chunk`` tokens. ``quant_cache``: shared by the
+    graphs written together (each compressed weight quantized once)."""
     policy = check_options(options)
     B, E, V = options.batch_size, graph.config.embedding_dim, graph.config.vocab_size
     contract = graph.state_contract(B)
     selem = state_dtype(policy)
-    ms = ModelState(options.opset)
+    opset = opset_for(options.opset, options.compression, options.quantize_format)
+    ms = ModelState(opset)
     name = "xlstm_prefill" if prefill else ("xlstm_scan" if options.scan else "xlstm_step")
     b = GraphBuilder(ms, name)
     T = options.prefill_chunk if prefill else ("T" if options.scan else 1)
-    ops = OnnxOps(b, graph, policy, B, options.lm_head_block, tokens=T if prefill else 1)
+    ops = OnnxOps(b, graph, policy, B, options.lm_head_block, tokens=T if prefill else 1,
+                  compression=options.compression, quantize_format=options.quantize_format, quant_cache=quant_cache)
     ids = b.input("input_ids", I64, [B, T])
     states = {s.name: b.input(s.name, selem, s.shape) for s in contract}
     if prefill:
@@ -189,13 +209,14 @@ def build(graph: Graph, options: OnnxOptions, prefill: bool = False,
 
     io = contract_for(graph, options, out_path, prefill)
     doc = _doc(graph, options, prefill)
+    imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in sorted(ms.domains.items())]
     model = helper.make_model(
-        b.to_graph(doc), opset_imports=[helper.make_opsetid("", options.opset)],
+        b.to_graph(doc), opset_imports=imports,
         producer_name="xlstm-export", producer_version=__version__, doc_string=doc,
-        ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", options.opset)]))
+        ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
     helper.set_model_props(model, {IO_KEY: dumps(io)})
     if not options.scan:
-        _check_coreml_ops(model, name)
+        _check_coreml_ops(model, name, options.compression is not None)
     return model, ms
 
 
@@ -215,13 +236,20 @@ def _doc(graph: Graph, options: OnnxOptions, prefill: bool = False) -> str:
             f"embedding {cfg.embedding_dim}) {kind}, B = {B}. Every one of the {n} recurrent states is an "
             f"input under its canonical name and an output under '<name>.next'; zeros are the empty "
             f"context; feed each call's outputs to the next. Precision {options.precision}. The I/O "
-            f"contract is the JSON in metadata_props['{IO_KEY}']. Written by xlstm-export {__version__}.")
+            f"contract is the JSON in metadata_props['{IO_KEY}']. Written by xlstm-export {__version__}."
+            + (f" Weights compressed: {options.compression.label()}"
+               f"{'' if options.compression.symmetric else ' asymmetric'} ({options.quantize_format}); the "
+               f"contract's 'quantize' says which." if options.compression is not None else ""))
 
 
-def _check_coreml_ops(model: onnx.ModelProto, what: str) -> None:
-    """Every node after the embedding Gather is an op the Core ML EP takes (a bug otherwise)."""
+def _check_coreml_ops(model: onnx.ModelProto, what: str, compressed: bool = False) -> None:
+    """Every node but the embedding's Gathers (and, with compressed weights, the compressed Linears:
+    MatMulNBits, DequantizeLinear) is an op the Core ML EP takes (a bug otherwise)."""
     nodes = list(model.graph.node)
-    bad = [f"{n.op_type}:{n.name}" for n in nodes[1:] if n.op_type not in COREML_OPS]
+    outside = {"MatMulNBits", "DequantizeLinear"} if compressed else set()
+    bad = [f"{n.op_type}:{n.name}" for n in nodes
+           if n.op_type not in COREML_OPS and n.op_type not in outside
+           and not (n.op_type == "Gather" and n.name.split(".")[0] == "embedding")]
     if nodes[0].op_type != "Gather" or bad:
         raise BuildError(f"onnx {what} graph: nodes outside the Core ML EP's op set: {bad[:8]}")
 
@@ -231,15 +259,21 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
     With ``prefill_chunk`` also the prefill graph (``<stem>.prefill.onnx``), both over one data file."""
     t0 = time.perf_counter()
     out_path = Path(out_path)
-    check_options(options)
+    policy = check_options(options)
     check_prefill_chunk(graph, options.prefill_chunk, TARGET_STEP)
+    comp = options.compression
+    if comp is not None:
+        if comp.method == "gptq" and not comp.hessians:
+            raise UnsupportedError("onnx: --quant-method gptq needs calibration (api.calibrate or --calibration)")
+        check_blocks(graph, comp, weight_specs(graph, policy, options.batch_size, options.lm_head_block))
     check_suffix(TARGET_STEP, out_path)
     check_output_path(out_path, options.force)
     prefill_path = prefill_path_for(out_path) if options.prefill_chunk is not None else None
     if prefill_path is not None:
         check_output_path(prefill_path, options.force)
-    model, ms = build(graph, options, out_path=out_path)
-    pre = build(graph, options, prefill=True, out_path=out_path) if prefill_path is not None else None
+    cache = QuantCache()
+    model, ms = build(graph, options, out_path=out_path, quant_cache=cache)
+    pre = None if prefill_path is None else build(graph, options, prefill=True, out_path=out_path, quant_cache=cache)
     weight_bytes = sum(i.nbytes for i in ms.initializers)
     external = prefill_path is not None or (options.external_data if options.external_data is not None else (
         weight_bytes >= options.external_data_threshold))
@@ -262,13 +296,16 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
     stats.pop("external", None)
     stats.update(nodes=len(model.graph.node), weight_bytes=weight_bytes, external=bool(external),
                  seconds=round(time.perf_counter() - t0, 3))
+    if comp is not None:
+        stats.update(quantize=comp.label(), quantize_format=options.quantize_format,
+                     compressed_nodes=sum(n.op_type in ("MatMulNBits", "DequantizeLinear") for n in model.graph.node))
     if pre is not None:
         stats.update(prefill_nodes=len(pre[0].graph.node), prefill_chunk=options.prefill_chunk,
                      prefill_inline_bytes=pstats["inline_bytes"], prefill_shared_bytes=pstats["shared_bytes"])
     io = contract_for(graph, options, out_path)
     kind = "onnx-prefill" if pre is not None else io["target"]
-    return Artifact(out_path, kind, options.precision, io, files, stats)
+    return Artifact(out_path, kind, judged_precision(io), io, files, stats)
 
 
 __all__ = ["OnnxOptions", "Artifact", "emit", "build", "contract_for", "state_output_name", "prefill_path_for",
-           "TARGET_STEP", "TARGET_SCAN", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET"]
+           "TARGET_STEP", "TARGET_SCAN", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET", "FORMATS"]

@@ -9,19 +9,23 @@ token per call (``max_tokens_per_call = 1``; ``run`` loops over longer inputs it
 any number. A step graph exported with ``--prefill-chunk`` names its prefill companion in its contract:
 the runner (kind ``onnx-prefill``) opens both and runs a prompt as prefill chunks + step calls (opening
 the ``.prefill.onnx`` file opens its step graph the same way).
+
+An artifact with compressed weights (its contract's ``"quantize"``) is judged at ``fp32+int4`` and the
+like (``runner.precision``); :meth:`OnnxRunner.compressed_weights` decodes its compressed initializers
+with numpy (``quant.decode``), so validation can run the reference on the weights the artifact holds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY
-from ..validation.contract import check_run_args, contract_batch_size, parse_contract
+from ..validation.contract import check_run_args, contract_batch_size, judged_precision, parse_contract
 from ..validation.runner import PrefillCalls, PrefillPlan, prefill_plan
 from .emit import TARGET_SCAN, TARGET_STEP
 
@@ -89,6 +93,10 @@ def _open(path: Path, chosen: list, threads: int):
     proto = _read_proto(path)
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # ORT fuses a blocked DequantizeLinear -> MatMul (the qdq form) into MatMulNBits and by default lets
+    # it quantize the activations to int8 (accuracy level 4): validation judges the weights the graph
+    # stores, so the fused node computes in the activations' own precision, as MatMulNBits nodes we write
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if threads:
         so.intra_op_num_threads = threads
     try:
@@ -128,7 +136,7 @@ class OnnxRunner(PrefillCalls):
                             for s in self.contract["states"]]
         self._check_session(where)
         self.kind = str(self.contract.get("target", "onnx"))
-        self.precision = str(self.contract.get("precision", "fp32"))
+        self.precision = judged_precision(self.contract) if self.contract.get("precision") else "fp32"
         self.batch_size = contract_batch_size(self.contract, where)
         if batch_size is not None and batch_size != self.batch_size:
             raise ArtifactError(f"{where}: exported for batch size {self.batch_size}, asked for {batch_size} "
@@ -184,6 +192,11 @@ class OnnxRunner(PrefillCalls):
         if missing:
             raise ArtifactError(f"{where}: the contract names {missing}, which the ONNX graph does not have as "
                                 f"inputs/outputs (inputs {sorted(inputs)}, outputs {sorted(outputs)})")
+
+    def compressed_weights(self, graph: Graph) -> Dict[str, np.ndarray]:
+        """Canonical weight name -> the dense float32 weight the graph computes with, for each weight its
+        contract's compression compresses (:func:`compressed_weights`)."""
+        return compressed_weights(self, graph)
 
     @property
     def state_names(self) -> List[str]:
@@ -271,6 +284,150 @@ def _compare_graph(path: Path, got, want, want_tensors: dict, what: str) -> None
                             f"is chosen by that declaration (re-export it, or {TRUST_HINT})")
 
 
+def _declared_compression(contract: dict, where: str):
+    """(Compression, format) the contract declares, or (None, None); ArtifactError naming the field if off."""
+    from ..lowering.quant import Compression
+    from ..validation.contract import TRUST_HINT
+    from .quant import FORMATS
+
+    q = contract.get("quantize")
+    if q is None:
+        if contract.get("quantize_format") is not None:
+            raise ArtifactError(f"{where}: its contract declares a quantize_format but no quantize ({TRUST_HINT})")
+        return None, None
+    try:
+        comp = Compression.from_json(q)
+    except UnsupportedError as e:
+        raise ArtifactError(f"{where}: its contract's {first_line(e)} ({TRUST_HINT})") from None
+    fmt = contract.get("quantize_format")
+    if fmt not in FORMATS:
+        raise ArtifactError(f"{where}: its contract's quantize_format must be one of {FORMATS}, got "
+                            f"{str(fmt)[:40]!r} ({TRUST_HINT})")
+    return comp, fmt
+
+
+def _head_block(model, vocab: int) -> int:
+    """The LM head's row block (``OnnxOptions.lm_head_block``) as written: the N of its first block."""
+    from .emit import COREML_MAX_DIM
+
+    for n in model.graph.node:
+        if n.name == "lm_head.0" or n.name == "lm_head.0.matmul":
+            if n.op_type == "MatMulNBits":
+                return next(int(a.i) for a in n.attribute if a.name == "N")
+            break
+    inits = {i.name: [int(d) for d in i.dims] for i in model.graph.initializer}
+    dims = inits.get("lm_head.weight.0")
+    if dims is not None and len(dims) == 2 and dims[0] > 0:
+        return dims[0]
+    dims = inits.get("lm_head.weight.0.codes")  # qdq: (K, N); MatMulNBits: (N, K/b, blob)
+    if dims is not None and len(dims) in (2, 3) and min(dims) > 0:
+        return dims[1] if len(dims) == 2 else dims[0]
+    return max(COREML_MAX_DIM, vocab)  # one block
+
+
+def _compressed_specs(graph: Graph, contract: dict, batch_size: int, block: int, comp, fmt: str) -> list:
+    """(spec, scheme) of every weight ``comp`` compresses, as the step graph holds them (LM head blocks)."""
+    from ..lowering import policy_for
+    from .quant import compressed_specs
+
+    return compressed_specs(graph, policy_for(TARGET_STEP, str(contract.get("precision"))), batch_size, block,
+                            comp, fmt)
+
+
+def _initializer_bytes(path: Path, t) -> bytes:
+    """An initializer's raw bytes, inline or from its external data file (beside the model, regular)."""
+    from onnx import TensorProto
+
+    if t.data_location != TensorProto.EXTERNAL:
+        if not t.HasField("raw_data"):
+            raise ArtifactError(f"{path}: tensor {t.name!r} holds no raw data (xlstm-export writes raw data)")
+        return t.raw_data
+    ext = {e.key: e.value for e in t.external_data}
+    loc = ext.get("location", "")
+    if not loc or "/" in loc or "\\" in loc or loc in (".", ".."):
+        raise ArtifactError(f"{path}: tensor {t.name!r} names external data {loc[:60]!r}, not a file beside it")
+    try:
+        offset, length = int(ext.get("offset", "0")), int(ext["length"])
+    except (KeyError, ValueError):
+        raise ArtifactError(f"{path}: tensor {t.name!r} has no valid external offset / length") from None
+    _regular(path.parent / loc, f"its external data {loc!r}")
+    with open(path.parent / loc, "rb") as f:
+        f.seek(offset)
+        raw = f.read(length)
+    if len(raw) != length:
+        raise ArtifactError(f"{path}: tensor {t.name!r}: its external data ends before offset + length")
+    return raw
+
+
+def compressed_weights(runner: OnnxRunner, graph: Graph) -> Dict[str, np.ndarray]:
+    """Canonical weight name -> the dense float32 weight the graph computes with, for each weight its
+    contract declares compressed: decoded from the step graph's initializers by our numpy code
+    (``quant.decode``; nothing of the model runs). LM head row blocks are joined into the one weight."""
+    from .quant import PARTS, decode, tensor_array
+
+    where = str(runner.path)
+    comp, fmt = _declared_compression(runner.contract, where)
+    if comp is None:
+        return {}
+    model = runner.proto if runner.proto is not None else _read_proto(runner.path)
+    inits = {t.name: t for t in model.graph.initializer}
+    block = _head_block(model, graph.config.vocab_size)
+    out: Dict[str, np.ndarray] = {}
+    for spec, scheme in _compressed_specs(graph, runner.contract, runner.batch_size, block, comp, fmt):
+        arrays = {}
+        for part in PARTS:
+            t = inits.get(f"{spec.key}.{part}")
+            if t is not None:
+                arrays[part] = tensor_array(int(t.data_type), tuple(int(d) for d in t.dims),
+                                            _initializer_bytes(runner.path, t), f"{where}: tensor {t.name!r}")
+        if "codes" not in arrays or len(spec.sources) != 1:
+            raise ArtifactError(f"{where}: no compressed weight {spec.key!r} in the graph")
+        dense = decode(spec, scheme, fmt, arrays, where)
+        name = spec.sources[0]
+        if spec.rows is None:
+            out[name] = dense.reshape(graph.weights[name].shape)
+        else:
+            full = out.setdefault(name, np.zeros(graph.weights[name].shape, dtype=np.float32))
+            full[spec.rows[0]:spec.rows[1]] = dense
+    return out
+
+
+def _compressed_nodes(model) -> Dict[str, str]:
+    """Weight key -> how the graph computes with it compressed: ``MatMulNBits/<bits>``,
+    ``DequantizeLinear/<code type>`` or ``Gather/<code type>`` (an embedding), from the nodes that read a
+    ``<key>.codes`` initializer."""
+    from onnx import TensorProto
+
+    types = {t.name: TensorProto.DataType.Name(t.data_type).lower() for t in model.graph.initializer}
+    found: Dict[str, str] = {}
+    for g in [model.graph] + [a.g for n in model.graph.node for a in n.attribute if a.HasField("g")]:
+        for n in g.node:
+            for i in n.input:
+                if i.endswith(".codes") and i in types:
+                    if n.op_type == "MatMulNBits":
+                        bits = next((int(a.i) for a in n.attribute if a.name == "bits"), 4)
+                        found[i[:-len(".codes")]] = f"MatMulNBits/{bits}"
+                    else:
+                        found[i[:-len(".codes")]] = f"{n.op_type}/{types[i]}"
+    return found
+
+
+def _want_nodes(specs, fmt: str) -> Dict[str, str]:
+    from .quant import form_of
+
+    want = {}
+    for spec, scheme in specs:
+        form = form_of(spec, fmt)
+        if form == "embedding":
+            want[spec.key] = "Gather/int8"
+        elif form == "matmulnbits":
+            want[spec.key] = f"MatMulNBits/{scheme.bits}"
+        else:
+            code = "int8" if scheme.kind == "int8" else ("int4" if scheme.symmetric else "uint4")
+            want[spec.key] = f"DequantizeLinear/{code}"
+    return want
+
+
 def verify(runner: OnnxRunner, graph: Graph) -> None:
     """Raise ArtifactError unless the runner's graph(s) are what xlstm-export writes for the options their
     contract declares (target, precision, batch size, opset, prefill chunk): the contract itself, the
@@ -279,25 +436,32 @@ def verify(runner: OnnxRunner, graph: Graph) -> None:
     import onnx
 
     from ..lowering import MAX_PREFILL_CHUNK
-    from ..validation.contract import check_contract_is, declared_precision
-    from .emit import COREML_MAX_DIM, MAX_OPSET, MIN_OPSET, OnnxOptions, build
+    from ..validation.contract import TRUST_HINT, check_contract_is, declared_precision
+    from .emit import MAX_OPSET, MIN_OPSET, OnnxOptions, build, check_options
 
     where, c, plan, model = str(runner.path), runner.contract, runner.prefill, runner.proto
     precision = declared_precision(c, where, "onnx", ("fp32", "fp16"))
+    comp, fmt = _declared_compression(c, where)
     opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ArtifactError(f"{where}: opset {opset}; xlstm-export writes opsets {MIN_OPSET}..{MAX_OPSET}")
     if plan is not None and plan.chunk > MAX_PREFILL_CHUNK:
         raise ArtifactError(f"{where}: its contract declares a prefill chunk of {plan.chunk} tokens; xlstm-export "
                             f"writes at most {MAX_PREFILL_CHUNK}")
-    head = next((i for i in model.graph.initializer if i.name == "lm_head.weight.0"), None)
-    block = int(head.dims[0]) if head is not None and len(head.dims) == 2 and head.dims[0] > 0 else max(
-        COREML_MAX_DIM, graph.config.vocab_size)  # LM head split in row blocks (an API option)
+    block = _head_block(model, graph.config.vocab_size)  # LM head split in row blocks (an API option)
     options = OnnxOptions(scan=c.get("target") == "onnx-scan", batch_size=runner.batch_size, precision=precision,
                           opset=opset, lm_head_block=block, prefill_chunk=plan.chunk if plan else None,
-                          last_logits_only=plan.last_logits_only if plan else False)
-    what = (f"its declaration ({c.get('target')} {precision}, batch {runner.batch_size}"
+                          last_logits_only=plan.last_logits_only if plan else False, compression=comp,
+                          quantize_format=fmt or "matmulnbits")
+    what = (f"its declaration ({c.get('target')} {precision}"
+            + (f", weights {comp.label()} {fmt}" if comp is not None else "") + f", batch {runner.batch_size}"
             + (f", prefill chunk {plan.chunk}" if plan else "") + ")")
+    try:
+        check_options(options)
+    except UnsupportedError as e:
+        raise ArtifactError(f"{where}: its contract declares what xlstm-export does not write: {first_line(e)}"
+                            ) from None
+    want_nodes = _want_nodes(_compressed_specs(graph, c, runner.batch_size, block, comp, fmt), fmt) if comp else {}
     graphs = [(runner.path, model, False)]
     if plan is not None:
         graphs.append((runner.path.with_name(plan.where), runner.prefill_proto, True))
@@ -311,6 +475,14 @@ def verify(runner: OnnxRunner, graph: Graph) -> None:
         check_contract_is(actual, expected, str(path), what)
         _compare_graph(path, got, want, {i.name: (int(i.data_type), [int(d) for d in i.dims])
                                          for i in ms.initializers}, what)
+        # the weights the declared compression compresses are the compressed nodes, and only those
+        found = _compressed_nodes(got)
+        if found != want_nodes:
+            bad = next(n for n in sorted(set(want_nodes) | set(found)) if want_nodes.get(n) != found.get(n))
+            raise ArtifactError(f"{path}: not the graph xlstm-export writes for {what}: weight {bad!r} is "
+                                f"{found.get(bad, 'not compressed')}, xlstm-export writes "
+                                f"{want_nodes.get(bad, 'it uncompressed')}; its tolerance is chosen by that "
+                                f"declaration (re-export it, or {TRUST_HINT})")
 
 
 def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **opts) -> OnnxRunner:
@@ -324,4 +496,4 @@ def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **
     return runner
 
 
-__all__ = ["OnnxRunner", "open_runner", "verify", "PROVIDERS"]
+__all__ = ["OnnxRunner", "compressed_weights", "open_runner", "verify", "PROVIDERS"]
