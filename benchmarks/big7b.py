@@ -134,9 +134,17 @@ def write_checkpoint(d: Path, seed: int = 0, config: dict = XLSTM_7B, shard_byte
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def export(ckpt: Path, target: str, out: Path, timeout: float) -> dict:
+# (target, compression): what the 7B section exports. int4: projections int4 block 32 (round-to-nearest with
+# the clipping search: no calibration text for generated weights), embedding and LM head int8 (the policy)
+VARIANTS = (("onnx", None), ("coreml", None), ("coreml", "int4"), ("onnx", "int4"))
+INT4_GOAL_BYTES = 4.2e9  # the compression issue's bound for the int4 Core ML package
+
+
+def export(ckpt: Path, target: str, out: Path, timeout: float, quantize: str | None = None) -> dict:
     cmd = [PY, str(HERE / "export_child.py"), "--checkpoint", str(ckpt), "--target", target,
            "--precision", "fp16", "--out", str(out)]
+    if quantize:
+        cmd += ["--quantize", quantize]
     if target == "onnx":
         cmd.append("--external-data")
     log(f"7B export -> {target} fp16: {' '.join(cmd[1:])}")
@@ -144,7 +152,8 @@ def export(ckpt: Path, target: str, out: Path, timeout: float) -> dict:
     res = r.pop("result") or {}
     if r["rc"] == 0:
         r.pop("stderr_tail")
-    entry = {"target": target, "precision": "fp16", **{k: v for k, v in res.items() if k != "op_types"}, **r}
+    entry = {"target": target, "precision": "fp16" + (f"+{quantize}" if quantize else ""),
+             **{k: v for k, v in res.items() if k != "op_types"}, **r}
     entry["command"] = " ".join(["python"] + [os.path.relpath(c, REPO) if c.startswith(str(REPO)) else c
                                               for c in cmd[1:]])
     log(f"  rc {r['rc']}, {r['wall_s']:.0f}s, peak RSS {r['peak_rss_bytes'] / GiB:.2f} GiB"
@@ -159,19 +168,28 @@ def export(ckpt: Path, target: str, out: Path, timeout: float) -> dict:
     return entry
 
 
-def run(work: Path, machine: dict, command: str, timeout: float = 3 * 3600) -> dict:
+def run(work: Path, machine: dict, command: str, timeout: float = 3 * 3600, variants=VARIANTS,
+        previous: dict | None = None) -> dict:
+    """Export each of ``variants``; with ``previous`` (an earlier run's results), its exports of the
+    variants not run now are carried over, marked with their run's date."""
     work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work).free
     result = {"machine": machine, "command": command, "exports": {}, "notes": []}
+    names = [t if q is None else f"{t}+{q}" for t, q in variants]
+    if previous:
+        for name, e in previous.get("exports", {}).items():
+            if name not in names:
+                result["exports"][name] = {**e, "carried_from": previous["machine"]["date"]}
     if free < DISK_NEEDED:
         raise SystemExit(f"7B: {work} has {free / 1e9:.0f} GB free; needs {DISK_NEEDED / 1e9:.0f} GB")
     ckpt = work / "xlstm-7b"
     try:
         log("7B: writing the checkpoint (generated bf16 weights)")
         result["checkpoint"] = write_checkpoint(ckpt)
-        for target, name in (("onnx", "xlstm-7b.onnx"), ("coreml", "xlstm-7b.mlpackage")):
-            e = export(ckpt, target, work / name, timeout)
-            result["exports"][target] = e
+        for (target, quantize), key in zip(variants, names):
+            name = "xlstm-7b" + (f"-{quantize}" if quantize else "") + (".onnx" if target == "onnx" else ".mlpackage")
+            e = export(ckpt, target, work / name, timeout, quantize)
+            result["exports"][key] = e
             if e["rc"] != 0:
                 result["notes"].append(
                     f"{target}: did not complete on this machine "

@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--external-data", action="store_true")
     ap.add_argument("--prefill-chunk", type=int, default=None, help="also the prefill graph / function of T tokens")
     ap.add_argument("--last-logits-only", action="store_true", help="the prefill returns the chunk's last logits")
+    ap.add_argument("--quantize", default=None, help="compressed weights (int8, int4, lut4, lut6)")
     a = ap.parse_args()
     out = Path(a.out)
     t_import = time.perf_counter()
@@ -53,6 +54,8 @@ def main() -> None:
     kind = KINDS[a.target]
     extra = {"coreml": {"swift": False}, "onnx": {"external_data": True if a.external_data else None}}
     options = dict(precision=a.precision, force=True, **extra.get(kind.target, {}))
+    if a.quantize:
+        options["quantize"] = a.quantize
     if a.prefill_chunk is not None:  # the target's own options (a kind's fixed chunk would override them)
         options.update(kind.fixed, prefill_chunk=a.prefill_chunk, last_logits_only=a.last_logits_only)
         emit = TARGETS[kind.target].emit
@@ -73,7 +76,7 @@ def main() -> None:
     weight_bytes = stats.get("weight_bytes")
     if weight_bytes is None:  # TorchScript: the scripted module's tensors, in the chosen precision
         weight_bytes = graph.num_params * {"fp32": 4, "fp16": 2, "bf16": 2}[a.precision]
-    result = {"target": a.target, "precision": a.precision, "seconds": round(seconds, 2),
+    result = {"target": a.target, "precision": art.precision, "seconds": round(seconds, 2),
               "baseline_rss_bytes": baseline, "weight_bytes": int(weight_bytes),
               "artifact_bytes": bytes_on_disk(out), "params": graph.num_params,
               "checkpoint_weight_bytes": graph.weight_bytes, "files": [str(p) for p in art.files]}

@@ -386,7 +386,10 @@ def seven_section(s: dict) -> List[str]:
     rows = []
     for target, v in s["exports"].items():
         ok = v["rc"] == 0
-        rows.append([target, v["precision"], "ok" if ok else f"failed: {v.get('killed') or 'rc ' + str(v['rc'])}",
+        state = "ok" if ok else f"failed: {v.get('killed') or 'rc ' + str(v['rc'])}"
+        if v.get("carried_from"):
+            state += f" (run of {v['carried_from']})"
+        rows.append([target.split("+")[0], v["precision"], state,
                      f"{v['seconds']:.0f}" if ok else "-", f"{v['wall_s']:.0f}", mib(v["peak_rss_bytes"]),
                      mib(v.get("peak_anon_bytes_sampled")),
                      size(v.get("weight_bytes")),
@@ -396,6 +399,12 @@ def seven_section(s: dict) -> List[str]:
                  "peak anonymous RSS (sampled)", "artifact weight bytes", "peak RSS / weights", "artifact on disk"],
                 rows), ""]
     notes = list(s.get("notes", []))
+    q4 = s["exports"].get("coreml+int4", {})
+    if q4.get("rc") == 0 and q4.get("artifact_bytes"):
+        ok = q4["artifact_bytes"] <= 4.2e9 and q4["peak_rss_bytes"] <= 24 * 2**30
+        notes.append(f"Goal (compression issue): int4 Core ML package <= 4.2 GB, exported within 24 GiB: "
+                     f"{q4['artifact_bytes'] / 1e9:.2f} GB, peak RSS {q4['peak_rss_bytes'] / 2**30:.2f} GiB: "
+                     f"**{'met' if ok else 'not met'}**.")
     cm = s["exports"].get("coreml", {})
     if "ops_per_step" in cm:
         notes.append(f"Core ML: {cm['ops_per_step']:,} MIL ops per decode step ({cm['ops_per_step'] / cm['blocks']:.1f} "

@@ -140,6 +140,9 @@ def main(argv=None) -> int:
                     help="torch threads and ORT intra-op threads (default: the usable cores)")
     ap.add_argument("--with-7b", action="store_true", help="also the xLSTM-7B-shaped export (long; ~45 GB disk)")
     ap.add_argument("--only-7b", action="store_true", help="only the 7B section (re-renders RESULTS.md)")
+    ap.add_argument("--7b-variants", dest="seven_variants", default=None,
+                    help="comma-separated 7B exports to run, e.g. coreml+int4,onnx+int4 (default: all; the others "
+                         "are carried from the last run)")
     ap.add_argument("--render-only", action="store_true",
                     help="only re-write --out from results.json (and results-7b.json) beside it")
     ap.add_argument("--only-quant", action="store_true",
@@ -231,7 +234,10 @@ def main(argv=None) -> int:
     if a.with_7b or a.only_7b:
         import big7b
 
-        seven = big7b.run(a.work / "7b", machine=machine, command=command)
+        previous = json.loads(json_7b.read_text()) if json_7b.exists() else None
+        variants = big7b.VARIANTS if a.seven_variants is None else tuple(
+            (v.split("+")[0], v.split("+")[1] if "+" in v else None) for v in a.seven_variants.split(","))
+        seven = big7b.run(a.work / "7b", machine=machine, command=command, variants=variants, previous=previous)
         json_7b.write_text(json.dumps(seven, indent=1) + "\n")
     seven = json.loads(json_7b.read_text()) if json_7b.exists() else None
     if not a.only_7b:

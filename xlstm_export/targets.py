@@ -247,7 +247,12 @@ register(Target(
      Option("--precision", "precision", "Weights and activations; norms, recurrent cells and states stay fp32.", "fp32",
             choices=("fp32", "fp16")),
      Option("--opset", "opset", "ONNX opset (17..26; GELU FFNs need 20; ORT 1.31 loads <= 26).", 20, min=17, max=26),
-     *_prefill_options("write <stem>.prefill.onnx, a static graph (weights in one data file with the step's)")),
+     *_prefill_options("write <stem>.prefill.onnx, a static graph (weights in one data file with the step's)"),
+     *_quant_options(("int8", "int4"), "int8/int4 per block"),
+     Option("--quantize-format", "quantize_format", "matmulnbits: com.microsoft MatMulNBits (ORT CPU and mobile, "
+            "fast int4); qdq: blocked DequantizeLinear -> MatMul (opset 21). ORT's Core ML EP takes neither "
+            "(docs/COMPRESSION.md): on Apple devices use the coreml target.", "matmulnbits",
+            choices=("matmulnbits", "qdq"))),
     (_kind("onnx", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=False),
      _kind("onnx-scan", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=True),
      _kind("onnx-prefill", "onnx", {"fp32": FP32, "fp16": FP16}, ("step", "prefill"), "fp32", "model.onnx",

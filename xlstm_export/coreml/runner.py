@@ -249,8 +249,7 @@ def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.nda
     contract declares compressed: coremltools' own decompression of the package's constexpr ops (data
     read from weight.bin; nothing of the program runs)."""
     from ..lowering import core_ml_name, policy_for
-    from ..lowering.inventory import weight_specs
-    from ..lowering.quant import Compression
+    from ..lowering.quant import Compression, compressed_weights_of
     from ..validation.compressed import split_sources
     from .executor import load_program
 
@@ -262,12 +261,10 @@ def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.nda
     prog = runner._executor.prog if getattr(runner, "_executor", None) is not None else load_program(runner.path)[0]
     ops = {op.name: op for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_")}
     out: Dict[str, np.ndarray] = {}
-    for spec in weight_specs(graph, policy, runner.batch_size):
-        if comp.scheme_for(spec) is None:
-            continue
-        op = ops.get(core_ml_name(spec.key))
+    for spec, _, owner in compressed_weights_of(graph, policy, comp, runner.batch_size):
+        op = ops.get(core_ml_name(owner.key))
         if op is None:
-            raise ArtifactError(f"{runner.path}: no compressed weight {core_ml_name(spec.key)!r} in the package")
+            raise ArtifactError(f"{runner.path}: no compressed weight {core_ml_name(owner.key)!r} in the package")
         arr = np.asarray(op.materialized_val_inference(), dtype=np.float32)
         if arr.shape != tuple(spec.shape):
             raise ArtifactError(f"{runner.path}: compressed weight {op.name} decodes to {list(arr.shape)}, "
@@ -288,8 +285,7 @@ def verify(runner: CoreMLRunner, graph: Graph) -> None:
     from .backend import stored_states
     from .emit import PREFILL_FUNCTION, CoreMLOptions, contract_for
     from .executor import _np_dtype, load_program
-    from ..lowering.inventory import weight_specs
-    from ..lowering.quant import Compression
+    from ..lowering.quant import Compression, compressed_weights_of
 
     where, plan, B = str(runner.path), runner.prefill, runner.batch_size
     precision = declared_precision(runner.contract, where, "coreml", ("fp16", "fp32"))
@@ -337,8 +333,8 @@ def verify(runner: CoreMLRunner, graph: Graph) -> None:
                 found.setdefault(op.name, (str(np.dtype(_np_dtype(out))), tuple(int(d) for d in out.shape)))
                 compressed[op.name] = op.op_type
     if compression is not None:  # the weights the declared compression compresses, and only those
-        want = {core_ml_name(s.key): ("constexpr_lut_to_dense" if sch.is_lut else "constexpr_blockwise_shift_scale")
-                for s in weight_specs(graph, policy, B) if (sch := compression.scheme_for(s)) is not None}
+        want = {core_ml_name(owner.key): ("constexpr_lut_to_dense" if sch.is_lut else "constexpr_blockwise_shift_scale")
+                for _, sch, owner in compressed_weights_of(graph, policy, compression, B)}
         if want != compressed:
             bad = next(n for n in sorted(set(want) | set(compressed)) if want.get(n) != compressed.get(n))
             refuse(f"weight {bad!r} is {compressed.get(bad, 'not compressed')}, xlstm-export writes "

@@ -118,6 +118,9 @@ def check_options(options: OnnxOptions) -> PrecisionPolicy:
     if options.last_logits_only and options.prefill_chunk is None:
         raise UnsupportedError("onnx: --last-logits-only applies to the prefill graph; add --prefill-chunk T")
     check_compression(options.compression, options.quantize_format)
+    if options.compression is None and options.quantize_format != "matmulnbits":
+        raise UnsupportedError(f"onnx: --quantize-format {options.quantize_format} applies to compressed weights; "
+                               f"add --quantize int8|int4")
     policy = policy_for(TARGET_STEP, options.precision, options.policy)
     dtypes = {policy.storage(r).dtype for r in STATE_ROLES}
     if len(dtypes) != 1 or any(policy.storage(r).split for r in STATE_ROLES):

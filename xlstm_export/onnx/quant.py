@@ -58,7 +58,7 @@ def check_compression(comp: Optional[Compression], fmt: str) -> None:
     if fmt == "matmulnbits" and (b < 16 or b & (b - 1)):
         raise UnsupportedError(f"onnx: MatMulNBits takes a block size that is a power of two >= 16 (16, 32, 64, "
                                f"128 ...); got --block-size {b} (or use --quantize-format qdq)")
-    if comp.policy.get("embedding") == "scheme" and comp.scheme != "int8":
+    if dict(comp.policy).get("embedding") == "scheme" and comp.scheme != "int8":
         raise UnsupportedError(f"onnx: the embedding table is stored int8 or kept; a policy storing it "
                                f"{comp.scheme} is not written by the ONNX target")
 
@@ -121,33 +121,12 @@ def parts(spec: WeightSpec, scheme: Scheme, fmt: str, elem: int) -> List[Part]:
 def compressed_specs(graph, policy, batch_size: int, max_matmul_width: Optional[int], comp: Compression,
                      fmt: str) -> List[Tuple[WeightSpec, Scheme]]:
     """(spec, scheme) of every compressed weight the ONNX backend writes for the step lowering, one per
-    distinct set of initializers: a tied embedding and LM head are two (the table int8 codes, the head in the
-    scheme), which ``lowering.inventory.weight_specs`` (one spec per uncompressed identity) folds into one."""
-    from ..lowering.inventory import Inventory
-    from ..lowering.model import step
+    distinct set of initializers (``lowering.quant.compressed_weights_of``, the form included): a tied
+    embedding (gathered codes) and LM head are two."""
+    from ..lowering.quant import compressed_weights_of
 
-    class _Every(Inventory):
-        def __init__(self):
-            super().__init__(graph, policy, batch_size)
-            self.max_matmul_width = max_matmul_width
-            self.asked: Dict[str, WeightSpec] = {}
-
-        def weight(self, spec: WeightSpec) -> str:
-            self.asked.setdefault(spec.key, spec)
-            return super().weight(spec)
-
-    inv = _Every()
-    step(inv, "int32")
-    out, seen = [], set()
-    for spec in inv.asked.values():
-        scheme = comp.scheme_for(spec)
-        if scheme is None:
-            continue
-        ident = spec.identity(graph, policy.dtype(spec.role)) + (scheme, form_of(spec, fmt))
-        if ident not in seen:  # as the backend caches (OnnxOps._compressed)
-            seen.add(ident)
-            out.append((spec, scheme))
-    return out
+    rows = compressed_weights_of(graph, policy, comp, batch_size, max_matmul_width, lambda s: form_of(s, fmt))
+    return [(spec, scheme) for spec, scheme, owner in rows if owner is spec]
 
 
 class QuantCache:

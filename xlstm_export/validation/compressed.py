@@ -62,14 +62,13 @@ def compressed_graph(graph: Graph, comp) -> Graph:
     makes it: the reference model of a compressed artifact without exporting one (measurements of the
     policy and per-layer sensitivity; an artifact computes the same to its base precision's rounding)."""
     from ..lowering import policy_for
-    from ..lowering.inventory import weight_specs
-    from ..lowering.quant import quantize
+    from ..lowering.quant import compressed_weights_of, quantize
 
-    dense = {}
-    for spec in weight_specs(graph, policy_for("coreml", "fp32")):
-        scheme = comp.scheme_for(spec)
-        if scheme is not None:
-            dense.update(split_sources(graph, spec, quantize(graph, spec, scheme, comp).dequantize()))
+    dense, made = {}, {}
+    for spec, scheme, owner in compressed_weights_of(graph, policy_for("coreml", "fp32"), comp):
+        if owner.key not in made:
+            made[owner.key] = quantize(graph, owner, scheme, comp).dequantize()
+        dense.update(split_sources(graph, spec, made[owner.key]))
     return with_weights(graph, dense)
 
 
