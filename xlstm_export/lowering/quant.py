@@ -384,7 +384,7 @@ def _nearest(w: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 # -- which weights ---------------------------------------------------------------------------------
 def compressed_weights_of(graph: Graph, policy, comp: Compression, batch_size: int = 1,
-                          max_matmul_width: Optional[int] = None, form=lambda spec: None) -> List[tuple]:
+                          max_matmul_width: Optional[int] = None, form=lambda spec, scheme: None) -> List[tuple]:
     """``(spec, scheme, owner)`` for every weight the step lowering asks for that ``comp`` compresses, tied
     ones included: ``owner`` is the spec whose constant holds it (the first asked with the same identity,
     scheme and ``form``, as the backends cache), so a tied embedding (int8) and LM head (int4) are two
@@ -406,7 +406,7 @@ def compressed_weights_of(graph: Graph, policy, comp: Compression, batch_size: i
         scheme = comp.scheme_for(spec)
         if scheme is None:
             continue
-        ident = spec.identity(graph, policy.dtype(spec.role)) + (scheme, form(spec))
+        ident = spec.identity(graph, policy.dtype(spec.role)) + (scheme, form(spec, scheme))
         owner = owners.setdefault(ident, spec)
         out.append((spec, scheme, owner))
     return out

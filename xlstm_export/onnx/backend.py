@@ -109,7 +109,7 @@ class OnnxOps:
         """The initializers of a compressed weight (part suffix -> name), made once per model; their data is
         quantized while the model is written (one weight at a time, :class:`.quant.QuantCache`)."""
         dtype = self.policy.dtype(spec.role)
-        form = form_of(spec, self.quantize_format)
+        form = form_of(spec, self.quantize_format, scheme)
         ident = spec.identity(self.graph, dtype) + (scheme, form)
         key = ("q",) + ident
         if key not in self._weights:
@@ -136,6 +136,9 @@ class OnnxOps:
             return self.b.op("Gemm", inputs, name, transB=1)
         q = self._compressed(w, scheme)
         N, K = w.shape
+        if form_of(w, self.quantize_format, scheme) == "int8rows":  # dense (N, K) from constants: folded by ORT
+            inputs = [x, self._dequantize(w, scheme, q)] + ([self.weight(b)] if b is not None else [])
+            return self.b.op("Gemm", inputs, name, transB=1)
         if self.quantize_format == "matmulnbits":
             inputs = [x, q["codes"], q["scales"], q.get("zero_points", "")]
             if b is not None:
@@ -158,6 +161,14 @@ class OnnxOps:
         fusion also fails on a body's DequantizeLinear of an outer-scope initializer)."""
         if self._outer is not None:
             return self._outer._dequantize(w, scheme, q)
+        if w.key not in self._dequantized and form_of(w, self.quantize_format, scheme) == "int8rows":
+            (N, K), bs = w.shape, scheme.block_size
+            elem = self.b.dtype(q["scales"])
+            codes = self.b.reshape(self.b.cast(q["codes"], elem, f"{w.key}.codes_float"), [N, K // bs, bs],
+                                   f"{w.key}.blocks")
+            scales = self.b.reshape(q["scales"], [N, K // bs, 1], f"{w.key}.block_scales")
+            self._dequantized[w.key] = self.b.reshape(self.b.mul(codes, scales, f"{w.key}.dequantized"), [N, K],
+                                                      w.key)
         if w.key not in self._dequantized:
             dq = [q["codes"], q["scales"]] + ([q["zero_points"]] if "zero_points" in q else [])
             self._dequantized[w.key] = self.b.op("DequantizeLinear", dq, w.key, out_dtype=self.b.dtype(q["scales"]),

@@ -319,9 +319,10 @@ def _head_block(model, vocab: int) -> int:
     dims = inits.get("lm_head.weight.0")
     if dims is not None and len(dims) == 2 and dims[0] > 0:
         return dims[0]
-    dims = inits.get("lm_head.weight.0.codes")  # qdq: (K, N); MatMulNBits: (N, K/b, blob)
+    dims = inits.get("lm_head.weight.0.codes")  # qdq: (K, N); MatMulNBits: (N, K/b, blob); int8 rows: (N, K)
     if dims is not None and len(dims) in (2, 3) and min(dims) > 0:
-        return dims[1] if len(dims) == 2 else dims[0]
+        rows = any(n.op_type == "Cast" and "lm_head.weight.0.codes" in n.input for n in model.graph.node)
+        return dims[1] if len(dims) == 2 and not rows else dims[0]
     return max(COREML_MAX_DIM, vocab)  # one block
 
 
@@ -417,9 +418,11 @@ def _want_nodes(specs, fmt: str) -> Dict[str, str]:
 
     want = {}
     for spec, scheme in specs:
-        form = form_of(spec, fmt)
+        form = form_of(spec, fmt, scheme)
         if form == "embedding":
             want[spec.key] = "Gather/int8"
+        elif form == "int8rows":
+            want[spec.key] = "Cast/int8"
         elif form == "matmulnbits":
             want[spec.key] = f"MatMulNBits/{scheme.bits}"
         else:
