@@ -24,13 +24,15 @@ from .outputs import Artifact
 Checkpoint = Union[str, os.PathLike, Graph]
 
 
-def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None) -> Graph:
+def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None, revision: Optional[str] = None) -> Graph:
     """Read a checkpoint's config and tensor headers into a validated :class:`Graph` (no tensor data is
-    read until a weight is used). ``format``: ``hf``, ``large``, ``hybrid`` or ``profile`` (default: detected
-    from the files present)."""
+    read until a weight is used), with its tokenizer and generation files (``graph.text``). ``format``:
+    ``hf``, ``large``, ``hybrid`` or ``profile`` (default: detected from the files present). ``path`` may be
+    a Hugging Face Hub id ``org/name`` (at ``revision``), resolved through huggingface_hub's cache
+    (``HF_HUB_OFFLINE``, ``HF_TOKEN`` as set)."""
     from .frontends import load_checkpoint as _load
 
-    return _load(path, format=format)
+    return _load(path, format=format, revision=revision)
 
 
 def _graph(checkpoint: Checkpoint, format: Optional[str]) -> Graph:
@@ -77,4 +79,41 @@ def validate(artifact: str | os.PathLike, checkpoint: Checkpoint, *, format: Opt
                              force=force, trust_artifact=trust_artifact)
 
 
-__all__ = ["load_checkpoint", "export", "validate", "Artifact", "Graph"]
+def open_for_generation(artifact: str | os.PathLike, *, checkpoint: Optional[Checkpoint] = None,
+                        format: Optional[str] = None, revision: Optional[str] = None, trust_artifact: bool = False):
+    """``(runner, text)`` for generating with the artifact at ``artifact`` (what ``xlstm-export run`` does):
+    its runner from the target registry and its tokenizer / special ids (``text``: None when its contract
+    names none). With ``checkpoint`` the artifact is checked against it as ``validate`` checks (unless
+    ``trust_artifact``). Without one, the artifact's own contract profile is the graph; a target whose
+    artifacts carry code (TorchScript) is then run only with ``trust_artifact`` -- its record-by-record check
+    needs the checkpoint -- while graph and program artifacts (ONNX, Core ML, ExecuTorch) are interpreted by
+    their runtimes and run after the contract checks every runner makes."""
+    from pathlib import Path
+
+    from .errors import ArtifactError
+    from .targets import target_for_path
+    from .text.files import artifact_text
+    from .validation.registry import check_regular_files
+
+    p = Path(artifact)
+    if not p.exists():
+        raise ArtifactError(f"{p}: no such artifact (file or .mlpackage directory)")
+    target = target_for_path(p)
+    check_regular_files(p)
+    if checkpoint is not None:
+        graph = checkpoint if isinstance(checkpoint, Graph) else load_checkpoint(checkpoint, format, revision)
+        trusted = trust_artifact
+    else:
+        if target.runs_code and not trust_artifact:
+            raise ArtifactError(f"{p}: loading a {target.name} artifact runs its code; pass --checkpoint PATH (the "
+                                f"artifact is then checked record by record against what xlstm-export writes for it) "
+                                f"or --trust-artifact if you trust where it came from")
+        graph = target.contract_graph(p)
+        trusted = True  # nothing to judge: the runtime interprets the artifact; its contract is checked on open
+    runner = target.open_runner(p, graph, trust_artifact=trusted)
+    text = artifact_text(getattr(runner, "path", p) if p.suffix.lower() == ".onnx" else p, runner.contract,
+                         getattr(runner, "vocab_size", None) or graph.config.vocab_size)
+    return runner, text
+
+
+__all__ = ["load_checkpoint", "export", "validate", "open_for_generation", "Artifact", "Graph"]

@@ -79,6 +79,21 @@ class Target:
     extra: str  # the pip extra that installs them
     options: Tuple[Option, ...]
     kinds: Tuple[Kind, ...] = field(default=())
+    contract_reader: str = ""  # "module:function" (path) -> the artifact's I/O contract, without running it
+    runs_code: bool = False  # loading an artifact runs code it carries (TorchScript): never unchecked untrusted
+
+    def contract_graph(self, path: Path):
+        """A weightless graph from the artifact's own contract profile: the state contract and vocabulary its
+        runner needs when no checkpoint is at hand (``xlstm-export run``)."""
+        from .graphs import Graph, WeightStore, config_from_profile
+
+        self._require()
+        contract = _resolve(self.contract_reader)(Path(path))
+        try:
+            config, blocks = config_from_profile(contract["profile"], f"{path}: contract profile")
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{path}: its contract's profile is not a model profile ({e})") from None
+        return Graph(config, tuple(blocks), WeightStore({}), source=f"{path} (contract profile)")
 
     def _require(self) -> None:
         for mod in self.requires:  # installed? (found, not imported: coremltools' import logs noise on Linux)
@@ -209,7 +224,7 @@ register(Target(
             "computes and how to feed it).", text=True)),
     (_kind("coreml", "coreml", {"fp16": FP16, "fp32": FP32}, ("step",), "fp16", "model.mlpackage"),
      _kind("coreml-prefill", "coreml", {"fp16": FP16, "fp32": FP32}, ("step", "prefill"), "fp16",
-           "model.prefill.mlpackage", prefill_chunk=DEMO_PREFILL_CHUNK))))
+           "model.prefill.mlpackage", prefill_chunk=DEMO_PREFILL_CHUNK)), contract_reader="xlstm_export.coreml.runner:contract_of"))
 
 register(Target(
     "onnx", "Export an ONNX graph for ONNX Runtime: the decode step (Core ML EP: one partition) or --scan.",
@@ -225,7 +240,7 @@ register(Target(
     (_kind("onnx", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=False),
      _kind("onnx-scan", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=True),
      _kind("onnx-prefill", "onnx", {"fp32": FP32, "fp16": FP16}, ("step", "prefill"), "fp32", "model.onnx",
-           prefill_chunk=DEMO_PREFILL_CHUNK))))
+           prefill_chunk=DEMO_PREFILL_CHUNK)), contract_reader="xlstm_export.onnx.runner:contract_of"))
 
 register(Target(
     "executorch", "Export an ExecuTorch program (.pte): the decode step (and --prefill-chunk T) lowered to XNNPACK or "
@@ -242,7 +257,7 @@ register(Target(
     # lowering; tests/executorch covers it
     (_kind("executorch", "executorch", {"fp32": FP32, "fp16": FP16}, (), "fp32", "model.pte"),
      _kind("executorch-prefill", "executorch", {"fp32": FP32, "fp16": FP16}, (), "fp32", "model.prefill.pte",
-           prefill_chunk=DEMO_PREFILL_CHUNK, sweep=False))))
+           prefill_chunk=DEMO_PREFILL_CHUNK, sweep=False)), contract_reader="xlstm_export.executorch.runner:contract_of"))
 
 register(Target(
     "torchscript", "Export a scripted module: forward, init_states, forward_with_states, generate_greedy.",
@@ -252,7 +267,8 @@ register(Target(
             choices=("fp32", "fp16", "bf16")),
      Option("--batch-size", "batch_size", "Batch size recorded in the I/O contract (the module itself takes any).", 1,
             min=1)),
-    (_kind("torchscript", "torchscript", {"fp32": FP32, "fp16": FP16, "bf16": BF16}, (), "fp32", "model.pt"),)))
+    (_kind("torchscript", "torchscript", {"fp32": FP32, "fp16": FP16, "bf16": BF16}, (), "fp32", "model.pt"),),
+    contract_reader="xlstm_export.torchscript.trust:read_contract", runs_code=True))
 
 __all__ = ["Option", "Kind", "Target", "TARGETS", "KINDS", "register", "artifact_kind", "target_for_path",
            "check_suffix", "describe_artifact"]
