@@ -11,8 +11,8 @@ contract holds no path and does not depend on what the output is called):
 
 - a ``.mlpackage``: inside it, ``Data/com.xlstm-export/text/<name>``, registered as package items in
   ``Manifest.json`` (coremltools and Core ML load a package with extra items; the Swift package reads them);
-- a single-file artifact ``<stem><suffix>``: beside it, ``<stem>.<name>`` (``model.onnx`` ->
-  ``model.tokenizer.json``); an ONNX prefill graph shares its step graph's.
+- a single-file artifact: beside it, ``<artifact file name>.<name>`` (``model.onnx`` ->
+  ``model.onnx.tokenizer.json``, as ``model.onnx.data``); an ONNX prefill graph shares its step graph's.
 """
 
 from __future__ import annotations
@@ -139,10 +139,10 @@ def artifact_text_paths(artifact: str | os.PathLike, names: Sequence[str]) -> Di
     p = Path(artifact)
     if p.suffix.lower() == ".mlpackage":
         return {n: p.joinpath(*PACKAGE_TEXT_DIR, n) for n in names}
-    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-    if p.suffix.lower() == ".onnx" and stem.endswith(".prefill"):
-        stem = stem[: -len(".prefill")]
-    return {n: p.with_name(f"{stem}.{n}") for n in names}
+    name = p.name
+    if p.suffix.lower() == ".onnx" and name[: -len(p.suffix)].endswith(".prefill"):  # the step graph's files
+        name = name[: -len(".prefill" + p.suffix)] + p.suffix
+    return {n: p.with_name(f"{name}.{n}") for n in names}
 
 
 def sibling_outputs(graph, out_path: str | os.PathLike) -> List[Tuple[Path, bytes]]:
