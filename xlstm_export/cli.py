@@ -305,57 +305,30 @@ def text_options(f: Callable) -> Callable:
     return f
 
 
-def _prompt_ids(prompt: Optional[str], prompt_ids: Optional[str], tokenizer, vocab: int, where: str) -> list:
+def _ids_option(prompt_ids: Optional[str]) -> Optional[list]:
     from .errors import ConfigError
 
-    if (prompt is None) == (prompt_ids is None):
-        raise ConfigError("give the prompt as --prompt TEXT or as --prompt-ids 1,2,3 (one of them)")
-    if prompt is not None:
-        if tokenizer is None:
-            raise ConfigError(f"--prompt: {where} carries no tokenizer.json (it takes token ids only); use "
-                              f"--prompt-ids, or export from a checkpoint that has a tokenizer.json")
-        from .text.tokenizer import encode
-
-        return encode(tokenizer, prompt, vocab, where)
+    if prompt_ids is None:
+        return None
     try:
-        ids = [int(t) for t in prompt_ids.replace(" ", "").split(",") if t != ""]
+        return [int(t) for t in prompt_ids.replace(" ", "").split(",") if t != ""]
     except ValueError:
         raise ConfigError(f"--prompt-ids: expected comma-separated integers, got {prompt_ids!r}") from None
-    if not ids:
-        raise ConfigError("--prompt-ids: expected at least one token id, got none")
-    bad = [t for t in ids if not 0 <= t < vocab]
-    if bad:
-        raise ConfigError(f"--prompt-ids: token ids must be in [0, {vocab}) for this model, got {bad}")
-    return ids
 
 
-def _text_generation(step_factory, ids: list, tokenizer, eos: tuple, *, max_new_tokens: int, ignore_eos: bool,
-                     temperature: float, top_k: int, top_p: float, seed: int, stream: bool, as_json: bool,
-                     header: str) -> None:
-    """Run the shared generation loop over ``step_factory()`` and print what ``generate`` / ``run`` print."""
-    from .text.generation import Sampling, generate_tokens
-    from .text.tokenizer import TextStream, decode
-
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    streamer = TextStream(tokenizer) if stream and tokenizer is not None else None
-
-    def on_token(tok: int) -> None:
-        if stream and not as_json:
-            piece = streamer.push(tok) if streamer is not None else f"{tok} "
-            if piece:
-                click.echo(piece, nl=False)
-
-    tokens, stop = generate_tokens(step_factory(), ids, max_new_tokens, sampling, () if ignore_eos else eos,
-                                   on_token)
-    text = decode(tokenizer, tokens) if tokenizer is not None else None
+def _print_generation(gen, *, stream: bool, as_json: bool, header: str) -> None:
     if as_json:
-        click.echo(json.dumps({"prompt_ids": ids, "tokens": tokens, "text": text, "stop": stop}))
+        click.echo(json.dumps(gen.to_json()))
     elif stream:
-        click.echo((streamer.flush() if streamer is not None else ""))
-    elif tokenizer is not None:
-        click.echo(text)
+        click.echo("")  # the pieces were printed as they came
+    elif gen.text is not None:
+        click.echo(gen.text)
     else:
-        click.echo(f"prompt: {ids}\nnew tokens ({header}): {tokens}")
+        click.echo(f"prompt: {gen.prompt_ids}\nnew tokens ({header}): {gen.tokens}")
+
+
+def _on_text(stream: bool, as_json: bool):
+    return (lambda piece: click.echo(piece, nl=False)) if stream and not as_json else None
 
 
 @main.command()
@@ -370,26 +343,17 @@ def generate(checkpoint: str, fmt: str | None, revision: str | None, prompt: str
              stream: bool, as_json: bool, device: str, dtype: str) -> None:
     """Continue a prompt (text or ids) with the PyTorch reference model: greedy or sampled, up to EOS or
     --max-new-tokens. Prints the new text (the new ids for a checkpoint without a tokenizer)."""
-    from . import progress
+    from . import api, progress
     from .errors import UnsupportedError, first_line
-    from .frontends import load_checkpoint
-    from .reference import build_model, resolve_device
-    from .text.files import load_tokenizer
-    from .text.generation import reference_step
+    from .reference import resolve_device
 
-    graph = load_checkpoint(checkpoint, format=fmt, revision=revision)
-    text = graph.text
-    tokenizer = None
-    if text is not None and text.has_tokenizer:
-        tokenizer = load_tokenizer(dict(text.files)["tokenizer.json"], f"{graph.source}/tokenizer.json")
-    ids = _prompt_ids(prompt, prompt_ids, tokenizer, graph.config.vocab_size, f"checkpoint {graph.source}")
-    eos = text.eos_token_ids if text is not None else ()
+    graph = api.load_checkpoint(checkpoint, format=fmt, revision=revision)
+    ids = _ids_option(prompt_ids)
     dev = resolve_device(device)
-    opts = dict(max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, temperature=temperature, top_k=top_k,
-                top_p=top_p, seed=seed, stream=stream, as_json=as_json)
+    opts = dict(prompt_ids=ids, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, temperature=temperature,
+                top_k=top_k, top_p=top_p, seed=seed, dtype=dtype, on_text=_on_text(stream, as_json))
     try:
-        model = build_model(graph, device=dev, dtype=dtype)
-        _text_generation(lambda: reference_step(model, dev), ids, tokenizer, eos, header=dev, **opts)
+        gen = api.generate(graph, prompt, device=dev, **opts)
     except (RuntimeError, NotImplementedError, AssertionError) as e:  # a device torch lists but cannot use
         if dev == "cpu":
             raise
@@ -398,8 +362,8 @@ def generate(checkpoint: str, fmt: str | None, revision: str | None, prompt: str
                                    f"use --device cpu") from None
         progress.note(f"device {dev} failed ({first_line(e)[:160]}); generating on cpu")
         dev = "cpu"
-        model = build_model(graph, device=dev, dtype=dtype)
-        _text_generation(lambda: reference_step(model, dev), ids, tokenizer, eos, header=dev, **opts)
+        gen = api.generate(graph, prompt, device=dev, **opts)
+    _print_generation(gen, stream=stream, as_json=as_json, header=dev)
 
 
 from .text.generation import REFERENCE_CHUNK as GENERATE_CHUNK  # noqa: E402  (prompt tokens per reference call)
@@ -430,26 +394,13 @@ def run(artifact: str, prompt: str | None, prompt_ids: str | None, max_new_token
         checkpoint: str | None, fmt: str | None, revision: str | None, trust_artifact: bool) -> None:
     """Continue a prompt with ARTIFACT itself (ONNX, Core ML, TorchScript, ExecuTorch), through its runtime
     and with the tokenizer it carries; greedy tokens equal generate's."""
-    from .api import open_for_generation
+    from . import api
 
-    runner, text = open_for_generation(artifact, checkpoint=checkpoint, format=fmt, revision=revision,
-                                       trust_artifact=trust_artifact)
-    from .text.generation import runner_step
-
-    vocab = runner_vocab(runner)
-    tokenizer = text.tokenizer if text is not None else None
-    ids = _prompt_ids(prompt, prompt_ids, tokenizer, vocab, f"artifact {artifact}")
-    eos = text.eos_token_ids if text is not None else ()
-    _text_generation(lambda: runner_step(runner), ids, tokenizer, eos, max_new_tokens=max_new_tokens,
-                     ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                     stream=stream, as_json=as_json, header=getattr(runner, "runtime", runner.kind))
-
-
-def runner_vocab(runner) -> int:
-    v = getattr(runner, "vocab_size", None)
-    if isinstance(v, int) and v > 0:
-        return v
-    return int(runner.contract["profile"]["vocab_size"])
+    gen = api.run(artifact, prompt, prompt_ids=_ids_option(prompt_ids), max_new_tokens=max_new_tokens,
+                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, ignore_eos=ignore_eos,
+                  checkpoint=checkpoint, format=fmt, revision=revision, trust_artifact=trust_artifact,
+                  on_text=_on_text(stream, as_json))
+    _print_generation(gen, stream=stream, as_json=as_json, header=f"artifact {artifact}")
 
 
 def validate_options(f: Callable) -> Callable:
