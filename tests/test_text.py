@@ -220,11 +220,34 @@ def test_hub_id_offline_from_a_populated_cache(ck, tmp_path, monkeypatch, want):
     one_error_line(invoke(["inspect", "--checkpoint", "tiny-org/tiny-xlstm", "--revision", "v9"]),
                    "tiny-org/tiny-xlstm", "not in the Hugging Face cache", "HF_HUB_OFFLINE", "--revision v9")
     one_error_line(invoke(["inspect", "--checkpoint", "tiny-org/missing"]), "tiny-org/missing",
-                   "not in the Hugging Face cache", "huggingface-cli download tiny-org/missing")
+                   "not in the Hugging Face cache", "hf download tiny-org/missing")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     one_error_line(invoke(["inspect", "--checkpoint", "tiny-org/tiny-xlstm"]), "tiny-org/tiny-xlstm",
                    "HF_HOME / HF_HUB_CACHE")
     one_error_line(invoke(["inspect", "--checkpoint", ck, "--revision", "main"]), "--revision applies to")
+
+
+def test_hub_unreachable_falls_back_to_the_cache(ck, tmp_path, monkeypatch):
+    """Online (no HF_HUB_OFFLINE) with the Hub unreachable: what the cache holds is used; what it lacks is one line."""
+    hub = _cache(ck, tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # connection refused
+    res = invoke(["inspect", "--checkpoint", "tiny-org/tiny-xlstm", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["source"].startswith(str(hub))
+    one_error_line(invoke(["inspect", "--checkpoint", "tiny-org/other"]), "tiny-org/other",
+                   "the Hub cannot be reached")
+
+
+def test_python_api_run_and_generate(ck, want, exported):
+    import xlstm_export as xe
+
+    pieces = []
+    gen = xe.run(exported["onnx"], TEXT_PROMPT, max_new_tokens=NEW, on_text=pieces.append)
+    assert (gen.prompt_ids, gen.tokens, gen.text, gen.stop) == (want["prompt_ids"], want["tokens"], want["text"], "eos")
+    assert "".join(pieces) == want["text"]
+    assert xe.generate(ck, prompt_ids=want["prompt_ids"], max_new_tokens=NEW).tokens == want["tokens"]
 
 
 # -- Swift --------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``--checkpoint org/name``: a Hugging Face Hub repo id, resolved to a local snapshot folder.
 
 Resolved through ``huggingface_hub`` as its users set it up: its cache (``HF_HOME`` / ``HF_HUB_CACHE``,
-read when called, so a changed environment counts), ``HF_TOKEN`` (or ``huggingface-cli login``) for
+and ``HF_ENDPOINT``, read when called, so a changed environment counts), ``HF_TOKEN`` (or ``hf auth login``) for
 private and gated repos, ``HF_HUB_OFFLINE=1`` for the cache only. Online, a network failure falls back to
 the cache. Only what a checkpoint needs is downloaded (configs, safetensors, tokenizer and generation
 files, the model card), not ``.bin`` / ``.pt`` copies of the same weights.
@@ -56,7 +56,8 @@ def resolve_hub(repo_id: str, revision: Optional[str] = None) -> Path:
 
     def download(local_only: bool) -> str:
         return snapshot_download(repo_id, revision=revision, cache_dir=_cache_dir(), token=token,
-                                 local_files_only=local_only, allow_patterns=PATTERNS)
+                                 local_files_only=local_only, allow_patterns=PATTERNS,
+                                 endpoint=os.environ.get("HF_ENDPOINT") or None, etag_timeout=10)
 
     from .. import progress
 
@@ -76,7 +77,7 @@ def resolve_hub(repo_id: str, revision: Optional[str] = None) -> Path:
             return Path(download(True))
     except hf.GatedRepoError:
         raise CheckpointError(f"{repo_id}: a gated model on the Hugging Face Hub; accept its terms on its page and "
-                              f"set HF_TOKEN (or run huggingface-cli login)") from None
+                              f"set HF_TOKEN (or run hf auth login)") from None
     except hf.RevisionNotFoundError:
         raise CheckpointError(f"{repo_id}: no revision {revision!r} on the Hugging Face Hub; pass an existing "
                               f"branch, tag or commit with --revision") from None
@@ -86,7 +87,7 @@ def resolve_hub(repo_id: str, revision: Optional[str] = None) -> Path:
     except hf.LocalEntryNotFoundError:
         how = ("HF_HUB_OFFLINE is set" if is_offline else "the Hub cannot be reached")
         raise CheckpointError(f"{repo_id}: not in the Hugging Face cache{at} ({_cache_dir() or 'the default cache'}) "
-                              f"and {how}; download it once online (huggingface-cli download {repo_id}"
+                              f"and {how}; download it once online (hf download {repo_id}"
                               f"{' --revision ' + revision if revision else ''}) or point HF_HOME / HF_HUB_CACHE "
                               f"at a cache that holds it") from None
     except hf.HFValidationError as e:
