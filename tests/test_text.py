@@ -163,6 +163,18 @@ def test_contract_names_the_text_files_and_they_lie_where_the_rule_says(exported
     assert spec.WhichOneof("Type") == "mlProgram"
 
 
+@pytest.mark.parametrize("kind", ["onnx-prefill", "torchscript"])
+def test_validation_does_not_judge_the_text_files(ck, exported, tmp_path, kind):
+    """An artifact carrying a tokenizer validates against a copy of its checkpoint without one (the check that
+    it is what xlstm-export writes compares everything but the text entry)."""
+    bare = tmp_path / "bare"
+    shutil.copytree(ck, bare)
+    for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        (bare / n).unlink()
+    res = invoke(["validate", exported[kind], "--checkpoint", bare, "--report", tmp_path / "r", "--steps", 2])
+    assert res.exit_code == 0 and "validation PASS" in res.output, res.output
+
+
 def test_a_changed_text_file_is_refused(exported, tmp_path):
     src = exported["onnx"]
     d = tmp_path / "copy"
