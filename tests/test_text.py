@@ -195,14 +195,21 @@ def test_checkpoint_without_tokenizer_exports_ids_only(checkpoint_factory, tmp_p
     assert res.exit_code == 0 and len(json.loads(res.stdout)["tokens"]) == 3, res.output
 
 
-@pytest.mark.parametrize("damage", ["not json", '{"model": {"type": "BPE", "vocab": 3}}', "\xff"])
-def test_malformed_tokenizer_is_one_line_and_writes_nothing(ck, tmp_path, damage):
+@pytest.mark.parametrize("file,damage,says", [
+    ("tokenizer.json", "not json", "not a tokenizer.json that the tokenizers library loads"),
+    ("tokenizer.json", '{"model": {"type": "BPE", "vocab": 3}}', "not a tokenizer.json"),
+    ("tokenizer.json", "\xff", "not UTF-8"),
+    ("generation_config.json", "{", "not valid JSON"),
+    ("generation_config.json", '{"eos_token_id": 500}', "outside the vocabulary [0, 97)"),
+    ("generation_config.json", '{"eos_token_id": "x"}', "must be a token id"),
+])
+def test_malformed_text_file_is_one_line_and_writes_nothing(ck, tmp_path, file, damage, says):
     d = tmp_path / "ck"
     shutil.copytree(ck, d)
-    (d / "tokenizer.json").write_bytes(damage.encode("latin-1"))
+    (d / file).write_bytes(damage.encode("latin-1"))
     out = tmp_path / "out"
     out.mkdir()
-    one_error_line(invoke(["onnx", "--checkpoint", d, "-o", out / "m.onnx", "--no-validate"]), "tokenizer.json")
+    one_error_line(invoke(["onnx", "--checkpoint", d, "-o", out / "m.onnx", "--no-validate"]), file, says)
     assert list(out.iterdir()) == []
 
 
