@@ -33,7 +33,7 @@ def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None, revis
     (``HF_HUB_OFFLINE``, ``HF_TOKEN`` as set)."""
     from .frontends import load_checkpoint as _load
 
-    return _load(path, format=format, revision=revision)
+    return _load(path, format=format, **({"revision": revision} if revision is not None else {}))
 
 
 def _graph(checkpoint: Checkpoint, format: Optional[str]) -> Graph:

@@ -259,7 +259,7 @@ def inspect(checkpoint: str, fmt: str | None, revision: str | None, as_json: boo
     """Show a checkpoint's block schedule, state contract and size (reads no tensor data)."""
     from .frontends import load_checkpoint
 
-    graph = load_checkpoint(checkpoint, format=fmt, revision=revision)
+    graph = load_checkpoint(checkpoint, format=fmt, **({"revision": revision} if revision else {}))
     if as_json:
         click.echo(json.dumps(graph.to_profile(), indent=2))
         return
@@ -366,7 +366,7 @@ def generate(checkpoint: str, fmt: str | None, revision: str | None, prompt: str
     _print_generation(gen, stream=stream, as_json=as_json, header=dev)
 
 
-from .text.generation import REFERENCE_CHUNK as GENERATE_CHUNK  # noqa: E402  (prompt tokens per reference call)
+from .text import REFERENCE_CHUNK as GENERATE_CHUNK  # noqa: E402  (prompt tokens per reference call; no numpy)
 
 
 def _generate(model, ids: list, max_new_tokens: int, device: str) -> list:

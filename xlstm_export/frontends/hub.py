@@ -86,7 +86,8 @@ def resolve_hub(repo_id: str, revision: Optional[str] = None) -> Path:
                               f"one needs HF_TOKEN); check the id") from None
     except hf.LocalEntryNotFoundError:
         how = ("HF_HUB_OFFLINE is set" if is_offline else "the Hub cannot be reached")
-        raise CheckpointError(f"{repo_id}: not in the Hugging Face cache{at} ({_cache_dir() or 'the default cache'}) "
+        raise CheckpointError(f"{repo_id}: no such local path, and not in the Hugging Face cache{at} "
+                              f"({_cache_dir() or 'the default cache'}) "
                               f"and {how}; download it once online (hf download {repo_id}"
                               f"{' --revision ' + revision if revision else ''}) or point HF_HOME / HF_HUB_CACHE "
                               f"at a cache that holds it") from None

@@ -7,3 +7,5 @@ one generation loop (sampling included) that ``generate`` (the reference) and ``
 - ``generation``: :class:`Sampling`, :func:`pick` (the one sampling function), :func:`generate_tokens`
   over a "feed ids, get the last logits" step, and steps for the reference and for any runner.
 """
+
+REFERENCE_CHUNK = 512  # prompt tokens per reference call: a long prompt never holds (T, V) logits at once

@@ -94,7 +94,7 @@ def generate_tokens(step: Step, prompt: Sequence[int], max_new_tokens: int, samp
         logits = step([tok])
 
 
-REFERENCE_CHUNK = 512  # prompt tokens per reference call: a long prompt never holds (T, V) logits at once
+from . import REFERENCE_CHUNK  # noqa: E402  (prompt tokens per reference call)
 
 
 def reference_step(model, device: str, chunk: int = REFERENCE_CHUNK) -> Step:
