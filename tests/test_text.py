@@ -72,7 +72,8 @@ def exported(ck, tmp_path_factory):
         path.parent.mkdir()
         res = invoke([*words, "--checkpoint", ck, "-o", path, "--no-validate"])
         assert res.exit_code == 0, res.output
-        assert "text: tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json" in res.output
+        assert ("; text: tokenizer.json + tokenizer_config.json + special_tokens_map.json + generation_config.json "
+                "(bos 1, eos [2, ") in res.output
         out[kind] = path
     return out
 

@@ -470,17 +470,6 @@ def validation_json(result) -> dict:
             "settings": r["settings"], "report": [str(p) for p in result.paths]}
 
 
-def describe_text(graph) -> str:
-    """The line an export prints about text: what travels with the artifact, or that it takes ids only."""
-    t = graph.text
-    if t is None or not t.has_tokenizer:
-        extra = f" (carries {', '.join(t.names())})" if t is not None else ""
-        return f"no tokenizer.json in the checkpoint: the artifact takes and gives token ids only{extra}"
-    ids = ", ".join(f"{k} {v}" for k, v in (("bos", t.bos_token_id), ("eos", list(t.eos_token_ids) or None),
-                                            ("pad", t.pad_token_id)) if v is not None)
-    return f"text: {', '.join(t.names())} carried with the artifact" + (f" ({ids})" if ids else "")
-
-
 def artifact_json(art) -> dict:
     return {"path": str(art.path), "kind": art.kind, "precision": art.precision,
             "files": [str(f) for f in art.files], "stats": art.stats}
@@ -526,7 +515,6 @@ def export_command(target) -> click.Command:
         art = api.export(graph, target.name, out, force=force, **options)
         if not as_json:
             click.echo(describe_artifact(art))
-            click.echo(describe_text(graph))
         result, skipped = None, None
         if do_validate:
             from .errors import RuntimeUnavailable

@@ -125,7 +125,8 @@ class Target:
 
 
 def describe_artifact(art) -> str:
-    """The line an export prints: files, kind, precision, batch, states, and the emitter's key figures."""
+    """The line an export prints: files, kind, precision, batch, states, the emitter's key figures, and the
+    text files the artifact carries (or that it takes token ids only)."""
     c = art.contract
     B = c["inputs"][0]["shape"][0]
     n, extra = len(c["states"]), len(c.get("extra_states", []))
@@ -134,7 +135,14 @@ def describe_artifact(art) -> str:
     for key, label in (("nodes", "nodes"), ("ops_per_step", "ops per step")):
         if key in art.stats:
             parts.append(f"{art.stats[key]} {label}")
-    return f"wrote {' + '.join(str(f) for f in art.files)} ({', '.join(parts)})"
+    text = c.get("text") or {}
+    if text.get("tokenizer"):
+        ids = [f"{k} {v}" for k, v in (("bos", text.get("bos_token_id")), ("eos", text.get("eos_token_id") or None),
+                                       ("pad", text.get("pad_token_id"))) if v is not None]
+        parts.append("text: " + " + ".join(f["name"] for f in text["files"]) + (f" ({', '.join(ids)})" if ids else ""))
+    else:  # a checkpoint without a tokenizer still exports, and the line says so
+        parts.append("no tokenizer.json in the checkpoint: token ids only")
+    return f"wrote {' + '.join(str(f) for f in art.files)} ({'; '.join([', '.join(parts[:-1]), parts[-1]])})"
 
 
 def _resolve(ref: str) -> Callable:

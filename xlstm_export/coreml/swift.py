@@ -94,6 +94,25 @@ def generator_swift(contract: dict, package_name: str, compute_units: str = "all
         prefillConfig.functionName = {_swift_string(pf['function'])}  // the same MLState serves both functions
         prefillModel = try await MLModel.load(contentsOf: compiled, configuration: prefillConfig)"""
                     if pf else "\n        prefillModel = nil")
+    prefill_fn = (f"""    /// `prefillChunk` prompt tokens at once (every sequence gets the same ones).
+    func prefill(_ tokens: ArraySlice<Int>, state: MLState, with prefillModel: MLModel) async throws -> MLMultiArray {{
+        let ids = try MLMultiArray(shape: [NSNumber(value: Self.batchSize), NSNumber(value: tokens.count)],
+                                   dataType: .int32)
+        for b in 0..<Self.batchSize {{
+            for (t, tok) in tokens.enumerated() {{ ids[[NSNumber(value: b), NSNumber(value: t)]] = NSNumber(value: Int32(tok)) }}
+        }}
+        let input = try MLDictionaryFeatureProvider(dictionary: ["input_ids": MLFeatureValue(multiArray: ids)])
+        return try logits(await prefillModel.prediction(from: input, using: state))
+    }}
+
+""" if pf else "")
+    prefill_loop = (f"""        if let prefillModel, Self.prefillChunk > 0 {{
+            while start + Self.prefillChunk <= prompt.count {{
+                last = try await prefill(prompt[start..<start + Self.prefillChunk], state: state, with: prefillModel)
+                start += Self.prefillChunk
+            }}
+        }}
+""" if pf else "")
     return f"""\
 // xLSTM text generation for {package_name} ({MARK} from the package's I/O contract).
 // Requires iOS 18 / macOS 15 (stateful Core ML models) and swift-transformers' Tokenizers.
@@ -214,29 +233,12 @@ public actor XLSTMGenerator {{
         return try logits(await model.prediction(from: input, using: state))
     }}
 
-    /// `prefillChunk` prompt tokens at once (every sequence gets the same ones).
-    func prefill(_ tokens: ArraySlice<Int>, state: MLState, with prefillModel: MLModel) async throws -> MLMultiArray {{
-        let ids = try MLMultiArray(shape: [NSNumber(value: Self.batchSize), NSNumber(value: tokens.count)],
-                                   dataType: .int32)
-        for b in 0..<Self.batchSize {{
-            for (t, tok) in tokens.enumerated() {{ ids[[NSNumber(value: b), NSNumber(value: t)]] = NSNumber(value: Int32(tok)) }}
-        }}
-        let input = try MLDictionaryFeatureProvider(dictionary: ["input_ids": MLFeatureValue(multiArray: ids)])
-        return try logits(await prefillModel.prediction(from: input, using: state))
-    }}
-
-    /// The prompt through `prefill` in full chunks (when the package has it), the rest step by step.
+{prefill_fn}    /// The prompt through `prefill` in full chunks (when the package has it), the rest step by step.
     func feed(_ prompt: [Int], state: MLState) async throws -> MLMultiArray {{
         guard let lastToken = prompt.last else {{ throw XLSTMError.emptyPrompt }}
-        var start = 0
+        {"var" if pf else "let"} start = 0
         var last: MLMultiArray? = nil
-        if let prefillModel, Self.prefillChunk > 0 {{
-            while start + Self.prefillChunk <= prompt.count {{
-                last = try await prefill(prompt[start..<start + Self.prefillChunk], state: state, with: prefillModel)
-                start += Self.prefillChunk
-            }}
-        }}
-        for t in prompt[start...] {{ last = try await step(t, state: state) }}
+{prefill_loop}        for t in prompt[start...] {{ last = try await step(t, state: state) }}
         if let last {{ return last }}
         return try await step(lastToken, state: state)
     }}
