@@ -60,6 +60,50 @@ def build_hf(d: Path) -> Path:
     return d
 
 
+TEXT_PROMPT = "the cat sat on the mat"
+TEXT_CORPUS = ["the cat sat on the mat", "a dog ran to the park", "the sun is warm today", "cats and dogs play",
+               "on the mat the cat sleeps", "we ran to the sea"] * 4
+TEXT_EOS_AT = 3  # the fixture's second EOS id is the greedy continuation's 4th token (both stop there)
+
+
+def build_tokenizer(d: Path, vocab_size: int = 90):
+    """A tiny BPE tokenizer made with ``tokenizers`` (Metaspace, BOS prepended), saved as tokenizer.json +
+    tokenizer_config.json + special_tokens_map.json; returns the Tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
+    tok.train_from_iterator(TEXT_CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    d.mkdir(parents=True, exist_ok=True)
+    tok.save(str(d / "tokenizer.json"))
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    (d / "tokenizer_config.json").write_text(json.dumps({**specials, "tokenizer_class": "PreTrainedTokenizerFast",
+                                                         "model_max_length": 4096}, indent=2))
+    (d / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+    return tok
+
+
+def build_hf_text(d: Path) -> Path:
+    """The ``hf`` model with a tokenizer (``build_tokenizer``) and a generation config whose EOS ids are
+    ``</s>`` and the ``TEXT_EOS_AT``-th greedy token after ``TEXT_PROMPT`` (so generation stops at EOS)."""
+    import torch
+
+    model = _hf_model()
+    model.save_pretrained(d)
+    tok = build_tokenizer(d)
+    ids = tok.encode(TEXT_PROMPT).ids
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=TEXT_EOS_AT + 1, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+    eos = int(out[0, len(ids) + TEXT_EOS_AT])
+    (d / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, eos],
+                                                          "pad_token_id": 0}, indent=2))
+    return d
+
+
 def build_hf_sharded(d: Path) -> Path:
     _hf_model().save_pretrained(d, max_shard_size="300KB")
     if not (d / "model.safetensors.index.json").exists():
@@ -228,6 +272,7 @@ FIXTURES: dict[str, Callable[[Path], Path]] = {
     "hf_tied": build_hf_tied,
     "large": build_large,
     "large_bias": build_large_bias,
+    "hf_text": build_hf_text,
     **{n: _hybrid_builder(n) for n in ("hybrid", "hybrid_slstm_only", "hybrid_mlstm_only", "hybrid_pt",
                                        "hybrid_cuda_layout")},
 }

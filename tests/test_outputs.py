@@ -97,7 +97,7 @@ from xlstm_export.cli import main
 main(sys.argv[1:], prog_name="xlstm-export")
 """
 
-RACES = {"torchscript": ["model.pt"], "coreml": ["model.mlpackage", "model.swift"],
+RACES = {"torchscript": ["model.pt"], "coreml": ["model.mlpackage", "model-swift"],
          "onnx --prefill-chunk 4": ["model.onnx", "model.prefill.onnx", "model.onnx.data"]}
 
 
@@ -199,7 +199,7 @@ def _foreign_package(p: Path) -> dict:
 FOREIGN = {  # what is at the output path -> (the export, the path, maker)
     "folder-named-mlpackage": ("coreml", "model.mlpackage", _folder_of_mine),
     "other-tools-mlpackage": ("coreml", "model.mlpackage", lambda p: (p.mkdir(), _foreign_package(p))[1]),
-    "folder-at-swift-snippet": ("coreml", "model.swift", _folder_of_mine),
+    "folder-at-swift-package": ("coreml", "model-swift", _folder_of_mine),
     "folder-at-pt": ("torchscript", "model.pt", _folder_of_mine),
     "folder-at-onnx": ("onnx", "model.onnx", _folder_of_mine),
     "state-dict-at-pt": ("torchscript", "model.pt",
@@ -429,7 +429,7 @@ def test_an_output_name_as_long_as_the_file_system_allows_works(checkpoint_facto
     name = "m" * (250 - len(ext) - 1) + "." + ext
     res = invoke(export_args(cmd, checkpoint_factory("hybrid"), tmp_path / name, "--no-validate"))
     assert res.exit_code == 0, res.output
-    assert listing(tmp_path) == sorted([name] + ([name[:-len(".mlpackage")] + ".swift"] if cmd == "coreml" else []))
+    assert listing(tmp_path) == sorted([name] + ([name[:-len(".mlpackage")] + "-swift"] if cmd == "coreml" else []))
 
 
 def test_report_paths_the_file_system_refuses_are_one_line(exported_pt, tmp_path, monkeypatch):
@@ -503,7 +503,8 @@ def test_coreml_package_gets_the_usual_modes(checkpoint_factory, tmp_path, umask
         os.umask(old)
     assert res.exit_code == 0, res.output
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode)
-             for p in [tmp_path / "model.mlpackage", *(tmp_path / "model.mlpackage").rglob("*"), tmp_path / "model.swift"]}
+             for p in [tmp_path / "model.mlpackage", *(tmp_path / "model.mlpackage").rglob("*"), tmp_path / "model-swift",
+                       *(tmp_path / "model-swift").rglob("*")]}
     want = {k: (0o777 if (tmp_path / k).is_dir() else 0o666) & ~umask for k in modes}
     assert modes == want
     assert len(modes) >= 6  # package, Manifest.json, Data, com.apple.CoreML, model.mlmodel, weights/weight.bin

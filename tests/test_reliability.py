@@ -449,12 +449,13 @@ def test_existing_output_is_never_overwritten_without_force(checkpoint_factory, 
     assert listing(out_dir) == [out.name]
 
 
-def test_existing_swift_snippet_is_not_overwritten_without_force(checkpoint_factory, out_dir):
-    swift = out_dir / "model.swift"
-    swift.write_text("// mine")
+def test_existing_swift_package_folder_is_not_overwritten_without_force(checkpoint_factory, out_dir):
+    swift = out_dir / "model-swift"
+    swift.mkdir()
+    (swift / "Package.swift").write_text("// mine")
     res = invoke(argv("coreml", checkpoint_factory("hybrid"), out_dir))
-    assert_one_error_line(res, "model.swift", "already exists")
-    assert swift.read_text() == "// mine" and listing(out_dir) == ["model.swift"]
+    assert_one_error_line(res, "model-swift", "already exists")
+    assert (swift / "Package.swift").read_text() == "// mine" and listing(out_dir) == ["model-swift"]
 
 
 FAILING = {
@@ -706,7 +707,7 @@ def test_exports_are_byte_reproducible(checkpoint_factory, tmp_path, cmd, name):
         assert not differ, f"{cmd}: {name}: these files differ between two runs: {differ}"
     if cmd == "coreml":
         assert "Manifest.json" in tree_bytes(a / "model.mlpackage")
-        assert listing(a) == ["model.mlpackage", "model.swift"]
+        assert listing(a) == ["model-swift", "model.mlpackage"]
 
 
 # -- issue 14, checkpoints and configs ------------------------------------------------------------------

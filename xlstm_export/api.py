@@ -16,7 +16,8 @@ exits with (2: bad input, 1: outside tolerance).
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
 
 from .graphs import Graph
 from .outputs import Artifact
@@ -24,13 +25,15 @@ from .outputs import Artifact
 Checkpoint = Union[str, os.PathLike, Graph]
 
 
-def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None) -> Graph:
+def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None, revision: Optional[str] = None) -> Graph:
     """Read a checkpoint's config and tensor headers into a validated :class:`Graph` (no tensor data is
-    read until a weight is used). ``format``: ``hf``, ``large``, ``hybrid`` or ``profile`` (default: detected
-    from the files present)."""
+    read until a weight is used), with its tokenizer and generation files (``graph.text``). ``format``:
+    ``hf``, ``large``, ``hybrid`` or ``profile`` (default: detected from the files present). ``path`` may be
+    a Hugging Face Hub id ``org/name`` (at ``revision``), resolved through huggingface_hub's cache
+    (``HF_HUB_OFFLINE``, ``HF_TOKEN`` as set)."""
     from .frontends import load_checkpoint as _load
 
-    return _load(path, format=format)
+    return _load(path, format=format, **({"revision": revision} if revision is not None else {}))
 
 
 def _graph(checkpoint: Checkpoint, format: Optional[str]) -> Graph:
@@ -86,4 +89,145 @@ def validate(artifact: str | os.PathLike, checkpoint: Checkpoint, *, format: Opt
                              force=force, trust_artifact=trust_artifact, heldout=heldout)
 
 
-__all__ = ["load_checkpoint", "export", "validate", "Artifact", "Graph"]
+def open_for_generation(artifact: str | os.PathLike, *, checkpoint: Optional[Checkpoint] = None,
+                        format: Optional[str] = None, revision: Optional[str] = None, trust_artifact: bool = False):
+    """``(runner, text)`` for generating with the artifact at ``artifact`` (what ``xlstm-export run`` does):
+    its runner from the target registry and its tokenizer / special ids (``text``: None when its contract
+    names none). With ``checkpoint`` the artifact is checked against it as ``validate`` checks (unless
+    ``trust_artifact``). Without one, the artifact's own contract profile is the graph; a target whose
+    artifacts carry code (TorchScript) is then run only with ``trust_artifact`` -- its record-by-record check
+    needs the checkpoint -- while graph and program artifacts (ONNX, Core ML, ExecuTorch) are interpreted by
+    their runtimes and run after the contract checks every runner makes."""
+    from pathlib import Path
+
+    from .errors import ArtifactError
+    from .targets import target_for_path
+    from .text.files import artifact_text
+    from .validation.registry import check_regular_files
+
+    p = Path(artifact)
+    if not p.exists():
+        raise ArtifactError(f"{p}: no such artifact (file or .mlpackage directory)")
+    target = target_for_path(p)
+    check_regular_files(p)
+    if checkpoint is not None:
+        graph = checkpoint if isinstance(checkpoint, Graph) else load_checkpoint(checkpoint, format, revision)
+        trusted = trust_artifact
+    else:
+        if target.runs_code and not trust_artifact:
+            raise ArtifactError(f"{p}: loading a {target.name} artifact runs its code; pass --checkpoint PATH (the "
+                                f"artifact is then checked record by record against what xlstm-export writes for it) "
+                                f"or --trust-artifact if you trust where it came from")
+        graph = target.contract_graph(p)
+        trusted = True  # nothing to judge: the runtime interprets the artifact; its contract is checked on open
+    runner = target.open_runner(p, graph, trust_artifact=trusted)
+    text = artifact_text(getattr(runner, "path", p) if p.suffix.lower() == ".onnx" else p, runner.contract,
+                         getattr(runner, "vocab_size", None) or graph.config.vocab_size)
+    return runner, text
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What :func:`generate` and :func:`run` return: the prompt's ids, the new tokens (an EOS that stopped
+    it is the last one), their text (None without a tokenizer) and why it stopped ("eos" or "length")."""
+
+    prompt_ids: List[int]
+    tokens: List[int]
+    text: Optional[str]
+    stop: str
+
+    def to_json(self) -> dict:
+        return {"prompt_ids": self.prompt_ids, "tokens": self.tokens, "text": self.text, "stop": self.stop}
+
+
+def _generation(step, tokenizer, eos, vocab: int, where: str, prompt, prompt_ids, max_new_tokens: int,
+                ignore_eos: bool, sampling, on_token, on_text=None) -> Generation:
+    from .errors import ConfigError
+    from .text.generation import generate_tokens
+    from .text.tokenizer import decode, encode
+
+    if (prompt is None) == (prompt_ids is None):
+        raise ConfigError("give the prompt as text (--prompt) or as token ids (--prompt-ids), one of them")
+    if prompt is not None:
+        if tokenizer is None:
+            raise ConfigError(f"--prompt: {where} carries no tokenizer.json (it takes token ids only); use "
+                              f"--prompt-ids, or export from a checkpoint that has a tokenizer.json")
+        ids = encode(tokenizer, prompt, vocab, where)
+    else:
+        ids = [int(i) for i in prompt_ids]
+        if not ids:
+            raise ConfigError("--prompt-ids: expected at least one token id, got none")
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ConfigError(f"--prompt-ids: token ids must be in [0, {vocab}) for this model, got {bad[:8]}")
+    callback = on_token
+    if on_text is not None:  # text as it comes: pieces of the decoded continuation (ids without a tokenizer)
+        from .text.tokenizer import TextStream
+
+        streamer = TextStream(tokenizer) if tokenizer is not None else None
+
+        def callback(tok: int) -> None:
+            if on_token is not None:
+                on_token(tok)
+            piece = streamer.push(tok) if streamer is not None else f"{tok} "
+            if piece:
+                on_text(piece)
+
+    tokens, stop = generate_tokens(step(), ids, max_new_tokens, sampling, () if ignore_eos else eos, callback)
+    if on_text is not None and streamer is not None:
+        rest = streamer.flush()
+        if rest:
+            on_text(rest)
+    return Generation(ids, tokens, decode(tokenizer, tokens) if tokenizer is not None else None, stop)
+
+
+def _sampling(temperature: float, top_k: int, top_p: float, seed: int):
+    from .text.generation import Sampling
+
+    return Sampling(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
+
+
+def generate(checkpoint: Checkpoint, prompt: Optional[str] = None, *, prompt_ids: Optional[Sequence[int]] = None,
+             max_new_tokens: int = 16, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+             ignore_eos: bool = False, device: str = "cpu", dtype: str = "float32", format: Optional[str] = None,
+             revision: Optional[str] = None, on_token=None, on_text=None) -> Generation:
+    """Continue ``prompt`` (text, encoded with the checkpoint's tokenizer.json) or ``prompt_ids`` with the
+    PyTorch reference model of ``checkpoint``: greedy (``temperature=0``) or sampled, until an EOS id of its
+    generation config (unless ``ignore_eos``) or ``max_new_tokens``. ``on_token(id)`` sees each new token,
+    ``on_text(piece)`` the text it adds (its id and a space without a tokenizer)."""
+    from .reference import build_model
+    from .text.files import load_tokenizer
+    from .text.generation import reference_step
+
+    graph = checkpoint if isinstance(checkpoint, Graph) else load_checkpoint(checkpoint, format, revision)
+    sampling = _sampling(temperature, top_k, top_p, seed)
+    text = graph.text
+    tokenizer = None
+    if text is not None and text.has_tokenizer:
+        tokenizer = load_tokenizer(dict(text.files)["tokenizer.json"], f"{graph.source}/tokenizer.json")
+    model = build_model(graph, device=device, dtype=dtype)
+    return _generation(lambda: reference_step(model, device), tokenizer, text.eos_token_ids if text else (),
+                       graph.config.vocab_size, f"checkpoint {graph.source}", prompt, prompt_ids, max_new_tokens,
+                       ignore_eos, sampling, on_token, on_text)
+
+
+def run(artifact: str | os.PathLike, prompt: Optional[str] = None, *, prompt_ids: Optional[Sequence[int]] = None,
+        max_new_tokens: int = 16, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+        ignore_eos: bool = False, checkpoint: Optional[Checkpoint] = None, format: Optional[str] = None,
+        revision: Optional[str] = None, trust_artifact: bool = False, on_token=None, on_text=None) -> Generation:
+    """:func:`generate` driven by the exported artifact itself, through its runner and with the tokenizer it
+    carries (:func:`open_for_generation` says which artifacts need ``checkpoint`` or ``trust_artifact``)."""
+    from .text.generation import runner_step
+
+    sampling = _sampling(temperature, top_k, top_p, seed)
+    runner, text = open_for_generation(artifact, checkpoint=checkpoint, format=format, revision=revision,
+                                       trust_artifact=trust_artifact)
+    v = getattr(runner, "vocab_size", None)
+    vocab = v if isinstance(v, int) and v > 0 else int(runner.contract["profile"]["vocab_size"])
+    return _generation(lambda: runner_step(runner), text.tokenizer if text else None,
+                       text.eos_token_ids if text else (), vocab, f"artifact {artifact}", prompt, prompt_ids,
+                       max_new_tokens, ignore_eos, sampling, on_token, on_text)
+
+
+__all__ = ["load_checkpoint", "export", "validate", "generate", "run", "open_for_generation", "Generation",
+           "Artifact", "Graph"]

@@ -201,8 +201,11 @@ def checkpoint_options(f: Callable) -> Callable:
     """``--checkpoint PATH [--format F]``, shared by commands that read a checkpoint."""
     f = click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default=None,
                      help="Checkpoint format (default: detected from the files present).")(f)
+    f = click.option("--revision", default=None,
+                     help="With a Hub id: the branch, tag or commit (default: main).")(f)
     f = click.option("--checkpoint", "checkpoint", required=True, type=click.Path(),
-                     help="Checkpoint directory (or weights/profile file).")(f)
+                     help="Checkpoint directory (or weights/profile file), or a Hugging Face Hub id org/name "
+                          "(its cache; HF_HUB_OFFLINE, HF_TOKEN as set).")(f)
     return f
 
 
@@ -252,11 +255,11 @@ def render_table(rows: list[list[str]], markdown: bool = False) -> str:
 @main.command()
 @checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Print the graph profile as JSON.")
-def inspect(checkpoint: str, fmt: str | None, as_json: bool) -> None:
+def inspect(checkpoint: str, fmt: str | None, revision: str | None, as_json: bool) -> None:
     """Show a checkpoint's block schedule, state contract and size (reads no tensor data)."""
     from .frontends import load_checkpoint
 
-    graph = load_checkpoint(checkpoint, format=fmt)
+    graph = load_checkpoint(checkpoint, format=fmt, **({"revision": revision} if revision else {}))
     if as_json:
         click.echo(json.dumps(graph.to_profile(), indent=2))
         return
@@ -278,40 +281,79 @@ def inspect(checkpoint: str, fmt: str | None, as_json: bool) -> None:
                f"weight bytes: {graph.weight_bytes:,} ({_human(graph.weight_bytes, 'B')})")
 
 
+def text_options(f: Callable) -> Callable:
+    """The prompt, stopping and sampling options ``generate`` and ``run`` share."""
+    for opt in reversed([
+        click.option("--prompt", "prompt", default=None, help="Prompt text, encoded with the tokenizer.json the "
+                     "checkpoint (generate) or artifact (run) carries."),
+        click.option("--prompt-ids", default=None, help="Comma-separated token ids, e.g. 1,2,3 (instead of --prompt)."),
+        click.option("--max-new-tokens", type=click.IntRange(min=0, max=MAX_NEW_TOKENS), default=16, show_default=True),
+        click.option("--ignore-eos", is_flag=True, help="Do not stop at the EOS token(s) of the generation config."),
+        click.option("--temperature", type=click.FloatRange(min=0, max=1e4), default=0.0, show_default=True,
+                     help="0: greedy (argmax); else sampling at this temperature."),
+        click.option("--top-k", type=click.IntRange(min=0, max=1 << 30), default=0, show_default=True,
+                     help="Sample among the k most likely tokens only (0: off)."),
+        click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+                     help="Sample among the most likely tokens whose probability reaches p (1: off)."),
+        click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
+                     help="Seed of the sampler (same seed, same tokens)."),
+        click.option("--stream", is_flag=True, help="Print the text as it is generated."),
+        click.option("--json", "as_json", is_flag=True,
+                     help='Print {"prompt_ids", "tokens" (the new ones), "text", "stop"} as JSON.'),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _ids_option(prompt_ids: Optional[str]) -> Optional[list]:
+    from .errors import ConfigError
+
+    if prompt_ids is None:
+        return None
+    try:
+        return [int(t) for t in prompt_ids.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise ConfigError(f"--prompt-ids: expected comma-separated integers, got {prompt_ids!r}") from None
+
+
+def _print_generation(gen, *, stream: bool, as_json: bool, header: str) -> None:
+    if as_json:
+        click.echo(json.dumps(gen.to_json()))
+    elif stream:
+        click.echo("")  # the pieces were printed as they came
+    elif gen.text is not None:
+        click.echo(gen.text)
+    else:
+        click.echo(f"prompt: {gen.prompt_ids}\nnew tokens ({header}): {gen.tokens}")
+
+
+def _on_text(stream: bool, as_json: bool):
+    return (lambda piece: click.echo(piece, nl=False)) if stream and not as_json else None
+
+
 @main.command()
 @checkpoint_options
-@click.option("--prompt-ids", required=True, help="Comma-separated token ids, e.g. 1,2,3.")
-@click.option("--max-new-tokens", type=click.IntRange(min=0, max=MAX_NEW_TOKENS), default=16, show_default=True)
+@text_options
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), default="auto", show_default=True,
               help="Where the reference runs (auto: mps, then cuda, then cpu).")
 @click.option("--dtype", type=click.Choice(("float32", "bfloat16", "float16")), default="float32",
               show_default=True, help="Weight precision of the reference (cell math stays fp32).")
-@click.option("--json", "as_json", is_flag=True, help='Print {"tokens": [...]} (the new tokens only).')
-def generate(checkpoint: str, fmt: str | None, prompt_ids: str, max_new_tokens: int, device: str, dtype: str,
-             as_json: bool) -> None:
-    """Greedy continuation of a prompt with the PyTorch reference model."""
-    from . import progress
-    from .errors import ConfigError, UnsupportedError, first_line
+def generate(checkpoint: str, fmt: str | None, revision: str | None, prompt: str | None, prompt_ids: str | None,
+             max_new_tokens: int, ignore_eos: bool, temperature: float, top_k: int, top_p: float, seed: int,
+             stream: bool, as_json: bool, device: str, dtype: str) -> None:
+    """Continue a prompt (text or ids) with the PyTorch reference model: greedy or sampled, up to EOS or
+    --max-new-tokens. Prints the new text (the new ids for a checkpoint without a tokenizer)."""
+    from . import api, progress
+    from .errors import UnsupportedError, first_line
+    from .reference import resolve_device
 
-    try:
-        ids = [int(t) for t in prompt_ids.replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise ConfigError(f"--prompt-ids: expected comma-separated integers, got {prompt_ids!r}") from None
-    if not ids:
-        raise ConfigError("--prompt-ids: expected at least one token id, got none")
-    import torch
-
-    from .frontends import load_checkpoint
-    from .reference import build_model, resolve_device
-
-    graph = load_checkpoint(checkpoint, format=fmt)
-    V = graph.config.vocab_size
-    bad = [t for t in ids if not 0 <= t < V]
-    if bad:
-        raise ConfigError(f"--prompt-ids: token ids must be in [0, {V}) for this checkpoint, got {bad}")
+    graph = api.load_checkpoint(checkpoint, format=fmt, revision=revision)
+    ids = _ids_option(prompt_ids)
     dev = resolve_device(device)
+    opts = dict(prompt_ids=ids, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, temperature=temperature,
+                top_k=top_k, top_p=top_p, seed=seed, dtype=dtype, on_text=_on_text(stream, as_json))
     try:
-        tokens = _generate(build_model(graph, device=dev, dtype=dtype), ids, max_new_tokens, dev)
+        gen = api.generate(graph, prompt, device=dev, **opts)
     except (RuntimeError, NotImplementedError, AssertionError) as e:  # a device torch lists but cannot use
         if dev == "cpu":
             raise
@@ -320,37 +362,45 @@ def generate(checkpoint: str, fmt: str | None, prompt_ids: str, max_new_tokens: 
                                    f"use --device cpu") from None
         progress.note(f"device {dev} failed ({first_line(e)[:160]}); generating on cpu")
         dev = "cpu"
-        tokens = _generate(build_model(graph, device=dev, dtype=dtype), ids, max_new_tokens, dev)
-    if as_json:
-        click.echo(json.dumps({"tokens": tokens}))
-    else:
-        click.echo(f"prompt: {ids}\nnew tokens ({dev}): {tokens}")
+        gen = api.generate(graph, prompt, device=dev, **opts)
+    _print_generation(gen, stream=stream, as_json=as_json, header=dev)
 
 
-GENERATE_CHUNK = 512  # prompt tokens per reference call: a long prompt never holds (T, V) logits at once
+from .text import REFERENCE_CHUNK as GENERATE_CHUNK  # noqa: E402  (prompt tokens per reference call; no numpy)
 
 
 def _generate(model, ids: list, max_new_tokens: int, device: str) -> list:
-    """Greedy continuation of ``ids`` (what ``model.generate_greedy`` computes), with the prompt fed in
-    chunks of GENERATE_CHUNK tokens and a progress note per new token (throttled)."""
-    import torch
+    """Greedy continuation of ``ids`` without EOS stop (what ``model.generate_greedy`` computes), through the
+    shared generation loop: the prompt in chunks of GENERATE_CHUNK tokens, a progress note per new token."""
+    from .text.generation import Sampling, generate_tokens, reference_step
 
-    from . import progress
+    return generate_tokens(reference_step(model, device), ids, max_new_tokens, Sampling())[0]
 
-    x = torch.tensor([ids], dtype=torch.long, device=device)
-    out: list = []
-    with torch.no_grad():
-        states = model.init_states(1)
-        for s in range(0, len(ids), GENERATE_CHUNK):
-            logits, states = model.forward_with_states(x[:, s:s + GENERATE_CHUNK], states)
-            logits = logits[:, -1:]
-        for step in range(max_new_tokens):
-            progress.note("generating token", step + 1, max_new_tokens)
-            nxt = torch.argmax(logits[:, -1], dim=-1, keepdim=True)  # (1, 1)
-            out.append(int(nxt[0, 0]))
-            if step + 1 < max_new_tokens:
-                logits, states = model.forward_with_states(nxt, states)
-    return out
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@text_options
+@click.option("--checkpoint", "checkpoint", default=None, type=click.Path(),
+              help="Also check the artifact against this checkpoint (as validate does) before running it.")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default=None,
+              help="Format of --checkpoint (default: detected).")
+@click.option("--revision", default=None, help="Revision of a Hub --checkpoint id.")
+@click.option("--trust-artifact", is_flag=True,
+              help="Run the artifact without checking it is what xlstm-export writes. Loading a TorchScript archive "
+                   "runs its code: without this flag an archive is checked record by record first. Only for "
+                   "artifacts you trust.")
+def run(artifact: str, prompt: str | None, prompt_ids: str | None, max_new_tokens: int, ignore_eos: bool,
+        temperature: float, top_k: int, top_p: float, seed: int, stream: bool, as_json: bool,
+        checkpoint: str | None, fmt: str | None, revision: str | None, trust_artifact: bool) -> None:
+    """Continue a prompt with ARTIFACT itself (ONNX, Core ML, TorchScript, ExecuTorch), through its runtime
+    and with the tokenizer it carries; greedy tokens equal generate's."""
+    from . import api
+
+    gen = api.run(artifact, prompt, prompt_ids=_ids_option(prompt_ids), max_new_tokens=max_new_tokens,
+                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, ignore_eos=ignore_eos,
+                  checkpoint=checkpoint, format=fmt, revision=revision, trust_artifact=trust_artifact,
+                  on_text=_on_text(stream, as_json))
+    _print_generation(gen, stream=stream, as_json=as_json, header=f"artifact {artifact}")
 
 
 def validate_options(f: Callable) -> Callable:
@@ -388,7 +438,7 @@ def validate_options(f: Callable) -> Callable:
                    "are judged by).")
 @click.option("--heldout-tokens", type=click.IntRange(min=2, max=65536), default=1024, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and figures as JSON (the report's summary).")
-def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | None, steps: int,
+def validate(artifact: str, checkpoint: str, fmt: str | None, revision: str | None, report_dir: str | None, steps: int,
              num_prompts: int, prompt_len: int, seed: int, batch_size: int | None, force: bool,
              trust_artifact: bool, heldout: str | None, heldout_tokens: int, as_json: bool) -> None:
     """Compare ARTIFACT with the reference model of its checkpoint: prefill + greedy decode on several
@@ -406,8 +456,8 @@ def validate(artifact: str, checkpoint: str, fmt: str | None, report_dir: str | 
     from .resources import check_validation_memory
     from .validation.prompts import task_prompts
 
-    graph = api.load_checkpoint(checkpoint, format=fmt)
-    extra = task_prompts(checkpoint)
+    graph = api.load_checkpoint(checkpoint, format=fmt, revision=revision)
+    extra = task_prompts(graph.source)
     check_validation_memory(graph, batch_size or 1, max([prompt_len, *map(len, extra)]))  # before opening
     result = api.validate(path, graph, report=report, force=force, steps=steps, prompts=num_prompts,
                           prompt_len=prompt_len, seed=seed, batch_size=batch_size, extra_prompts=extra,
@@ -450,7 +500,7 @@ def _click_option(opt) -> Callable:
 def export_command(target) -> click.Command:
     """The ``xlstm-export <target>`` command, made from the target's registration."""
 
-    def command(checkpoint: str, fmt: str | None, out: str, force: bool, do_validate: bool, report_dir: str | None,
+    def command(checkpoint: str, fmt: str | None, revision: str | None, out: str, force: bool, do_validate: bool, report_dir: str | None,
                 steps: int, as_json: bool, **options: Any) -> None:
         from . import api
         from .targets import check_suffix, describe_artifact
@@ -460,7 +510,7 @@ def export_command(target) -> click.Command:
             from .validation.report import check_report_dir
 
             check_report_dir(report_dir, force)
-        graph = api.load_checkpoint(checkpoint, format=fmt)
+        graph = api.load_checkpoint(checkpoint, format=fmt, revision=revision)
         if do_validate:  # before writing anything: a batch that cannot be validated here is refused first
             from .resources import check_validation_memory
             from .validation.validate import DEFAULT_PROMPT_LEN
@@ -483,7 +533,8 @@ def export_command(target) -> click.Command:
             if not as_json:
                 click.echo(result.summary_line() if result is not None else skipped)
         if as_json:
-            click.echo(json.dumps({"artifact": artifact_json(art), "validation_skipped": skipped,
+            click.echo(json.dumps({"artifact": artifact_json(art), "text": art.contract.get("text"),
+                                   "validation_skipped": skipped,
                                    "validation": None if result is None else validation_json(result)}, default=str))
         if result is not None:
             result.raise_if_failed()

@@ -133,6 +133,20 @@ def _is_our_package(p: Path) -> Optional[str]:
     return None
 
 
+def _is_our_swift_package(p: Path) -> Optional[str]:
+    """The Swift package beside a Core ML package: Package.swift naming this tool on its second line (the
+    first is SwiftPM's tools version), and nothing but Package.swift and Sources/ in the folder."""
+    manifest = p / "Package.swift"
+    if not manifest.is_file() or os.path.islink(manifest):
+        return "a folder without the Package.swift xlstm-export writes"
+    lines = _head(manifest, 4096).decode("utf-8", "replace").split("\n")
+    if len(lines) < 2 or _SWIFT_MARK not in lines[1]:
+        return "a Swift package not written by xlstm-export"
+    if sorted(os.listdir(p)) != ["Package.swift", "Sources"]:
+        return "a Swift package holding files xlstm-export does not write"
+    return None
+
+
 def _is_our_pte(p: Path, chunk: int = 1 << 20) -> bool:
     """An ExecuTorch program (flatbuffer identifier ``ET..`` at byte 4) holding our contract method."""
     mark = b"xlstm_export_io"
@@ -197,6 +211,8 @@ def foreign_reason(path: str | os.PathLike) -> Optional[str]:
     try:
         if p.name.endswith(".mlpackage"):
             return _is_our_package(p) if stat.S_ISDIR(st.st_mode) else "not a folder"
+        if p.name.endswith("-swift") and stat.S_ISDIR(st.st_mode):
+            return _is_our_swift_package(p)
         if stat.S_ISDIR(st.st_mode):
             return "a directory"
         if not stat.S_ISREG(st.st_mode):

@@ -79,6 +79,21 @@ class Target:
     extra: str  # the pip extra that installs them
     options: Tuple[Option, ...]
     kinds: Tuple[Kind, ...] = field(default=())
+    contract_reader: str = ""  # "module:function" (path) -> the artifact's I/O contract, without running it
+    runs_code: bool = False  # loading an artifact runs code it carries (TorchScript): never unchecked untrusted
+
+    def contract_graph(self, path: Path):
+        """A weightless graph from the artifact's own contract profile: the state contract and vocabulary its
+        runner needs when no checkpoint is at hand (``xlstm-export run``)."""
+        from .graphs import Graph, WeightStore, config_from_profile
+
+        self._require()
+        contract = _resolve(self.contract_reader)(Path(path))
+        try:
+            config, blocks = config_from_profile(contract["profile"], f"{path}: contract profile")
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{path}: its contract's profile is not a model profile ({e})") from None
+        return Graph(config, tuple(blocks), WeightStore({}), source=f"{path} (contract profile)")
 
     def _require(self) -> None:
         for mod in self.requires:  # installed? (found, not imported: coremltools' import logs noise on Linux)
@@ -118,7 +133,8 @@ class Target:
 
 
 def describe_artifact(art) -> str:
-    """The line an export prints: files, kind, precision, batch, states, and the emitter's key figures."""
+    """The line an export prints: files, kind, precision, batch, states, the emitter's key figures, and the
+    text files the artifact carries (or that it takes token ids only)."""
     c = art.contract
     B = c["inputs"][0]["shape"][0]
     n, extra = len(c["states"]), len(c.get("extra_states", []))
@@ -127,7 +143,14 @@ def describe_artifact(art) -> str:
     for key, label in (("nodes", "nodes"), ("ops_per_step", "ops per step")):
         if key in art.stats:
             parts.append(f"{art.stats[key]} {label}")
-    return f"wrote {' + '.join(str(f) for f in art.files)} ({', '.join(parts)})"
+    text = c.get("text") or {}
+    if text.get("tokenizer"):
+        ids = [f"{k} {v}" for k, v in (("bos", text.get("bos_token_id")), ("eos", text.get("eos_token_id") or None),
+                                       ("pad", text.get("pad_token_id"))) if v is not None]
+        parts.append("text: " + " + ".join(f["name"] for f in text["files"]) + (f" ({', '.join(ids)})" if ids else ""))
+    else:  # a checkpoint without a tokenizer still exports, and the line says so
+        parts.append("no tokenizer.json in the checkpoint: token ids only")
+    return f"wrote {' + '.join(str(f) for f in art.files)} ({'; '.join([', '.join(parts[:-1]), parts[-1]])})"
 
 
 def _resolve(ref: str) -> Callable:
@@ -235,7 +258,7 @@ register(Target(
             "computes and how to feed it).", text=True)),
     (_kind("coreml", "coreml", {"fp16": FP16, "fp32": FP32}, ("step",), "fp16", "model.mlpackage"),
      _kind("coreml-prefill", "coreml", {"fp16": FP16, "fp32": FP32}, ("step", "prefill"), "fp16",
-           "model.prefill.mlpackage", prefill_chunk=DEMO_PREFILL_CHUNK))))
+           "model.prefill.mlpackage", prefill_chunk=DEMO_PREFILL_CHUNK)), contract_reader="xlstm_export.coreml.runner:contract_of"))
 
 register(Target(
     "onnx", "Export an ONNX graph for ONNX Runtime: the decode step (Core ML EP: one partition) or --scan.",
@@ -256,7 +279,7 @@ register(Target(
     (_kind("onnx", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=False),
      _kind("onnx-scan", "onnx", {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=True),
      _kind("onnx-prefill", "onnx", {"fp32": FP32, "fp16": FP16}, ("step", "prefill"), "fp32", "model.onnx",
-           prefill_chunk=DEMO_PREFILL_CHUNK))))
+           prefill_chunk=DEMO_PREFILL_CHUNK)), contract_reader="xlstm_export.onnx.runner:contract_of"))
 
 register(Target(
     "executorch", "Export an ExecuTorch program (.pte): the decode step (and --prefill-chunk T) lowered to XNNPACK or "
@@ -273,7 +296,7 @@ register(Target(
     # lowering; tests/executorch covers it
     (_kind("executorch", "executorch", {"fp32": FP32, "fp16": FP16}, (), "fp32", "model.pte"),
      _kind("executorch-prefill", "executorch", {"fp32": FP32, "fp16": FP16}, (), "fp32", "model.prefill.pte",
-           prefill_chunk=DEMO_PREFILL_CHUNK, sweep=False))))
+           prefill_chunk=DEMO_PREFILL_CHUNK, sweep=False)), contract_reader="xlstm_export.executorch.runner:contract_of"))
 
 register(Target(
     "torchscript", "Export a scripted module: forward, init_states, forward_with_states, generate_greedy.",
@@ -283,7 +306,8 @@ register(Target(
             choices=("fp32", "fp16", "bf16")),
      Option("--batch-size", "batch_size", "Batch size recorded in the I/O contract (the module itself takes any).", 1,
             min=1)),
-    (_kind("torchscript", "torchscript", {"fp32": FP32, "fp16": FP16, "bf16": BF16}, (), "fp32", "model.pt"),)))
+    (_kind("torchscript", "torchscript", {"fp32": FP32, "fp16": FP16, "bf16": BF16}, (), "fp32", "model.pt"),),
+    contract_reader="xlstm_export.torchscript.trust:read_contract", runs_code=True))
 
 __all__ = ["Option", "Kind", "Target", "TARGETS", "KINDS", "register", "artifact_kind", "target_for_path",
            "check_suffix", "describe_artifact"]

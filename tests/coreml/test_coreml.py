@@ -250,13 +250,14 @@ def test_export_is_byte_reproducible(packages, checkpoint_factory, tmp_path):
 
 def test_swift_snippet_names_the_package_features(packages):
     graph, path, art = packages("hybrid")
-    assert art.files == (path, path.with_suffix(".swift")) and art.files[1].exists()
-    text = art.files[1].read_text()
+    swift = path.with_name(path.stem + "-swift")
+    assert art.files == (path, swift) and (swift / "Package.swift").is_file()
+    text = next((swift / "Sources").rglob("*.swift")).read_text()
     _, spec = read_contract(path)
     for f in list(spec.description.input) + list(spec.description.output) + list(spec.description.state):
         assert f'"{f.name}"' in text or f" {f.name} " in text, f.name
     for needle in ("import CoreML", "makeState()", "prediction(from: input, using: state)",
-                   '"input_ids"', '"logits"', "withMultiArray(for:"):
+                   '"input_ids"', '"logits"'):
         assert needle in text, needle
 
 
@@ -264,7 +265,7 @@ def test_batch_and_fp32_package(checkpoint_factory, tmp_path):
     graph = load_checkpoint(checkpoint_factory("large"))
     path = tmp_path / "b2.mlpackage"
     art = emit(graph, CoreMLOptions(precision="fp32", batch_size=2, swift=False), path)
-    assert art.files == (path,) and not path.with_suffix(".swift").exists()
+    assert art.files == (path,) and not path.with_name(path.stem + "-swift").exists()
     runner = CoreMLRunner(path, graph, backend="executor")
     assert runner.batch_size == 2 and runner.precision == "fp32"
     prompt = np.random.default_rng(3).integers(0, graph.config.vocab_size, size=(2, 6))
@@ -346,7 +347,7 @@ def test_cli_coreml_exports_and_validates(checkpoint_factory, tmp_path):
                                     "--compute-units", "cpu_and_gpu", "--report", str(tmp_path / "report")])
     assert res.exit_code == 0, res.output
     assert "wrote" in res.output and "validation PASS: coreml fp16" in res.output
-    assert out.is_dir() and (tmp_path / "m.swift").is_file() and (tmp_path / "report" / "report.json").is_file()
+    assert out.is_dir() and (tmp_path / "m-swift" / "Package.swift").is_file() and (tmp_path / "report" / "report.json").is_file()
     _, spec = read_contract(out)
     assert spec.description.metadata.userDefined["xlstm_export.compute_units"] == "cpu_and_gpu"
     again = CliRunner().invoke(main, ["coreml", "--checkpoint", ckpt, "-o", str(out), "--no-validate"])

@@ -108,16 +108,16 @@ def test_last_logits_only_package(packages):
     assert runner.logit_positions(T + 2).tolist() == [T - 1, T, T + 1]
     res = validate_artifact(art.path, graph, steps=2, num_prompts=1, prompt_len=5)
     assert res.passed, res.summary_line()
-    swift = art.files[1].read_text()
+    swift = next((art.files[1] / "Sources").rglob("*.swift")).read_text()
     for needle in ('functionName = "prefill"', f"static let prefillChunk = {T}", "func prefill(",
                    "prefillModel.prediction(from: input, using: state)", f"logits float32 (1, 1, {graph.config.vocab_size})"):
         assert needle in swift, needle
 
 
-def test_step_only_swift_snippet_has_no_prefill(checkpoint_factory, tmp_path):
+def test_step_only_swift_package_has_no_prefill(checkpoint_factory, tmp_path):
     graph = load_checkpoint(checkpoint_factory("hf"))
     art = emit(graph, CoreMLOptions(), tmp_path / "m.mlpackage")
-    swift = art.files[1].read_text()
+    swift = next((art.files[1] / "Sources").rglob("*.swift")).read_text()
     assert "static let prefillChunk = 0" in swift and "functionName" not in swift and "func prefill(" not in swift
 
 

@@ -96,7 +96,7 @@ def test_last_logits_only(exported):
 
 def test_weights_are_written_once_for_both_graphs(exported):
     graph, art = exported("hf")
-    step, pre, data = art.files
+    step, pre, data = art.files[:3]  # then the checkpoint's generation_config.json beside them
     assert pre == prefill_path_for(step) and data.name == "model.onnx.data"
     weights = art.stats["weight_bytes"]
     print(f"\n[hf step + prefill] data {data.stat().st_size} B for {weights} B of weights; step file "
@@ -154,7 +154,7 @@ def test_prefill_with_scan_or_last_only_without_chunk_is_refused(checkpoint_fact
 
 def test_a_missing_or_foreign_prefill_companion_is_an_artifact_error(exported, checkpoint_factory, tmp_path):
     graph, art = exported("hf")
-    step, pre, data = art.files
+    step, pre, data = art.files[:3]  # then the checkpoint's generation_config.json beside them
     import shutil
 
     d = tmp_path / "copy"

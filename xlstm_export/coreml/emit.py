@@ -72,7 +72,7 @@ class CoreMLOptions:
     precision: str = "fp16"  # "fp16" | "fp32" (lowering.POLICIES)
     compute_units: str = "all"  # recorded in the metadata and used by the macOS runner; not a package property
     force: bool = False  # replace an existing output
-    swift: bool = True  # write the Swift snippet next to the package (<stem>.swift)
+    swift: bool = True  # write the Swift package next to the package (<stem>-swift/)
     author: Optional[str] = None
     license: Optional[str] = None
     version: Optional[str] = None
@@ -125,7 +125,10 @@ def contract_for(graph: Graph, options: CoreMLOptions) -> dict:
 
 
 def swift_path_for(out_path: Path) -> Path:
-    return out_path.with_name(out_path.stem + ".swift")
+    """The Swift package folder written beside the package: ``model.mlpackage`` -> ``model-swift``."""
+    from .swift import package_dir_for
+
+    return package_dir_for(out_path)
 
 
 # -- building the program ----------------------------------------------------------------------
@@ -329,7 +332,23 @@ def write_manifest(pkg: Path) -> None:
     mpath.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
 
 
-def write_package(mlmodel, spec, dest: Path) -> None:
+def add_text_items(dest: Path, graph: Graph) -> None:
+    """The checkpoint's tokenizer / generation files into the package (``Data/com.xlstm-export/text``),
+    registered in ``Manifest.json`` as one item of author ``com.xlstm-export`` (the format's way of
+    carrying more than the model; coremltools and Core ML load the package as before)."""
+    from ..text.files import PACKAGE_AUTHOR, write_into_package
+
+    if not write_into_package(graph, dest):
+        return
+    mpath = dest / "Manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["itemInfoEntries"]["text"] = {"author": PACKAGE_AUTHOR, "description": "Tokenizer and generation "
+                                           "config of the source checkpoint (xlstm-export)", "name": "text",
+                                           "path": f"{PACKAGE_AUTHOR}/text"}
+    mpath.write_text(json.dumps(manifest))
+
+
+def write_package(mlmodel, spec, dest: Path, graph: Optional[Graph] = None) -> None:
     """The package coremltools made (weights), our spec (serialised deterministically), our manifest, with
     the modes a new file gets under the umask (0644 / 0755 under umask 022; coremltools' temporaries are
     0600 / 0700). The package is moved if it is on ``dest``'s file system (see :func:`convert`'s
@@ -344,6 +363,8 @@ def write_package(mlmodel, spec, dest: Path) -> None:
     else:
         _copy_tree(src, dest)
     (dest.joinpath(*SPEC_PATH)).write_bytes(spec.SerializeToString(deterministic=True))
+    if graph is not None:
+        add_text_items(dest, graph)
     write_manifest(dest)
     normalise_modes(dest)
 
@@ -374,10 +395,10 @@ def count_ops(spec, function: str = "main") -> dict:
 
 def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> Artifact:
     """Write the ``.mlpackage`` of ``graph`` at ``out_path`` (atomically; never over an existing one without
-    ``options.force``) and, with ``options.swift``, the Swift snippet beside it (``<stem>.swift``). With
+    ``options.force``) and, with ``options.swift``, the Swift package beside it (``<stem>-swift/``: Package.swift, Sources/). With
     ``options.prefill_chunk`` the package has a ``prefill`` function beside ``main``. Returns the
     :class:`Artifact`; its ``stats`` hold ops per step (and per prefill token) and weight bytes."""
-    from .swift import swift_snippet
+    from .swift import write_swift_package
 
     out_path = Path(out_path)
     policy = check_options(options)
@@ -409,10 +430,10 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
             stats.update(prefill_chunk=options.prefill_chunk, prefill_ops=p["ops_per_step"],
                          prefill_ops_per_token=round(p["ops_per_step"] / options.prefill_chunk, 2))
         progress.note(f"writing {out_path.name}")
-        write_package(mlmodel, spec, tmps[0])
+        write_package(mlmodel, spec, tmps[0], graph)
         del mlmodel
         if swift_path is not None:
-            tmps[1].write_text(swift_snippet(contract, out_path.name))
+            write_swift_package(tmps[1], contract, out_path.name, options.compute_units)
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
     return Artifact(out_path, kind, judged_precision(contract), contract, files, stats)
 

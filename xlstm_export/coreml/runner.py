@@ -365,3 +365,8 @@ def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **
 
 __all__ = ["BACKENDS", "CoreMLRunner", "compressed_weights", "coreml_runtime_available", "function_description", "open_runner",
            "read_contract", "verify"]
+
+
+def contract_of(path: Path) -> dict:
+    """The package's I/O contract, read from its spec (nothing is run)."""
+    return read_contract(Path(path))[0]

@@ -37,7 +37,8 @@ from ..errors import OutputError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import dumps, io_contract
 from ..lowering.model import check_prefill_chunk
-from ..outputs import Artifact, atomic_output, check_output_path
+from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path
+from ..text.files import sibling_outputs, write_siblings
 from ..targets import check_suffix
 
 TARGET = "executorch"
@@ -193,12 +194,14 @@ def emit(graph: Graph, options: ExecuTorchOptions, out_path: str | os.PathLike) 
     data = program.buffer
     if not data:
         raise OutputError(f"{out_path}: ExecuTorch produced an empty program")
-    with atomic_output(out_path, options.force) as tmp:
-        tmp.write_bytes(data)
+    texts = sibling_outputs(graph, out_path)  # the tokenizer / generation files, beside the program
+    with atomic_outputs([out_path] + [p for p, _ in texts], options.force) as tmps:
+        tmps[0].write_bytes(data)
+        write_siblings(texts, tmps[1:])
     stats = {"bytes": len(data), "weight_bytes": graph.weight_bytes, "backend": options.backend,
              "methods": sorted(["forward", CONTRACT_METHOD] + ([PREFILL_METHOD] if options.prefill_chunk else []))}
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
-    return Artifact(out_path, kind, precision, contract, (out_path,), stats)
+    return Artifact(out_path, kind, precision, contract, (out_path, *(p for p, _ in texts)), stats)
 
 
 __all__ = ["ExecuTorchOptions", "BACKENDS", "TARGET", "emit", "contract_for", "export_program", "CONTRACT_METHOD",

@@ -162,3 +162,8 @@ def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **
 
 
 __all__ = ["ExecuTorchRunner", "open_runner", "verify"]
+
+
+def contract_of(path: Path) -> dict:
+    """The program's I/O contract (its constant method, run by the ExecuTorch runtime)."""
+    return ExecuTorchRunner(path, None).contract

@@ -307,9 +307,15 @@ def detect_format(path: str | os.PathLike) -> str:
     raise CheckpointError(f"{path}: no recognisable checkpoint (found {found}); expected {EXPECTED}")
 
 
-def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None) -> Graph:
-    """Read a checkpoint's config and tensor headers into a validated Graph (no tensor data read)."""
-    path = Path(path)
+def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None, revision: Optional[str] = None) -> Graph:
+    """Read a checkpoint's config and tensor headers into a validated Graph (no tensor data read), with
+    its tokenizer and generation files (``graph.text``, checked: see ``xlstm_export.text.files``).
+    ``path`` may be a Hugging Face Hub id (``org/name``, at ``revision``): see ``frontends.hub``."""
+    import dataclasses
+
+    from .hub import resolve_checkpoint
+
+    path = resolve_checkpoint(path, revision)
     if format is not None and format not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {format!r}; choose one of {list(FORMATS)}")
     fmt = format or detect_format(path)
@@ -317,15 +323,20 @@ def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None) -> Gr
     progress.note(f"reading checkpoint {path} ({fmt})")
     if fmt == "hf":
         from .hf import load_hf
-        return load_hf(d, file)
-    if fmt == "large":
+        graph = load_hf(d, file)
+    elif fmt == "large":
         from .xlstm_large import load_large
-        return load_large(d, file)
-    if fmt == "hybrid":
+        graph = load_large(d, file)
+    elif fmt == "hybrid":
         from .hybrid import load_hybrid
-        return load_hybrid(d, file)
-    from .profile import load_profile
-    return load_profile(d, file)
+        graph = load_hybrid(d, file)
+    else:
+        from .profile import load_profile
+        graph = load_profile(d, file)
+    from ..text.files import read_text_bundle
+
+    text = read_text_bundle(d, graph.config.vocab_size)
+    return graph if text is None else dataclasses.replace(graph, text=text)
 
 
 __all__ = ["FORMATS", "load_checkpoint", "detect_format", "check_finite", "load_weight", "open_regular",

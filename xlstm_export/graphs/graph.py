@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from ..errors import CheckpointError, ConfigError, cut, short
 from .names import model_weights
+from .text import TextBundle
 from .spec import (
     BlockSpec,
     FFNSpec,
@@ -36,6 +37,7 @@ class Graph:
     blocks: tuple[BlockSpec, ...]
     weights: WeightStore
     source: str = ""  # what it was read from, for messages
+    text: Optional["TextBundle"] = None  # the checkpoint's tokenizer / generation files (graphs.text)
 
     # -- the state contract ---------------------------------------------------------------
     def state_contract(self, batch_size: int = 1) -> list[StateSpec]:

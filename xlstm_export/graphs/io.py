@@ -4,7 +4,9 @@
      "inputs":  [{"name", "shape", "dtype"}...],      # input_ids first
      "outputs": [{"name", "shape", "dtype"}...],      # logits first
      "states":  [{"name", "shape", "dtype", "input", "output"}...],
-     "profile": <the inspect JSON>}
+     "profile": <the inspect JSON>,
+     "text": {"files": [{"name", "bytes", "sha256"}...], "tokenizer", "bos_token_id", "eos_token_id": [...],
+              "pad_token_id"}}                      # only when the checkpoint has tokenizer/generation files
 
 ``name`` of a state is its canonical contract name; ``input`` / ``output`` say where it enters and
 leaves this artifact (Core ML: ``input`` is the state's name there and ``output`` is null).
@@ -23,6 +25,7 @@ import json
 from typing import Callable, Optional, Sequence
 
 from .graph import Graph
+from .text import contract_entry
 
 IO_FORMAT = "xlstm-export-io/1"
 IO_KEY = "xlstm_export.io"
@@ -48,7 +51,7 @@ def io_contract(
          "input": state_input(s.name), "output": state_output(s.name)}
         for s in graph.state_contract(batch_size)
     ]
-    return {
+    contract = {
         "format": IO_FORMAT,
         "target": target,
         "precision": precision,
@@ -57,6 +60,9 @@ def io_contract(
         "states": states,
         "profile": graph.to_profile(informational=False),
     }
+    if graph.text is not None:  # the tokenizer and generation files travel with the artifact
+        contract["text"] = contract_entry(graph.text)
+    return contract
 
 
 def profile_digest(graph: Graph) -> str:

@@ -68,6 +68,7 @@ from ..lowering.precision import STATE_ROLES
 from ..lowering.quant import Compression, check_blocks
 from ..validation.contract import judged_precision
 from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path
+from ..text.files import sibling_outputs, write_siblings
 from ..targets import check_suffix
 from .backend import ELEM, OnnxOps
 from .builder import COREML_OPS, DTYPE_NAME, I64, BuildError, GraphBuilder, ModelState
@@ -282,20 +283,24 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
         weight_bytes >= options.external_data_threshold))
     data_path = out_path.with_name(out_path.name + ".data")
     files: Tuple[Path, ...] = (out_path,)
+    texts = sibling_outputs(graph, out_path)  # the tokenizer / generation files, beside the graph
     progress.note(f"writing {out_path.name}" + (f" and {data_path.name}" if external else ""))
     if external:
         check_output_path(data_path, options.force)
         # all or none; the step graph (the artifact) moves into place last
         together = [out_path, data_path] if pre is None else [out_path, prefill_path, data_path]
-        with atomic_outputs(together, options.force) as tmps:
-            tmp, tmp_data = tmps[0], tmps[-1]
+        with atomic_outputs(together + [p for p, _ in texts], options.force) as tmps:
+            tmp, tmp_data = tmps[0], tmps[len(together) - 1]
             stats = write_model(model, ms.initializers, tmp, External(tmp_data, data_path.name))
             if pre is not None:
                 pstats = write_model(pre[0], pre[1].initializers, tmps[1], shared=stats["external"])
-        files = (out_path, data_path) if pre is None else (out_path, prefill_path, data_path)
+            write_siblings(texts, tmps[len(together):])
+        files = tuple(together)
     else:
-        with atomic_output(out_path, options.force) as tmp:
-            stats = write_model(model, ms.initializers, tmp)
+        with atomic_outputs([out_path] + [p for p, _ in texts], options.force) as tmps:
+            stats = write_model(model, ms.initializers, tmps[0])
+            write_siblings(texts, tmps[1:])
+    files += tuple(p for p, _ in texts)
     stats.pop("external", None)
     stats.update(nodes=len(model.graph.node), weight_bytes=weight_bytes, external=bool(external),
                  seconds=round(time.perf_counter() - t0, 3))

@@ -499,4 +499,13 @@ def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **
     return runner
 
 
-__all__ = ["OnnxRunner", "compressed_weights", "open_runner", "verify", "PROVIDERS"]
+__all__ = ["OnnxRunner", "compressed_weights", "contract_of", "open_runner", "verify", "PROVIDERS"]
+
+
+def contract_of(path: Path) -> dict:
+    """The graph's I/O contract from its metadata (parsed without its weights; nothing is run)."""
+    where = str(path)
+    if not Path(path).exists():
+        raise ArtifactError(f"{where}: no such ONNX file")
+    model = _read_proto(Path(path))
+    return parse_contract(next((p.value for p in model.metadata_props if p.key == IO_KEY), None), where)

@@ -66,7 +66,8 @@ from .. import progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..outputs import Artifact, atomic_output, check_output_path, room_at, scratch_for
+from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path, room_at, scratch_for
+from ..text.files import sibling_outputs, write_siblings
 from ..targets import check_suffix
 
 TARGET = "torchscript"
@@ -150,13 +151,16 @@ def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike)
     contract = contract_for(graph, options)
     progress.note("torch.jit.script of the reference model")
     scripted = script_model(graph, options.precision)
-    with atomic_output(out_path, options.force) as tmp:
+    texts = sibling_outputs(graph, out_path)  # the tokenizer / generation files, beside the archive
+    with atomic_outputs([out_path] + [p for p, _ in texts], options.force) as tmps:
+        tmp = tmps[0]
         raw = scratch_for(tmp) / "raw.pt"  # beside the output (its file system), not in TMPDIR
         save_raw(scripted, raw, {IO_KEY: dumps(contract)})
         del scripted  # the weights live on only in raw.pt now
         records = canonical_archive(raw, tmp)
+        write_siblings(texts, tmps[1:])
     remember_records(contract, records)  # what validating this contract's archives compares against
-    return Artifact(out_path, TARGET, options.precision, contract)
+    return Artifact(out_path, TARGET, options.precision, contract, (out_path, *(p for p, _ in texts)))
 
 
 def save_raw(scripted, raw: Path, extra_files: dict) -> None:
