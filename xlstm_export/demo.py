@@ -43,7 +43,16 @@ from .targets import KINDS, swept_kinds
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO / "examples"
-EXAMPLES = ("hf-recall", "hybrid-copy")
+EXAMPLES = ("hf-recall", "hybrid-copy", "pylm")
+# the language-model example: perplexity on its held-out text instead of a task accuracy, a prompt's
+# continuation from each artifact, and compressed variants of the prefill kinds (GPTQ on calibration.txt)
+LM_TOKENS = 512  # held-out tokens scored per artifact
+LM_PROMPT = "def read_config(path):\n    "
+LM_NEW_TOKENS = 24
+LM_VARIANTS = {"coreml-prefill": ("int8", "int4"), "onnx-prefill": ("int8", "int4")}
+# perplexity against the full-precision reference's: what each precision may cost (compression issue)
+LM_PPL_RATIO = {"": 1.01, "int8": 1.005, "int4": 1.02}
+LM_MIN_TOP1 = {"": 0.97, "int8": 0.97, "int4": 0.90}
 TARGETS = tuple(swept_kinds())  # every registered artifact kind the registry sweeps
 MARKER = ".xlstm-export-demo"
 DEFAULT_SAMPLES = 32
@@ -70,13 +79,22 @@ class Row:
     task_accuracy: float = float("nan")
     reference_accuracy: float = float("nan")
     task_calls: int = 0  # artifact calls spent on the task accuracy
+    quantize: str = ""  # compressed weights ("int8", "int4"), or "" for the kind's demo precision
+    perplexity: float = float("nan")  # language model: held-out perplexity, and the reference's
+    reference_perplexity: float = float("nan")
+    top1: float = float("nan")  # teacher-forced top-1 agreement with the reference
+    continuation: str = ""  # the artifact's greedy continuation of LM_PROMPT
     seconds: Dict[str, float] = field(default_factory=dict)  # validate / accuracy wall time
     error: str = ""
 
     @property
     def ok(self) -> bool:
-        return (self.validation == "PASS" and not self.error
-                and self.task_accuracy >= self.reference_accuracy - ACCURACY_SLACK)
+        if self.validation != "PASS" or self.error:
+            return False
+        if self.perplexity == self.perplexity:  # the language model
+            return (self.perplexity <= LM_PPL_RATIO[self.quantize] * self.reference_perplexity
+                    and self.top1 >= LM_MIN_TOP1[self.quantize])
+        return self.task_accuracy >= self.reference_accuracy - ACCURACY_SLACK
 
 
 # -- the example's task ---------------------------------------------------------------------------
@@ -123,19 +141,44 @@ def artifact_accuracy(runner, ids: np.ndarray, targets: np.ndarray, progress: Ca
 
 
 # -- one target -----------------------------------------------------------------------------------
-def export(target: str, graph, out_path: Path):
-    """Emit the artifact kind ``target`` at the demo's precision (in-process). Returns the Artifact."""
+def export(target: str, graph, out_path: Path, quantize: str = "", calibration: Optional[Path] = None):
+    """Emit the artifact kind ``target`` at the demo's precision (in-process), with ``quantize`` its weights
+    compressed (GPTQ on ``calibration`` when given). Returns the Artifact."""
     kind = KINDS[target]
-    return kind.emit(graph, out_path, precision=kind.demo_precision, force=True)
+    opts = {"quantize": quantize} if quantize else {}
+    if quantize and calibration is not None:
+        opts["calibration"] = str(calibration)
+    return kind.emit(graph, out_path, precision=kind.demo_precision, force=True, **opts)
+
+
+def lm_scores(row: Row, runner, out_path: Path, samples: tuple, say) -> None:
+    """Held-out perplexity and top-1 agreement of a language-model artifact, and its continuation of
+    LM_PROMPT through ``api.run`` (the artifact's own tokenizer files)."""
+    from . import api
+    from .validation.text import metrics_line, text_metrics
+
+    ids, reference = samples
+    t0 = time.perf_counter()
+    m = text_metrics(runner, reference, ids)
+    row.perplexity, row.reference_perplexity, row.top1 = m["perplexity"], m["reference_perplexity"], m["top1_agreement"]
+    row.seconds["perplexity"] = round(time.perf_counter() - t0, 2)
+    say(metrics_line(m))
+    gen = api.run(out_path, LM_PROMPT, max_new_tokens=LM_NEW_TOKENS,
+                  checkpoint=str(EXAMPLES_DIR / row.example) if row.target == "torchscript" else None)
+    row.continuation = gen.text
+    say(f"continuation of {LM_PROMPT!r}: {gen.text!r}")
 
 
 def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: Path, samples: tuple,
-               ref_acc: float, steps: int) -> Row:
+               ref_acc: float, steps: int, quantize: str = "") -> Row:
     from .errors import XlstmExportError
     from .validation import open_artifact, run_validation
     from .validation.prompts import task_prompts
 
-    row = Row(example, target, reference_accuracy=ref_acc)
+    row = Row(example, target, reference_accuracy=ref_acc, quantize=quantize)
+    lm = not isinstance(samples[1], np.ndarray)  # (held-out ids, reference runner), not (ids, task targets)
+    if quantize:
+        target_dir = target_dir.with_name(f"{target_dir.name}-{quantize}")
     say = lambda msg: log(f"{example}/{target}: {msg}")  # noqa: E731
     if target_dir.exists():
         shutil.rmtree(target_dir)  # the demo's own output from an earlier run
@@ -144,7 +187,8 @@ def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: P
     try:
         say("exporting ...")
         t0 = time.perf_counter()
-        art = export(target, graph, out_path)
+        calibration = checkpoint / "calibration.txt" if (checkpoint / "calibration.txt").is_file() else None
+        art = export(target, graph, out_path, quantize, calibration)
         row.export_seconds = time.perf_counter() - t0
         row.file = str(out_path)
         row.size_bytes = bytes_on_disk(out_path)
@@ -163,6 +207,9 @@ def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: P
         row.greedy_agreeing, row.greedy_picks = int(s["greedy_agreeing"]), int(s["greedy_picks"])
         say(res.summary_line())
 
+        if lm:
+            lm_scores(row, runner, out_path, samples, say)
+            return row
         ids, targets = samples
         single = runner.max_tokens_per_call == 1
         say(f"task accuracy on {len(ids)} held-out sequences of {ids.shape[1]} tokens"
@@ -184,7 +231,8 @@ def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: P
 
 
 # -- the table ------------------------------------------------------------------------------------
-COLUMNS = ("example", "target", "file", "size", "max rel err (tol)", "greedy agreement", "task accuracy (ref)",
+COLUMNS = ("example", "target", "file", "size", "max rel err (tol)", "greedy agreement",
+           "task accuracy or perplexity (ref)",
            "export time", "result")
 
 
@@ -200,11 +248,18 @@ def row_cells(r: Row, out: Path) -> List[str]:
             return p
 
     ok = "ok" if r.ok else ("FAIL" if not r.error else "ERROR")
+    if r.perplexity == r.perplexity:
+        score = f"ppl {r.perplexity:.3f} ({r.reference_perplexity:.3f}), top-1 {r.top1:.3f}"
+    elif r.task_accuracy == r.task_accuracy:
+        score = f"{r.task_accuracy:.3f} ({r.reference_accuracy:.3f})"
+    else:
+        score = "-"
     return [
-        r.example, r.target, rel(r.file), _size(r.size_bytes) if r.file else "-",
+        r.example, r.target + (f" {r.quantize}" if r.quantize else ""), rel(r.file),
+        _size(r.size_bytes) if r.file else "-",
         f"{r.max_rel:.2e} ({r.tolerance:g})" if r.max_rel == r.max_rel else "-",
         f"{r.greedy_agreeing}/{r.greedy_picks}" if r.greedy_picks else "-",
-        f"{r.task_accuracy:.3f} ({r.reference_accuracy:.3f})" if r.task_accuracy == r.task_accuracy else "-",
+        score,
         f"{r.export_seconds:.2f} s" if r.export_seconds == r.export_seconds else "-",
         ok,
     ]
@@ -229,6 +284,30 @@ def prepare_out(out: Path, force: bool) -> None:
     (out / MARKER).write_text("made by python -m xlstm_export.demo; rerunning it replaces this folder's content\n")
 
 
+def run_lm_example(example: str, graph, ckpt: Path, info: dict, out: Path, targets: Sequence[str], steps: int,
+                   headers: Dict[str, dict]) -> List[Row]:
+    """The language model: every target at its demo precision, plus compressed variants (LM_VARIANTS)."""
+    from . import api
+    from .compress import calibration_ids
+    from .validation.reference_runner import ReferenceRunner
+
+    text = ckpt / info["task"]["text"]
+    ids = calibration_ids(graph, str(text), "held-out text", minimum=2, limit=LM_TOKENS)
+    reference = ReferenceRunner(graph)
+    ref = api.generate(str(ckpt), LM_PROMPT, max_new_tokens=LM_NEW_TOKENS)
+    headers[example] = {"checkpoint": str(ckpt), "family": graph.config.family, "params": graph.num_params,
+                        "blocks": [b.kind for b in graph.blocks], "task": info["task"], "samples": int(len(ids)),
+                        "eval_seed": None, "reference_accuracy": None, "reference_continuation": ref.text}
+    log(f"{example}: {graph.num_params:,} parameters; {len(ids)} held-out tokens of {text.name}; reference "
+        f"continuation of {LM_PROMPT!r}: {ref.text!r}")
+    rows = []
+    for target in targets:
+        for q in ("",) + LM_VARIANTS.get(target, ()):
+            rows.append(run_target(example, target, graph, ckpt, out / example / target, (ids, reference),
+                                   float("nan"), steps, quantize=q))
+    return rows
+
+
 # -- main -----------------------------------------------------------------------------------------
 def run_demo(out: Path, examples: Sequence[str] = EXAMPLES, targets: Sequence[str] = TARGETS,
              samples: int = DEFAULT_SAMPLES, steps: int = 10, examples_dir: Path = EXAMPLES_DIR,
@@ -246,6 +325,9 @@ def run_demo(out: Path, examples: Sequence[str] = EXAMPLES, targets: Sequence[st
         log(f"{example}: loading {ckpt}")
         graph = load_checkpoint(ckpt)
         info = example_task(ckpt)
+        if info["task"]["name"] == "language_modeling":
+            rows += run_lm_example(example, graph, ckpt, info, out, targets, steps, headers)
+            continue
         ids, labels = tasks.generate(info["task"], samples, info["eval_seed"])  # held out: no training batch uses it
         ref_acc = reference_accuracy(graph, ids, labels)
         headers[example] = {
@@ -270,6 +352,14 @@ def run_demo(out: Path, examples: Sequence[str] = EXAMPLES, targets: Sequence[st
                   f"held-out sequences (seed {h['eval_seed']})")
     md += ["", table(rows, out, markdown=True), ""]
     md += [f"- {r.example}/{r.target}: {r.error}" for r in rows if r.error]
+    conts = [r for r in rows if r.continuation]
+    if conts:
+        md += ["", f"Greedy continuations of `{LM_PROMPT!r}` ({LM_NEW_TOKENS} tokens), each from the artifact "
+                   f"itself with the tokenizer it carries (`xlstm-export run`):", ""]
+        refs = {n: h.get("reference_continuation") for n, h in headers.items()}
+        md += [f"- reference (`xlstm-export generate`): `{t!r}`" for t in refs.values() if t is not None]
+        md += [f"- {r.target}{' ' + r.quantize if r.quantize else ''}: `{r.continuation!r}`"
+               + (" (= reference)" if r.continuation == refs.get(r.example) else "") for r in conts]
     (out / "summary.md").write_text("\n".join(md) + "\n")
     summary["table"] = table(rows, out)
     return summary
