@@ -389,6 +389,8 @@ def seven_section(s: dict) -> List[str]:
         state = "ok" if ok else f"failed: {v.get('killed') or 'rc ' + str(v['rc'])}"
         if v.get("carried_from"):
             state += f" (run of {v['carried_from']})"
+        if v.get("run_on"):
+            state += f" (on {v['run_on'].split(':')[0]}, {v['machine']['date']})"
         rows.append([target.split("+")[0], v["precision"], state,
                      f"{v['seconds']:.0f}" if ok else "-", f"{v['wall_s']:.0f}", mib(v["peak_rss_bytes"]),
                      mib(v.get("peak_anon_bytes_sampled")),
