@@ -63,13 +63,11 @@ def test_calibration_collects_every_linear_input(pylm):
 
 
 @pytest.mark.parametrize("args, match", [
-    (("onnx", "--quantize", "lut4"), "palettes"),
     (("coreml", "--calibration", "x.txt"), "applies to compressed weights"),
     (("onnx", "--quantize-format", "qdq"), "applies to compressed weights"),
     (("onnx", "--quantize", "int4", "--quant-method", "gptq"), "needs calibration text"),
     (("onnx", "--quantize", "int4", "--calibration", "missing.txt"), "no such file"),
     (("coreml", "--quantize", "int4", "--block-size", 48), "does not divide the input dim"),
-    (("onnx", "--quantize", "lut6"), "palettes"),
 ])
 def test_bad_quantize_options_one_line(tmp_path, args, match):
     out = tmp_path / ("m.mlpackage" if args[0] == "coreml" else "m.onnx")
@@ -78,6 +76,15 @@ def test_bad_quantize_options_one_line(tmp_path, args, match):
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert len(lines) == 1 and match in lines[0], text
     assert not out.exists()
+
+
+def test_palettes_are_core_ml_only(pylm, tmp_path):
+    """The onnx command does not offer lut4/lut6 (click refuses the choice); the library says why."""
+    code, text = cli("onnx", "--checkpoint", PYLM, "-o", tmp_path / "m.onnx", "--quantize", "lut4")
+    assert code == 2 and "lut4" in text
+    with pytest.raises(Exception, match="palettes") as e:
+        api.export(pylm, "onnx", tmp_path / "m.onnx", quantize="lut4")
+    assert "\n" not in str(e.value) and not (tmp_path / "m.onnx").exists()
 
 
 def test_calibration_text_needs_a_tokenizer(checkpoint_factory, tmp_path):

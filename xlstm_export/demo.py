@@ -141,13 +141,12 @@ def artifact_accuracy(runner, ids: np.ndarray, targets: np.ndarray, progress: Ca
 
 
 # -- one target -----------------------------------------------------------------------------------
-def export(target: str, graph, out_path: Path, quantize: str = "", calibration: Optional[Path] = None):
-    """Emit the artifact kind ``target`` at the demo's precision (in-process), with ``quantize`` its weights
-    compressed (GPTQ on ``calibration`` when given). Returns the Artifact."""
+def export(target: str, graph, out_path: Path, compression=None):
+    """Emit the artifact kind ``target`` at the demo's precision (in-process), its weights compressed as
+    ``compression`` says (a :class:`~xlstm_export.lowering.quant.Compression`, calibrated once per example).
+    Returns the Artifact."""
     kind = KINDS[target]
-    opts = {"quantize": quantize} if quantize else {}
-    if quantize and calibration is not None:
-        opts["calibration"] = str(calibration)
+    opts = {"compression": compression} if compression is not None else {}
     return kind.emit(graph, out_path, precision=kind.demo_precision, force=True, **opts)
 
 
@@ -170,7 +169,7 @@ def lm_scores(row: Row, runner, out_path: Path, samples: tuple, say) -> None:
 
 
 def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: Path, samples: tuple,
-               ref_acc: float, steps: int, quantize: str = "") -> Row:
+               ref_acc: float, steps: int, quantize: str = "", compression=None) -> Row:
     from .errors import XlstmExportError
     from .validation import open_artifact, run_validation
     from .validation.prompts import task_prompts
@@ -187,8 +186,7 @@ def run_target(example: str, target: str, graph, checkpoint: Path, target_dir: P
     try:
         say("exporting ...")
         t0 = time.perf_counter()
-        calibration = checkpoint / "calibration.txt" if (checkpoint / "calibration.txt").is_file() else None
-        art = export(target, graph, out_path, quantize, calibration)
+        art = export(target, graph, out_path, compression)
         row.export_seconds = time.perf_counter() - t0
         row.file = str(out_path)
         row.size_bytes = bytes_on_disk(out_path)
@@ -288,7 +286,7 @@ def run_lm_example(example: str, graph, ckpt: Path, info: dict, out: Path, targe
                    headers: Dict[str, dict]) -> List[Row]:
     """The language model: every target at its demo precision, plus compressed variants (LM_VARIANTS)."""
     from . import api
-    from .compress import calibration_ids
+    from .compress import calibration_ids, compression_for
     from .validation.reference_runner import ReferenceRunner
 
     text = ckpt / info["task"]["text"]
@@ -300,11 +298,18 @@ def run_lm_example(example: str, graph, ckpt: Path, info: dict, out: Path, targe
                         "eval_seed": None, "reference_accuracy": None, "reference_continuation": ref.text}
     log(f"{example}: {graph.num_params:,} parameters; {len(ids)} held-out tokens of {text.name}; reference "
         f"continuation of {LM_PROMPT!r}: {ref.text!r}")
+    # int8: round-to-nearest; int4: GPTQ on the example's calibration text (its training split), once
+    schemes = sorted({q for t in targets for q in LM_VARIANTS.get(t, ())})
+    comps = {}
+    for q in schemes:
+        cal = ckpt / "calibration.txt" if q == "int4" and (ckpt / "calibration.txt").is_file() else None
+        log(f"{example}: {q} weights" + (f": GPTQ calibration on {cal.name} ..." if cal else " (round-to-nearest)"))
+        comps[q] = compression_for(graph, "onnx", q, calibration=str(cal) if cal else None)
     rows = []
     for target in targets:
         for q in ("",) + LM_VARIANTS.get(target, ()):
             rows.append(run_target(example, target, graph, ckpt, out / example / target, (ids, reference),
-                                   float("nan"), steps, quantize=q))
+                                   float("nan"), steps, quantize=q, compression=comps.get(q)))
     return rows
 
 
