@@ -4,7 +4,7 @@
     python benchmarks/executorch_bench.py --out benchmarks/RESULTS.md --configs 100m --rounds 5
 
 Per config (``tiny``, ``hybrid``, ``100m``, as in ``run.py``): exports the ONNX step graph, the TorchScript
-module and ``.pte`` programs (XNNPACK fp32, 8da8w, 8da4w), each once, in this process; then times one decode
+module and ``.pte`` programs (XNNPACK fp32 and 8da4w; 8da8w with ``--with-8da8w``), each once, in this process; then times one decode
 step (batch 1) of each implementation, all in this one process at ``--threads`` (torch, ORT intra-op and the
 ExecuTorch threadpool alike), in ``--rounds`` interleaved rounds (each round times every implementation once
 more, in turn): the figure is the median over the rounds of each round's median, so a burst of load from
@@ -21,7 +21,6 @@ and the lowering time. Writes ``results-executorch.json`` beside ``--out`` and r
 from __future__ import annotations
 
 import argparse
-import collections
 import gc
 import json
 import os
@@ -39,7 +38,7 @@ from common import (REPO, build_hf_checkpoint, build_hybrid_checkpoint, log, mac
                     time_calls, wait_quiet)
 
 CONFIGS = ("tiny", "hybrid", "100m")
-PROGRAMS = {"executorch": {}, "executorch-8da8w": {"quantize": "8da8w"}, "executorch-8da4w": {"quantize": "8da4w"}}
+PROGRAMS = {"executorch": {}, "executorch-8da4w": {"quantize": "8da4w"}}  # --with-8da8w adds "executorch-8da8w"
 # per config: (warmup, repeats per round); a round of one implementation is also capped at ROUND_SECONDS
 REPEATS = {"tiny": (20, 200), "hybrid": (20, 200), "100m": (5, 40)}
 ROUND_SECONDS = 8.0
@@ -69,21 +68,9 @@ def step_executorch(path: Path, vocab: int) -> Callable[[], object]:
 
 def partitions(path: Path) -> dict:
     """XNNPACK delegate calls in the step and the operators left outside them (from the program file)."""
-    from executorch.exir._serialize import _deserialize_pte_binary
+    from xlstm_export.executorch.passes import delegation
 
-    prog = _deserialize_pte_binary(path.read_bytes())
-    prog = getattr(prog, "program", prog)
-    plan = next(p for p in prog.execution_plan if p.name == "forward")
-    names = [op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators]
-    counts = collections.Counter()
-    for chain in plan.chains:
-        for ins in chain.instructions:
-            args = ins.instr_args
-            if type(args).__name__ == "DelegateCall":
-                counts["(xnnpack delegate call)"] += 1
-            elif type(args).__name__ == "KernelCall":
-                counts[names[args.op_index]] += 1
-    return {"delegate_calls": counts.pop("(xnnpack delegate call)", 0), "portable_ops": dict(counts.most_common())}
+    return delegation(path.read_bytes())
 
 
 def export_all(name: str, ckpt: Path, work: Path) -> tuple:
@@ -145,6 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each config's timings, wait up to this long for a 1-min load average < 0.7")
     ap.add_argument("--no-render", action="store_true", help="write results-executorch.json only")
+    ap.add_argument("--with-8da8w", action="store_true", help="also the 8da8w program")
     a = ap.parse_args(argv)
 
     import torch
@@ -152,6 +140,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     _unsafe_reset_threadpool(a.threads)
+    if a.with_8da8w:
+        PROGRAMS["executorch-8da8w"] = {"quantize": "8da8w"}
     json_path = a.out.with_name("results-executorch.json")
     prev = json.loads(json_path.read_text()) if json_path.exists() else {}
     res = {"machine": machine_info(), "command": "python benchmarks/executorch_bench.py " + " ".join(

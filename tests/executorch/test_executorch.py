@@ -153,3 +153,16 @@ def test_a_contract_claiming_another_precision_is_refused_unless_trusted(program
     assert open_runner(lie, graph, trust_artifact=True).precision == "fp16"  # as it describes itself
     shutil.copy(art.path, tmp_path / "ok.pte")
     assert open_runner(tmp_path / "ok.pte", graph).precision == "fp32"
+
+
+def test_the_step_runs_in_few_xnnpack_partitions(programs):
+    """passes.py keeps view-like ops and norm means inside XNNPACK: measured on the hf fixture's step, 5
+    delegate calls and 7 portable ops (embedding, 2 full, 2 log1p, 2 sum) instead of 18 calls around 34."""
+    from xlstm_export.executorch.passes import delegation
+
+    _, art = programs("hf", prefill_chunk=T)
+    d = delegation(art.path.read_bytes())
+    print(f"\n[hf step] {d}")
+    assert 1 <= d["delegate_calls"] <= 5
+    outside = " ".join(d["portable_ops"])
+    assert not any(op in outside for op in ("select_copy", "squeeze_copy", "expand_copy", "mean")), outside

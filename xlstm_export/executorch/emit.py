@@ -18,6 +18,9 @@ step against 100 M weights read; ``benchmarks/`` measures the step).
 
 Like the TorchScript target, the program is the reference model itself (exported, not re-lowered per block
 kind): it computes the reference's math, the mLSTM prefill in the reference's chunkwise form with chunk T.
+For XNNPACK, ``passes.py`` rewrites view-like ops and norm means into forms XNNPACK takes before partitioning
+(the 2-block ``hf`` step: 5 XNNPACK partitions instead of 18). ``--quantize 8da8w|8da4w`` quantizes linear
+weights first (``quantize.py``).
 Backends: ``xnnpack`` (CPU: Android, iOS, Linux, macOS; runs here through ``executorch.runtime``), ``coreml``
 (the Core ML delegate, iOS 18 / macOS 15, fp16 compute and states: it builds here, runs only on macOS).
 """
@@ -39,6 +42,7 @@ from ..graphs.io import dumps, io_contract
 from ..lowering.model import check_prefill_chunk
 from ..outputs import Artifact, atomic_output, check_output_path
 from ..targets import check_suffix
+from .passes import xnnpack_friendly_pass
 from .quantize import check_scheme, parse_keep, plan, quantize_model
 
 TARGET = "executorch"
@@ -166,6 +170,7 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
             with _quiet():
                 return to_edge_transform_and_lower(
                     methods, partitioner=[_partitioner(options.backend)],
+                    transform_passes=[xnnpack_friendly_pass()] if options.backend == "xnnpack" else None,
                     constant_methods={CONTRACT_METHOD: dumps(contract_for(graph, options))}).to_executorch()
         except Exception as e:  # the backend's own errors (an op it cannot lower): one line, nothing written
             raise UnsupportedError(f"executorch: the {options.backend} backend cannot lower this model "
