@@ -24,10 +24,11 @@ from fixtures import load_graph  # noqa: E402
 
 T = 8
 FP32 = tolerance_for("executorch", "fp32").max_rel  # 1e-4
-# every checkpoint format -> (the program validated against it, its prefill chunk). hybrid, hybrid_pt and
-# profile are one model in three formats (one graph, checked below): a program is a function of the graph,
-# so it is exported once (the session cache, conftest.py) and validated against each format's graph.
-FORMATS = {"hf": ("hf", T), "large": ("large", None), "hybrid": ("hybrid", T), "hybrid_pt": ("hybrid", T),
+# every checkpoint format -> (the program validated against it, its prefill chunk). profile is the hybrid
+# fixture saved in our profile format (one graph, checked below): a program is a function of the graph, so it
+# is exported once (the session cache, conftest.py) and validated against each format's graph. (hybrid_pt is
+# another model: tied weights.)
+FORMATS = {"hf": ("hf", T), "large": ("large", None), "hybrid": ("hybrid", T), "hybrid_pt": ("hybrid_pt", None),
            "profile": ("hybrid", T)}
 
 
