@@ -384,8 +384,9 @@ def executorch_section(et: Optional[dict]) -> List[str]:
         if "executorch" in d:
             r = ox / d["executorch"]["median_ms"]
             goal_rows.append([name, f"{r:.2f}x ONNX's speed ({ms(ox)} -> {ms(d['executorch']['median_ms'])} ms)",
-                              yes(r >= 1.0, r, 1.0)])
-    L += ["Goal (issue 13): the XNNPACK fp32 decode step at least as fast as the ONNX step graph on ORT CPU, same run.", "",
+                              yes(r >= 1.0, r, 1.0) if name == "100m" else "(the goal is set at 100m)"])
+    L += ["Goal (issue 13): the XNNPACK fp32 decode step at 100m at least as fast as the ONNX step graph on ORT CPU, "
+          "same run (the other configs for comparison).", "",
           table(["config", "measured", "verdict"], goal_rows), ""]
     rows = []
     for name, c in et["configs"].items():
