@@ -26,7 +26,7 @@ from xlstm_export.validation import validate_artifact  # noqa: E402
 
 EXAMPLES = {n: Path(__file__).resolve().parents[2] / "examples" / n for n in ("hf-recall", "hybrid-copy")}
 
-T = 8
+T = 4  # prefill chunk (as in test_executorch.py)
 ACCURACY_SLACK = 0.02  # the demo's: a program's task accuracy may trail the reference's by at most this
 
 
@@ -98,12 +98,12 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.abs(a - b).max(-1) / np.abs(b).max(-1)).max())
 
 
-@pytest.mark.parametrize("name, scheme, chunk, bound", [("hf-recall", "8da4w", None, 1e-2),
+@pytest.mark.parametrize("name, scheme, chunk, bound", [("hf-recall", "8da4w", None, 1e-3),
                                                           ("hybrid-copy", "8da8w", T, 1e-3)])
 def test_program_computes_the_quantized_module(et_programs, name, scheme, chunk, bound):
     """The lowering is faithful: the .pte agrees with the eager module holding the same quantized weights
-    (measured: 8da8w 2.4e-4, 8da4w 4.9e-3 of max |logit|; XNNPACK quantizes activations with its own
-    rounding) and differs from the fp32 reference by the quantization (>= 10x that)."""
+    (measured: hf-recall 8da4w 1.4e-6, hybrid-copy 8da8w with prefill calls 5.7e-7 of max |logit|; int4 scales
+    in bf16 as XNNPACK holds them) and differs from the fp32 reference by the quantization (>= 10x the bound)."""
     import torch
 
     from xlstm_export.reference import build_model

@@ -170,9 +170,9 @@ def quantize_model(graph: Graph, model, scheme: str, group_size: Optional[int], 
 
 def _bf16_scales(model) -> None:
     """XNNPACK's blockwise int4 kernels (qb4w) hold their scales in bf16: round them so here, so the module
-    exported computes what the kernels compute (measured on the hf-recall example: the .pte then agrees with
-    the eager quantized module within 5e-3 of max |logit| instead of 4e-2). Exact bf16 values convert
-    losslessly, so the program is the same either way."""
+    exported computes what the kernels compute (measured on the hf-recall example: the .pte agrees with the
+    eager quantized module within 1.4e-6 of max |logit|; with fp32 scales in the eager module, 4e-2). Exact
+    bf16 values convert losslessly, so the program is the same either way."""
     import torch
 
     for t in [getattr(m, "weight", None) for m in model.modules()] + [getattr(model, "lm_head", None)]:
