@@ -368,10 +368,18 @@ def executorch_section(et: Optional[dict]) -> List[str]:
           f"step time (each round's figures are in `results-executorch.json`). The machine is shared with other "
           f"engineers' work: figures were measured under possible contention (load averages below).", ""]
     L += machine_lines(et["machine"])
+    cores = et["machine"].get("usable_cpus") or 1
+    busy = {n: c["load_before"][0] for n, c in et["configs"].items() if c["load_before"][0] > cores}
     for name, c in et["configs"].items():
         L += [f"- {name}: measured {c['measured_at']}; load average before {', '.join(f'{x:.2f}' for x in c['load_before'])},"
               f" after {', '.join(f'{x:.2f}' for x in c['load_after'])}"]
     L += [""]
+    if busy:
+        L += [f"**Measured on a busy machine** (1-min load average {', '.join(f'{n} {v:.1f}' for n, v in busy.items())} "
+              f"on {cores} cores): every figure is inflated, the multi-threaded ones most, and unevenly: torch's "
+              f"(upstream, TorchScript) and ORT's intra-op threads wait for cores that other processes hold. Compare "
+              f"with the quiet-machine decode figures of the sections above (same configs) before trusting a ratio; "
+              f"rerun with `--wait-quiet 900`.", ""]
     goal_rows = []
     for name, c in et["configs"].items():
         d = c["decode"]
