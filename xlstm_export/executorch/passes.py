@@ -8,7 +8,8 @@ XNNPACK partitions around 34 portable ops, and lowering spends ~0.8 s per partit
 same values, same order of operations per element:
 
 * ``select_copy(x, d, 0)`` on a size-1 dim, ``squeeze_copy``, ``unsqueeze_copy``, and an ``expand_copy``
-  that adds no elements -> ``view_copy`` to the output shape;
+  that adds no elements -> ``view_copy`` to the output shape; ``select_copy(x, d, i)`` on a longer dim ->
+  ``slice_copy(x, d, i, i + 1)`` + ``view_copy`` (the sLSTM's gate rows and state rows);
 * ``mean.dim(x, [-1], keepdim=True)`` -> ``view_copy`` to ``(N, 1, D, 1)``, ``mean.dim([2, 3], keepdim)``
   (XNNPACK's global average pooling), ``view_copy`` back.
 """
@@ -35,9 +36,14 @@ def xnnpack_friendly_pass():
                 return super().call_operator(op, args, kwargs, meta)
             out_shape = tuple(val.shape)
             if op == A.select_copy.int:
-                x, dim = args[0], args[1]
-                if tuple(x.to_tensor().shape)[dim] == 1:
+                x, dim, index = args[0], args[1], args[2]
+                shape = tuple(x.to_tensor().shape)
+                if shape[dim] == 1:
                     return self._view(x, out_shape, meta)
+                if isinstance(index, int):  # slice_copy (which XNNPACK takes) of one row, then drop the dim
+                    i = index % shape[dim]
+                    row = super().call_operator(A.slice_copy.Tensor, (x, dim, i, i + 1, 1), {}, meta)
+                    return self._view(row, out_shape, meta)
             elif op in (A.squeeze_copy.dims, A.squeeze_copy.dim, A.squeeze_copy.default, A.unsqueeze_copy.default):
                 return self._view(args[0], out_shape, meta)
             elif op == A.expand_copy.default:
