@@ -26,6 +26,7 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md
+	$(PY) benchmarks/executorch_bench.py --out benchmarks/RESULTS.md
 
 fuzz: setup
 	XLSTM_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py

@@ -1,4 +1,5 @@
-"""RESULTS.md from the figures of ``run.py`` (``results.json``, ``results-7b.json``)."""
+"""RESULTS.md from the figures of ``run.py`` (``results.json``, ``results-7b.json``) and of ``executorch_bench.py``
+(``results-executorch.json``, its own run)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def machine_lines(m: dict) -> List[str]:
     ]
 
 
-def render(r: dict, seven: Optional[dict]) -> str:
+def render(r: dict, seven: Optional[dict], et: Optional[dict] = None) -> str:
     L: List[str] = ["# Benchmarks", ""]
     L += ["All figures below except the 7B section come from one run of", "", f"    {r['command']}", "",
           "(`make bench` runs `python benchmarks/run.py --out benchmarks/RESULTS.md`; `--wait-quiet S` waits up to "
@@ -262,6 +263,7 @@ def render(r: dict, seven: Optional[dict]) -> str:
     L += prefill_export_section(r)
 
     L += quant_section(r.get("quant"))
+    L += executorch_section(et)
 
     # -- 7B -------------------------------------------------------------------------------------------
     L += ["## xLSTM-7B-shaped checkpoint", ""]
@@ -273,6 +275,7 @@ def render(r: dict, seven: Optional[dict]) -> str:
           "    make bench                                                     # sections 1-3 (< 20 min here)",
           "    .venv/bin/python benchmarks/run.py --out benchmarks/RESULTS.md --with-7b   # + the 7B section",
           "    .venv/bin/python benchmarks/run.py --out benchmarks/RESULTS.md --only-7b   # the 7B section alone",
+          "    .venv/bin/python benchmarks/executorch_bench.py --out benchmarks/RESULTS.md  # the ExecuTorch section",
           ""]
     return "\n".join(L)
 
@@ -418,4 +421,77 @@ def seven_section(s: dict) -> List[str]:
                  "6.9B parameters needs ~27 GB of memory (validation runs in the tests, the demo and on the other "
                  "configs).")
     L += [f"- {n}" for n in notes] + [""]
+    return L
+
+
+ET_LABELS = {"upstream": "upstream eager step", "onnx": "ONNX step graph (ORT CPU EP)", "torchscript": "TorchScript",
+             "executorch": "ExecuTorch XNNPACK fp32", "executorch-8da8w": "ExecuTorch XNNPACK 8da8w",
+             "executorch-8da4w": "ExecuTorch XNNPACK 8da4w"}
+
+
+def executorch_section(et: Optional[dict]) -> List[str]:
+    """The ExecuTorch decode-step section (``executorch_bench.py``: its own run, its own machine lines)."""
+    L = ["## ExecuTorch decode step", ""]
+    if not et:
+        return L + ["Not run yet: `python benchmarks/executorch_bench.py --out benchmarks/RESULTS.md`.", ""]
+    L += ["From one run of", "", f"    {et['command']}", "",
+          f"at {et['threads']} threads for every implementation (torch, ORT intra-op, ExecuTorch's threadpool), in "
+          f"{et['rounds']} interleaved rounds per config; a figure is the median over the rounds of each round's median "
+          f"step time (each round's figures are in `results-executorch.json`). The machine is shared with other "
+          f"engineers' work: figures were measured under possible contention (load averages below).", ""]
+    L += machine_lines(et["machine"])
+    cores = et["machine"].get("usable_cpus") or 1
+    busy = {n: c["load_before"][0] for n, c in et["configs"].items() if c["load_before"][0] > cores}
+    for name, c in et["configs"].items():
+        L += [f"- {name}: measured {c['measured_at']}; load average before {', '.join(f'{x:.2f}' for x in c['load_before'])},"
+              f" after {', '.join(f'{x:.2f}' for x in c['load_after'])}"]
+    L += [""]
+    if busy:
+        L += [f"**Measured on a busy machine** (1-min load average {', '.join(f'{n} {v:.1f}' for n, v in busy.items())} "
+              f"on {cores} cores): every figure is inflated, the multi-threaded ones most, and unevenly: torch's "
+              f"(upstream, TorchScript) and ORT's intra-op threads wait for cores that other processes hold. Compare "
+              f"with the quiet-machine decode figures of the sections above (same configs) before trusting a ratio; "
+              f"rerun with `--wait-quiet 900`.", ""]
+    goal_rows = []
+    for name, c in et["configs"].items():
+        d = c["decode"]
+        up, ox = d["upstream"]["median_ms"], d["onnx"]["median_ms"]
+        rows = [[ET_LABELS.get(k, k), ms(v["median_ms"]), f"{up / v['median_ms']:.2f}x", f"{ox / v['median_ms']:.2f}x",
+                 ", ".join(ms(x) for x in v["rounds_ms"])] for k, v in d.items()]
+        L += [f"**{name}** ({c['params']:,} parameters), decode step, batch 1:", "",
+              table(["implementation", "median ms", "speed-up vs upstream", "speed-up vs ONNX", "per round (ms)"], rows),
+              ""]
+        cpu = c.get("cpu_1thread")
+        if cpu:
+            cx = cpu["onnx"]["median_ms"]
+            rows = [[ET_LABELS.get(k, k), ms(v["median_ms"]), f"{cx / v['median_ms']:.2f}x",
+                     ", ".join(ms(x) for x in v["rounds_ms"])] for k, v in cpu.items()]
+            L += [f"**{name}**, process CPU time of one decode step at 1 thread (less sensitive to other processes' "
+                  f"load than wall time):", "",
+                  table(["implementation", "median CPU ms", "vs ONNX", "per round (ms)"], rows), ""]
+        if "executorch" in d:
+            r = ox / d["executorch"]["median_ms"]
+            goal_rows.append([name, f"{r:.2f}x ONNX's speed ({ms(ox)} -> {ms(d['executorch']['median_ms'])} ms)",
+                              yes(r >= 1.0, r, 1.0) if name == "100m" else "(the goal is set at 100m)"])
+            if cpu and "executorch" in cpu:
+                rc = cpu["onnx"]["median_ms"] / cpu["executorch"]["median_ms"]
+                goal_rows.append([f"{name}, 1 thread, CPU time", f"{rc:.2f}x ONNX's speed ({ms(cpu['onnx']['median_ms'])} "
+                                  f"-> {ms(cpu['executorch']['median_ms'])} CPU ms)",
+                                  yes(rc >= 1.0, rc, 1.0) if name == "100m" else "(the goal is set at 100m)"])
+    L += ["Goal (issue 13): the XNNPACK fp32 decode step at 100m at least as fast as the ONNX step graph on ORT CPU, "
+          "same run (the other configs for comparison).", "",
+          table(["config", "measured", "verdict"], goal_rows), ""]
+    rows = []
+    for name, c in et["configs"].items():
+        for k, e in c["exports"].items():
+            if "delegate_calls" in e:
+                ops = ", ".join(f"{o.replace('aten::', '')} {n}" for o, n in list(e["portable_ops"].items())[:8])
+                rows.append([name, ET_LABELS.get(k, k), f"{e['export_s']:.0f}" + (" (an earlier run's)" if e.get("cached")
+                                                                                 else ""), size(e["bytes"]),
+                             str(e["delegate_calls"]), str(sum(e["portable_ops"].values())), ops])
+    L += ["Programs: export time (lowering included; a program reused from an earlier run over the same "
+          "`--work` shows that run's), size, XNNPACK delegate calls per decode step and the "
+          "operators that run outside XNNPACK (ExecuTorch's portable kernels) per step:", "",
+          table(["config", "program", "export s", "size", "delegate calls", "portable ops", "most frequent portable ops"],
+                rows), ""]
     return L

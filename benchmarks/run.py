@@ -162,9 +162,11 @@ def main(argv=None) -> int:
 
     json_path = a.out.with_name("results.json")
     json_7b = a.out.with_name("results-7b.json")
+    json_et = a.out.with_name("results-executorch.json")  # executorch_bench.py's run, carried into RESULTS.md
+    et = json.loads(json_et.read_text()) if json_et.exists() else None
     if a.render_only:
         a.out.write_text(render(json.loads(json_path.read_text()),
-                                json.loads(json_7b.read_text()) if json_7b.exists() else None))
+                                json.loads(json_7b.read_text()) if json_7b.exists() else None, et))
         log(f"wrote {a.out} from {json_path}")
         return 0
     args = list(sys.argv[1:] if argv is None else argv)
@@ -243,7 +245,7 @@ def main(argv=None) -> int:
     if not a.only_7b:
         json_path.write_text(json.dumps(results, indent=1) + "\n")
     if results is not None:  # --only-7b before any full run: the 7B figures are in results-7b.json only
-        a.out.write_text(render(results, seven))
+        a.out.write_text(render(results, seven, et))
     log(f"wrote {a.out if results is not None else json_7b} in {time.perf_counter() - t_start:.0f}s")
     if not a.keep:
         shutil.rmtree(a.work, ignore_errors=True)

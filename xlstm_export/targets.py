@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ArtifactError, RegistryError, UnsupportedError
-from .tolerances import BF16, FP16, FP32, Tolerance
+from .tolerances import BF16, FP16, FP32, QUANTIZED, Tolerance
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,11 @@ class Target:
             raise ArtifactError(f"{path}: its contract's profile is not a model profile ({e})") from None
         return Graph(config, tuple(blocks), WeightStore({}), source=f"{path} (contract profile)")
 
+    @property
+    def compresses(self) -> bool:
+        """Whether the target takes the compression options of ``lowering/quant.py`` (``_quant_options``)."""
+        return any(o.dest == "quant_method" for o in self.options)
+
     def _require(self) -> None:
         for mod in self.requires:  # installed? (found, not imported: coremltools' import logs noise on Linux)
             try:
@@ -120,7 +125,8 @@ class Target:
         ``compression`` (calibrated first when GPTQ is asked for)."""
         from .compress import QUANT_FIELDS, compression_for
 
-        quant = {k: options.pop(k) for k in QUANT_FIELDS if k in options}
+        # the targets whose weights go through lowering/quant.py (ExecuTorch has its own --quantize)
+        quant = {k: options.pop(k) for k in QUANT_FIELDS if k in options} if self.compresses else {}
         if quant:
             self.make_options(**options)  # the other options are checked before any calibration
             options["compression"] = compression_for(graph, self.name, **quant)
@@ -281,6 +287,8 @@ register(Target(
      _kind("onnx-prefill", "onnx", {"fp32": FP32, "fp16": FP16}, ("step", "prefill"), "fp32", "model.onnx",
            prefill_chunk=DEMO_PREFILL_CHUNK)), contract_reader="xlstm_export.onnx.runner:contract_of"))
 
+_ET_TOLERANCES = {"fp32": FP32, "fp16": FP16, "8da8w": QUANTIZED["int8"], "8da4w": QUANTIZED["int4"]}
+
 register(Target(
     "executorch", "Export an ExecuTorch program (.pte): the decode step (and --prefill-chunk T) lowered to XNNPACK or "
     "the Core ML delegate.",
@@ -291,11 +299,21 @@ register(Target(
      _BATCH,
      Option("--prefill-chunk", "prefill_chunk", "Also a 'prefill' method of T prompt tokens per call (the reference's "
             "chunkwise form), same states; prompts run as floor(L/T) prefill calls + L mod T steps.", None, min=1,
-            max=MAX_PREFILL_CHUNK)),
+            max=MAX_PREFILL_CHUNK),
+     Option("--quantize", "quantize", "XNNPACK only: linear weights int8 per channel (8da8w) or int4 in groups "
+            "(8da4w), activations int8 per token at run time (torchao); states and cell math stay fp32.", "none",
+            choices=("none", "8da8w", "8da4w")),
+     Option("--group-size", "group_size", "8da4w: input channels per int4 group (default 32; XNNPACK needs a "
+            "multiple of 32 that divides each quantized weight's input dim).", None, min=1, max=1 << 20),
+     Option("--keep", "keep", "With --quantize: comma-separated patterns (fnmatch, canonical weight names as "
+            "'inspect' shows them) of linear weights kept fp32, replacing the default '*.igate.*,*.fgate.*,"
+            "lm_head.*' (the exponential gates' projections and the LM head); 'none' quantizes them all.",
+            text=True)),
     # executorch-prefill (the prefill method) is not swept: each .pte export spends ~30 s in XNNPACK
-    # lowering; tests/executorch covers it
-    (_kind("executorch", "executorch", {"fp32": FP32, "fp16": FP16}, (), "fp32", "model.pte"),
-     _kind("executorch-prefill", "executorch", {"fp32": FP32, "fp16": FP16}, (), "fp32", "model.prefill.pte",
+    # lowering; tests/executorch covers it. Quantized programs (precision = the scheme) are judged by the
+    # compression tolerances: 8da8w by int8's, 8da4w by int4's.
+    (_kind("executorch", "executorch", _ET_TOLERANCES, (), "fp32", "model.pte"),
+     _kind("executorch-prefill", "executorch", _ET_TOLERANCES, (), "fp32", "model.prefill.pte",
            prefill_chunk=DEMO_PREFILL_CHUNK, sweep=False)), contract_reader="xlstm_export.executorch.runner:contract_of"))
 
 register(Target(

@@ -18,6 +18,9 @@ step against 100 M weights read; ``benchmarks/`` measures the step).
 
 Like the TorchScript target, the program is the reference model itself (exported, not re-lowered per block
 kind): it computes the reference's math, the mLSTM prefill in the reference's chunkwise form with chunk T.
+For XNNPACK, ``passes.py`` rewrites view-like ops and norm means into forms XNNPACK takes before partitioning
+(the 2-block ``hf`` step: 5 XNNPACK partitions instead of 18). ``--quantize 8da8w|8da4w`` quantizes linear
+weights first (``quantize.py``).
 Backends: ``xnnpack`` (CPU: Android, iOS, Linux, macOS; runs here through ``executorch.runtime``), ``coreml``
 (the Core ML delegate, iOS 18 / macOS 15, fp16 compute and states: it builds here, runs only on macOS).
 """
@@ -40,6 +43,8 @@ from ..lowering.model import check_prefill_chunk
 from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path
 from ..text.files import sibling_outputs, write_siblings
 from ..targets import check_suffix
+from .passes import xnnpack_friendly_pass
+from .quantize import check_scheme, parse_keep, plan, quantize_model
 
 TARGET = "executorch"
 BACKENDS = ("xnnpack", "coreml")
@@ -53,21 +58,30 @@ class ExecuTorchOptions:
     backend: str = "xnnpack"
     batch_size: int = 1  # static: the program is exported for one batch size
     prefill_chunk: Optional[int] = None  # T: add the ``prefill`` method of T tokens (same states)
-    precision: Optional[str] = None  # None: the backend's (xnnpack fp32, coreml fp16); only that one is offered
+    precision: Optional[str] = None  # None: the backend's (xnnpack fp32, coreml fp16), or the --quantize scheme
+    quantize: str = "none"  # none | 8da8w | 8da4w (XNNPACK; see quantize.py)
+    group_size: Optional[int] = None  # 8da4w: input channels per int4 group (default 32, a multiple of 32)
+    keep: Optional[str] = None  # comma-separated weight name patterns kept fp32 (None: quantize.DEFAULT_KEEP)
     force: bool = False
 
 
 def check_options(options: ExecuTorchOptions) -> str:
-    """The options are valid; returns the precision."""
+    """The options are valid; returns the precision: the backend's, or the quantization scheme."""
     if options.backend not in BACKENDS:
         raise UnsupportedError(f"executorch: backend must be one of {BACKENDS}, got {options.backend!r}")
     if isinstance(options.batch_size, bool) or not isinstance(options.batch_size, int) or options.batch_size < 1:
         raise UnsupportedError(f"executorch: batch size must be a positive integer, got {options.batch_size!r}")
-    precision = PRECISION[options.backend]
+    check_scheme(options.quantize, options.group_size, options.keep, options.backend)
+    precision = PRECISION[options.backend] if options.quantize == "none" else options.quantize
     if options.precision not in (None, precision):
-        raise UnsupportedError(f"executorch: the {options.backend} backend computes in {precision}; got precision "
-                               f"{options.precision!r}")
+        what = (f"the {options.backend} backend computes in {precision}" if options.quantize == "none" else
+                f"--quantize {options.quantize} makes an {precision} program")
+        raise UnsupportedError(f"executorch: {what}; got precision {options.precision!r}")
     return precision
+
+
+def group_size_of(options: ExecuTorchOptions) -> Optional[int]:
+    return check_scheme(options.quantize, options.group_size, options.keep, options.backend)
 
 
 def contract_for(graph: Graph, options: ExecuTorchOptions) -> dict:
@@ -77,6 +91,10 @@ def contract_for(graph: Graph, options: ExecuTorchOptions) -> dict:
         state_dtype="float32", state_input=lambda n: f"inputs[{index[n] + 1}]",
         state_output=lambda n: f"outputs[{index[n] + 1}]", target=TARGET, precision=check_options(options))
     io["backend"] = options.backend
+    if options.quantize != "none":  # what the program's weights are (verify rebuilds it from these)
+        gs = group_size_of(options)
+        io["quantization"] = {"scheme": options.quantize, "group_size": gs, "keep": list(parse_keep(options.keep)),
+                              "weights": plan(graph, options.quantize, gs, options.keep)}
     if options.prefill_chunk is not None:
         io["prefill"] = {"function": PREFILL_METHOD, "chunk": options.prefill_chunk, "last_logits_only": False}
     return io
@@ -127,6 +145,14 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
     from ..reference import build_model
 
     model = build_model(graph, device="cpu").eval()
+    if options.quantize != "none":
+        gs = group_size_of(options)
+        names = plan(graph, options.quantize, gs, options.keep)
+        progress.note(f"quantizing {len(names)} linear weights ({options.quantize}"
+                      + (f", groups of {gs}" if gs else ", per channel") + ")")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_model(graph, model, options.quantize, gs, names)
     B = options.batch_size
     states = model.init_states(B)
     methods = {}
@@ -145,6 +171,7 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
             with _quiet():
                 return to_edge_transform_and_lower(
                     methods, partitioner=[_partitioner(options.backend)],
+                    transform_passes=[xnnpack_friendly_pass()] if options.backend == "xnnpack" else None,
                     constant_methods={CONTRACT_METHOD: dumps(contract_for(graph, options))}).to_executorch()
         except Exception as e:  # the backend's own errors (an op it cannot lower): one line, nothing written
             raise UnsupportedError(f"executorch: the {options.backend} backend cannot lower this model "
@@ -199,6 +226,7 @@ def emit(graph: Graph, options: ExecuTorchOptions, out_path: str | os.PathLike) 
         tmps[0].write_bytes(data)
         write_siblings(texts, tmps[1:])
     stats = {"bytes": len(data), "weight_bytes": graph.weight_bytes, "backend": options.backend,
+             "quantized_weights": len(contract.get("quantization", {}).get("weights", [])),
              "methods": sorted(["forward", CONTRACT_METHOD] + ([PREFILL_METHOD] if options.prefill_chunk else []))}
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
     return Artifact(out_path, kind, precision, contract, (out_path, *(p for p, _ in texts)), stats)

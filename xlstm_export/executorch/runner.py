@@ -133,23 +133,42 @@ class ExecuTorchRunner(PrefillCalls):
 
 def verify(runner: ExecuTorchRunner, graph: Graph) -> None:
     """Raise ArtifactError unless the program's contract is what xlstm-export writes for the options it
-    declares (backend, batch size, prefill chunk): the declared precision, which picks the tolerance, must be
-    the backend's. The program's tensors sit inside the backend's payload (XNNPACK, Core ML) and are not
-    compared; a ``.pte`` holds operators, not Python, so running it runs no code of the file's own."""
+    declares (backend, batch size, prefill chunk, quantization): the declared precision, which picks the
+    tolerance, must be the backend's or, on XNNPACK, a quantization scheme whose declaration (group size,
+    kept patterns, quantized weight names) is what those options give for this checkpoint. The program's
+    tensors sit inside the backend's payload (XNNPACK, Core ML) and are not compared; a ``.pte`` holds
+    operators, not Python, so running it runs no code of the file's own."""
     from ..validation.contract import check_contract_is, declared_precision
     from .emit import BACKENDS, PRECISION, ExecuTorchOptions, contract_for
+    from .quantize import DEFAULT_KEEP, SCHEMES
 
     c, where = runner.contract, str(runner.path)
     backend = c.get("backend")
     if backend not in BACKENDS:
         raise ArtifactError(f"{where}: its contract declares backend {str(backend)[:40]!r}; xlstm-export writes "
                             f"{', '.join(BACKENDS)}")
-    declared_precision(c, where, TARGET, (PRECISION[backend],))
-    plan = runner.prefill
-    options = ExecuTorchOptions(backend=backend, batch_size=runner.batch_size, prefill_chunk=plan.chunk if plan else None)
-    check_contract_is(c, contract_for(graph, options), where,
+    offered = (PRECISION[backend],) + (tuple(s for s in SCHEMES if s != "none") if backend == "xnnpack" else ())
+    precision = declared_precision(c, where, TARGET, offered)
+    quant = {}
+    if precision != PRECISION[backend]:
+        q = c.get("quantization")
+        if not isinstance(q, dict) or not isinstance(q.get("keep"), list) or not all(isinstance(p, str) for p in q["keep"]):
+            raise ArtifactError(f"{where}: its contract declares precision {precision} without the quantization "
+                                f"record xlstm-export writes with it (re-export it)")
+        keep = None if q["keep"] == list(DEFAULT_KEEP) else (",".join(q["keep"]) or "none")
+        quant = {"quantize": precision, "group_size": q.get("group_size"), "keep": keep}
+    plan_ = runner.prefill
+    options = ExecuTorchOptions(backend=backend, batch_size=runner.batch_size,
+                                prefill_chunk=plan_.chunk if plan_ else None, **quant)
+    try:
+        expected = contract_for(graph, options)
+    except UnsupportedError as e:  # a declared group size / keep list xlstm-export would refuse
+        raise ArtifactError(f"{where}: its contract declares quantization options xlstm-export refuses for this "
+                            f"checkpoint ({first_line(e)[:200]})") from None
+    check_contract_is(c, expected, where,
                       f"its declaration ({backend}, batch {runner.batch_size}"
-                      + (f", prefill chunk {plan.chunk})" if plan else ")"))
+                      + (f", prefill chunk {plan_.chunk}" if plan_ else "")
+                      + (f", {precision}" if quant else "") + ")")
 
 
 def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **opts) -> ExecuTorchRunner:
