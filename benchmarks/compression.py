@@ -69,10 +69,7 @@ def variants(hessians) -> list:
         ("method", "int4 b32 GPTQ (calibration.txt)", Compression("int4", method="gptq", hessians=hessians)),
         ("method", "int4 b32 asymmetric GPTQ", Compression("int4", symmetric=False, method="gptq", hessians=hessians)),
         ("method", "int8 GPTQ", Compression("int8", method="gptq", hessians=hessians)),
-        ("method", "int4 b32 GPTQ, LM head int8", Compression("int4", method="gptq", hessians=hessians,
-                                                            policy=policy(lm_head="int8"))),
-        ("method", "int4 b32 asymmetric GPTQ, LM head int8",
-         Compression("int4", symmetric=False, method="gptq", hessians=hessians, policy=policy(lm_head="int8"))),
+        ("method", "int4 b32 GPTQ, columns in storage order (no act-order)", "gptq-storage-order"),
     ]
     return out
 
@@ -115,12 +112,20 @@ def main() -> None:
                 g = compressed_graph(graph, Compression("int4"))
             finally:
                 q.CLIP_GRID = saved
+        elif comp == "gptq-storage-order":
+            saved = q.gptq
+            q.gptq = lambda w, h, scheme: saved(w, h, scheme, act_order=False)
+            try:
+                g = compressed_graph(graph, Compression("int4", method="gptq", hessians=hessians))
+            finally:
+                q.gptq = saved
         else:
             g = compressed_graph(graph, comp)
         build_s = time.perf_counter() - t
         m = text_metrics(ReferenceRunner(g), ref, ids)
         m.update(section=section, label=label, quantize_seconds=build_s)
         results["reference"].append(m)
+        save()
         log(f"{label}: ppl x{m['perplexity_ratio']:.4f} top1 {m['top1_agreement']:.4f} "
             f"conf {m['top1_agreement_confident']:.4f} ({build_s:.1f}s)")
 
@@ -130,6 +135,7 @@ def main() -> None:
         m = text_metrics(ReferenceRunner(compressed_graph(graph, comp)), ref, ids)
         m.update(label=f"block {i} alone int4")
         results["layers"].append(m)
+        save()
         log(f"block {i}: ppl x{m['perplexity_ratio']:.4f} top1 {m['top1_agreement']:.4f}")
     if not args.skip_layers:
         comp = Compression("int4", keep=tuple(f"blocks.{j}.*" for j in range(len(graph.blocks))) + ("embedding.weight",))
@@ -138,10 +144,8 @@ def main() -> None:
         results["layers"].append(m)
 
     if not args.skip_artifacts:
-        results["artifacts"] = artifacts(graph, ck, ids[:args.artifact_tokens], ref)
-    out = Path(args.out)
-    out.with_name("results-compression.json").write_text(json.dumps(results, indent=1, default=str))
-    out.write_text(render(results))
+        artifacts(graph, ck, ids[:args.artifact_tokens], ref, results["artifacts"], save, hessians)
+    save()
     log(f"wrote {out}")
 
 
@@ -155,11 +159,10 @@ ARTIFACTS = (
 )
 
 
-def artifacts(graph, ck: Path, ids, ref) -> list:
+def artifacts(graph, ck: Path, ids, ref, rows: list, save, hessians) -> list:
     from xlstm_export.targets import TARGETS
     from xlstm_export.validation import open_artifact
 
-    rows = []
     tmp = Path(tempfile.mkdtemp(prefix="xe-compression-"))
     try:
         for target, precision, opts in ARTIFACTS:
@@ -168,8 +171,10 @@ def artifacts(graph, ck: Path, ids, ref) -> list:
             if not set(opts) <= known | {"calibration"}:
                 log(f"skipped {target} {opts}: option not offered by this build")
                 continue
-            if "calibration" in opts:
-                opts["calibration"] = str(ck / opts["calibration"])
+            shown = dict(opts)
+            if opts.pop("calibration", None):  # GPTQ on the Hessians calibrated once above (calibration.txt)
+                opts.pop("quantize")
+                opts["compression"] = Compression("int4", method="gptq", hessians=hessians)
             kw = {"prefill_chunk": 64} if target == "coreml" else {"prefill_chunk": 64}
             path = tmp / f"{target}-{len(rows)}{'.mlpackage' if target == 'coreml' else '.onnx'}"
             t = time.perf_counter()
@@ -180,11 +185,11 @@ def artifacts(graph, ck: Path, ids, ref) -> list:
             runner = open_artifact(art.path, graph)
             t = time.perf_counter()
             m = text_metrics(runner, ref, ids)
-            m.update(target=target, precision=art.precision, options={k: (Path(v).name if k == "calibration" else v)
-                                                                      for k, v in opts.items()},
+            m.update(target=target, precision=art.precision, options=shown,
                      bytes=size, weight_bytes=art.stats.get("weight_bytes"), export_seconds=export_s,
                      score_seconds=time.perf_counter() - t, runtime=getattr(runner, "runtime", "?"))
             rows.append(m)
+            save()
             log(f"{target} {art.precision} {m['options']}: {size / 1e6:.2f} MB, ppl x{m['perplexity_ratio']:.4f} "
                 f"top1 {m['top1_agreement']:.4f}")
             del runner
@@ -218,7 +223,7 @@ def render(r: dict) -> str:
                 lines.append(f"| {m['label']} | {m['perplexity']:.3f} | x{m['perplexity_ratio']:.4f} | "
                              f"{_f(m['top1_agreement'])} | {_f(m['top1_agreement_confident'])} |")
         lines.append("")
-    ref_ppl = r["reference"][0]["reference_perplexity"] if r["reference"] else None
+    ref_ppl = r["reference"][0]["reference_perplexity"] if r["reference"] else float("nan")
     lines += [f"Reference perplexity (fp32, full precision): {ref_ppl:.3f}.", "",
               "## 3. Per-layer sensitivity (int4 b32 on one block alone)", "",
               "| weights int4 | x reference perplexity | top-1 |", "|---|---|---|"]
