@@ -52,11 +52,11 @@ def variants(hessians) -> list:
     """(section, label, Compression) of every reference measurement."""
     out = [
         ("policy", "int8, the policy", Compression("int8")),
-        ("policy", "int4 b32, the policy (gates kept, embedding int8, LM head int4)", Compression("int4")),
+        ("policy", "int4 b32, the policy (gates kept, embedding and LM head int8)", Compression("int4")),
         ("policy", "int4 b32, every weight int4 (gates, embedding, LM head too)",
          Compression("int4", policy=policy(gates="scheme", embedding="scheme", headwise="scheme"))),
         ("policy", "int4 b32, gates int4", Compression("int4", policy=policy(gates="scheme"))),
-        ("policy", "int4 b32, LM head int8", Compression("int4", policy=policy(lm_head="int8"))),
+        ("policy", "int4 b32, LM head int4", Compression("int4", policy=policy(lm_head="scheme"))),
         ("policy", "int4 b32, LM head kept", Compression("int4", policy=policy(lm_head="keep"))),
         ("policy", "int4 b32, embedding int4", Compression("int4", policy=policy(embedding="scheme"))),
         ("policy", "int4 b32, embedding kept", Compression("int4", policy=policy(embedding="keep"))),
@@ -100,6 +100,12 @@ def main() -> None:
                "calibration_seconds": calib_s, "reference": [], "layers": [], "artifacts": []}
 
     import xlstm_export.lowering.quant as q
+
+    out = Path(args.out)
+
+    def save() -> None:  # after every measurement: a long run that stops keeps what it measured
+        out.with_name("results-compression.json").write_text(json.dumps(results, indent=1, default=str))
+        out.write_text(render(results))
 
     todo = variants(hessians)
     if args.only:

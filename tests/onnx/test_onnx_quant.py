@@ -153,7 +153,9 @@ def test_int4_is_packed_two_per_byte_as_onnx_reads_it(exported, graph):
 
 def test_prefill_and_step_share_the_compressed_weights(exported, graph):
     art, comp = exported("matmulnbits", "int4", False, prefill_chunk=4)
-    step, pre, data = art.files
+    step = art.path  # the files also name the text files the checkpoint carries (generation_config.json)
+    pre = next(f for f in art.files if f.name.endswith(".prefill.onnx"))
+    data = next(f for f in art.files if f.name.endswith(".onnx.data"))
     assert art.stats["prefill_shared_bytes"] == art.stats["external_bytes"] > 0
     refs = []
     for f in (step, pre):

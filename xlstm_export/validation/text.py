@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import ConfigError
+
 DEFAULT_WINDOW = 256
 CONFIDENT_MARGIN = 0.25
 
@@ -66,7 +68,7 @@ def text_metrics(artifact, reference, ids: np.ndarray, window: int = DEFAULT_WIN
         confident += int(sure.sum())
         agree_confident += int(((pa == pr) & sure).sum())
     if n == 0:
-        raise ValueError("text_metrics needs at least 2 tokens")
+        raise ConfigError(f"held-out text: {len(ids)} token(s); perplexity needs at least 2")
     ppl_a, ppl_r = float(np.exp(nll_a / n)), float(np.exp(nll_r / n))
     return {"tokens": n, "window": window, "perplexity": ppl_a, "reference_perplexity": ppl_r,
             "perplexity_ratio": ppl_a / ppl_r, "top1_agreement": agree / n,
