@@ -352,13 +352,13 @@ def quant_section(q: Optional[dict]) -> List[str]:
     L += [table(["variant", "precision", "format", "compressed nodes", "weight bytes", "artifact on disk",
                  "vs fp32 bytes", "export s", "decode step ms", "speed-up vs fp32", "per-round speed-ups"], rows), ""]
     L += ["- Block 32, round-to-nearest with the clipping search, the policy of `lowering/quant.py` (input/forget "
-          "gate projections, norms, conv and biases kept fp32; the embedding int8; projections and LM head in the "
-          "scheme). `int4-asym`: codes with a zero point per block.",
-          "- `int8` as MatMulNBits is *slower* than fp32 on ORT 1.32's CPU EP: with fp32 activations "
-          "(`accuracy_level` unset, which our graphs leave so they compute exactly with the stored weights) it has "
-          "no fast 8-bit kernel. Measured once during development (not by this benchmark), the same graph with "
-          "`accuracy_level=4` (activations quantized to int8 per block) ran ~10x faster than without, but moved the "
-          "random-weight 100M model's logits by up to ~9%. int8 pays off in bytes, not in CPU speed.",
+          "gate projections, norms, conv and biases kept fp32; the embedding and LM head int8; the projections in "
+          "the scheme). `int4-asym`: codes with a zero point per block.",
+          "- int8 Linears in a MatMulNBits graph (the `int8` variant's projections, every variant's LM head) are "
+          "codes + scales dequantized by Cast/Mul of constants, which ORT folds into dense fp32 weights when the "
+          "session loads (`onnx/quant.py`, form `int8rows`; hence 0 compressed nodes for `int8`): fp32 speed, int8 "
+          "bytes on disk. ORT 1.32's 8-bit MatMulNBits with fp32 activations has no fast kernel (measured during "
+          "development: the int4 step with an 8-bit MatMulNBits LM head ran at 1.14x fp32's speed instead of ~1.9x).",
           "- `int4-qdq` (blocked `DequantizeLinear -> MatMul`, the form for the Core ML EP) is slower than fp32 on "
           "the CPU EP: ORT fuses the MatMuls followed by the residual Add into Gemm before its "
           "DequantizeLinear -> MatMulNBits fusion, so the out_proj and FFN down weights are dequantized every call "
