@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from xlstm_export import api
 from xlstm_export.cli import main
 from xlstm_export.compress import calibrate, calibration_ids, compression_for
+from xlstm_export.errors import ConfigError, UnsupportedError
 
 PYLM = Path(__file__).resolve().parents[1] / "examples" / "pylm"
 HELDOUT_TOKENS = 2048
@@ -82,7 +83,7 @@ def test_palettes_are_core_ml_only(pylm, tmp_path):
     """The onnx command does not offer lut4/lut6 (click refuses the choice); the library says why."""
     code, text = cli("onnx", "--checkpoint", PYLM, "-o", tmp_path / "m.onnx", "--quantize", "lut4")
     assert code == 2 and "lut4" in text
-    with pytest.raises(Exception, match="palettes") as e:
+    with pytest.raises(UnsupportedError, match="palettes") as e:
         api.export(pylm, "onnx", tmp_path / "m.onnx", quantize="lut4")
     assert "\n" not in str(e.value) and not (tmp_path / "m.onnx").exists()
 
@@ -91,7 +92,7 @@ def test_calibration_text_needs_a_tokenizer(checkpoint_factory, tmp_path):
     graph = api.load_checkpoint(str(checkpoint_factory("hf")))  # no tokenizer.json
     text = tmp_path / "cal.txt"
     text.write_text("some calibration text\n" * 20)
-    with pytest.raises(Exception, match="no tokenizer.json") as e:
+    with pytest.raises(ConfigError, match="no tokenizer.json") as e:
         compression_for(graph, "onnx", "int4", calibration=str(text))
     assert "\n" not in str(e.value)
     ids = tmp_path / "cal.ids"

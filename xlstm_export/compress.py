@@ -14,6 +14,7 @@ tokens and keeps, per Linear, the Hessian ``X^T X`` of its inputs (``in x in`` f
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -60,8 +61,7 @@ def compression_for(graph: Graph, target: str, quantize: str = "none", block_siz
     comp = Compression(quantize, block_size, not asymmetric, method, tuple(keep or ()))
     if method == "gptq":
         ids = calibration_ids(graph, calibration)
-        comp = Compression(comp.scheme, comp.block_size, comp.symmetric, comp.method, comp.keep, comp.policy,
-                           hessians=calibrate(graph, ids))
+        comp = replace(comp, hessians=calibrate(graph, ids))
     return comp
 
 
