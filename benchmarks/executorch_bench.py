@@ -159,6 +159,37 @@ def measure_cpu(graph, arts: Dict[str, Path], rounds: int, steps: int = 15) -> d
     return {n: {"median_ms": statistics.median(v), "rounds_ms": v} for n, v in per_round.items()}
 
 
+TEXT_PROGRAMS = {"fp32": {}, "8da8w": {"quantize": "8da8w"}, "8da4w": {"quantize": "8da4w"}}
+TEXT_TOKENS = 2048
+
+
+def measure_text(work: Path) -> dict:
+    """Each program of the trained example LM (``examples/pylm``, the step method) judged as users judge
+    quantizations: perplexity on the first ``TEXT_TOKENS`` tokens of its held-out text and teacher-forced top-1
+    agreement with the full-precision reference (``validate --heldout``), and its parity against what it is
+    judged by (the reference; a quantized program, the eager module it was exported from)."""
+    import xlstm_export as xe
+    from xlstm_export import api
+
+    pylm = REPO / "examples" / "pylm"
+    graph = api.load_checkpoint(str(pylm))
+    out = {"checkpoint": "examples/pylm", "tokens": TEXT_TOKENS, "programs": {}}
+    for label, opts in TEXT_PROGRAMS.items():
+        path = work / "pylm" / f"{label}.pte"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            xe.export(graph, "executorch", path, force=True, **opts)
+        export_s = time.perf_counter() - t0
+        r = api.validate(path, graph, steps=2, prompts=1, heldout=pylm / "heldout.txt", heldout_tokens=TEXT_TOKENS)
+        out["programs"][label] = {"export_s": export_s, "bytes": path.stat().st_size, "passed": r.passed,
+                                  "max_rel": r.report["summary"]["max_rel"],
+                                  "text": {k: v for k, v in r.report["text"].items() if not isinstance(v, list)}}
+        log(f"  pylm {label}: {r.summary_line()}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
@@ -170,6 +201,8 @@ def main(argv=None) -> int:
                     help="before each config's timings, wait up to this long for a 1-min load average < 0.7")
     ap.add_argument("--no-render", action="store_true", help="write results-executorch.json only")
     ap.add_argument("--with-8da8w", action="store_true", help="also the 8da8w program")
+    ap.add_argument("--text", action="store_true",
+                    help="also the quantized programs' cost on the trained example LM's held-out text (examples/pylm)")
     a = ap.parse_args(argv)
 
     import torch
@@ -199,6 +232,11 @@ def main(argv=None) -> int:
                                 "load_before": load_before, "load_after": os.getloadavg(),
                                 "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         json_path.write_text(json.dumps(res, indent=1) + "\n")
+    if a.text:
+        res["text"] = measure_text(a.work)
+        json_path.write_text(json.dumps(res, indent=1) + "\n")
+    elif "text" in prev:
+        res["text"] = prev["text"]
     res["seconds"] = time.perf_counter() - t_start
     res["load_average_end"] = os.getloadavg()
     json_path.write_text(json.dumps(res, indent=1) + "\n")

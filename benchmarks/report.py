@@ -489,9 +489,43 @@ def executorch_section(et: Optional[dict]) -> List[str]:
                 rows.append([name, ET_LABELS.get(k, k), f"{e['export_s']:.0f}" + (" (an earlier run's)" if e.get("cached")
                                                                                  else ""), size(e["bytes"]),
                              str(e["delegate_calls"]), str(sum(e["portable_ops"].values())), ops])
+    L += executorch_text_lines(et.get("text"))
     L += ["Programs: export time (lowering included; a program reused from an earlier run over the same "
           "`--work` shows that run's), size, XNNPACK delegate calls per decode step and the "
           "operators that run outside XNNPACK (ExecuTorch's portable kernels) per step:", "",
           table(["config", "program", "export s", "size", "delegate calls", "portable ops", "most frequent portable ops"],
                 rows), ""]
     return L
+
+
+# the compression issue's bounds on the trained LM's held-out text: (perplexity ratio, top-1, top-1 where confident)
+TEXT_BOUNDS = {"8da8w": (1.005, None, None), "8da4w": (1.02, 0.90, 0.95)}
+
+
+def executorch_text_lines(t: Optional[dict]) -> List[str]:
+    """The quantized programs' cost on the trained example LM's held-out text (``executorch_bench.py --text``)."""
+    if not t:
+        return []
+    rows = []
+    for label, p in t["programs"].items():
+        m = p["text"]
+        bound = TEXT_BOUNDS.get(label)
+        if bound is None:
+            verdict = "(the full-precision program)"
+        else:
+            ok = [m["perplexity_ratio"] <= bound[0]] + ([m["top1_agreement"] >= bound[1]] if bound[1] else []) + \
+                 ([m["top1_agreement_confident"] >= bound[2]] if bound[2] else [])
+            want = f"x{bound[0]}" + (f", {bound[1]}, {bound[2]}" if bound[1] else "")
+            verdict = ("met" if all(ok) else "**not met**") + f" ({want})"
+        rows.append([label, size(p["bytes"]), f"{p['export_s']:.0f}", f"{p['max_rel']:.2e}" + ("" if p["passed"] else " (FAIL)"),
+                     f"{m['perplexity']:.3f}", f"x{m['perplexity_ratio']:.4f}", f"{m['top1_agreement']:.4f}",
+                     f"{m['top1_agreement_confident']:.4f}", verdict])
+    return [f"**Quantized programs on text**: the trained example LM (`{t['checkpoint']}`), the step method, "
+            f"perplexity on the first {t['tokens']} tokens of its held-out text and teacher-forced top-1 agreement "
+            f"with the full-precision reference (`validate --heldout`; 'confident': where the reference's top-two "
+            f"margin exceeds 0.25). Parity: max rel of the logits against what the program is judged by (an fp32 "
+            f"program the reference; a quantized one the eager module it was exported from). Verdict against the "
+            f"compression issue's bounds (int8: perplexity within 0.5%; int4: within 2%, top-1 >= 0.90 and >= 0.95 "
+            f"where confident):", "",
+            table(["program", "size", "export s", "parity", "perplexity", "vs reference", "top-1", "top-1 confident",
+                   "verdict"], rows), ""]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ArtifactError, RegistryError, UnsupportedError
-from .tolerances import BF16, FP16, FP32, QUANTIZED, Tolerance
+from .tolerances import BF16, FP16, FP32, INT8, Tolerance
 
 
 @dataclass(frozen=True)
@@ -287,7 +287,14 @@ register(Target(
      _kind("onnx-prefill", "onnx", {"fp32": FP32, "fp16": FP16}, ("step", "prefill"), "fp32", "model.onnx",
            prefill_chunk=DEMO_PREFILL_CHUNK)), contract_reader="xlstm_export.onnx.runner:contract_of"))
 
-_ET_TOLERANCES = {"fp32": FP32, "fp16": FP16, "8da8w": QUANTIZED["int8"], "8da4w": QUANTIZED["int4"]}
+# Quantized programs (precision = the scheme) are judged against the eager module they were exported from:
+# the same quantized weights, activations quantized to int8 per token the same way (validation/validate.py).
+# What still differs is int8 activation rounding: where an activation sits within fp32 rounding of an int8
+# step, summation order (and the reference's chunkwise prefill against the program's calls) tips it one
+# step, and the tipped steps compound over blocks and tokens. Measured against their modules: hf-recall
+# 8da4w 4.4e-6 and 8da8w 2.4e-3 of max |logit|; the trained LM (pylm) with prefill prompts up to 197
+# tokens, 8da4w 3.5e-2 and 8da8w 2.4e-2 (min cosine 0.99984), within the int8 entry for either scheme.
+_ET_TOLERANCES = {"fp32": FP32, "fp16": FP16, "8da8w": INT8, "8da4w": INT8}
 
 register(Target(
     "executorch", "Export an ExecuTorch program (.pte): the decode step (and --prefill-chunk T) lowered to XNNPACK or "
@@ -310,8 +317,7 @@ register(Target(
             "lm_head.*' (the exponential gates' projections and the LM head); 'none' quantizes them all.",
             text=True)),
     # executorch-prefill (the prefill method) is not swept: each .pte export spends ~30 s in XNNPACK
-    # lowering; tests/executorch covers it. Quantized programs (precision = the scheme) are judged by the
-    # compression tolerances: 8da8w by int8's, 8da4w by int4's.
+    # lowering; tests/executorch covers it.
     (_kind("executorch", "executorch", _ET_TOLERANCES, (), "fp32", "model.pte"),
      _kind("executorch-prefill", "executorch", _ET_TOLERANCES, (), "fp32", "model.prefill.pte",
            prefill_chunk=DEMO_PREFILL_CHUNK, sweep=False)), contract_reader="xlstm_export.executorch.runner:contract_of"))

@@ -1,9 +1,11 @@
-"""Quantized ExecuTorch programs (``--quantize 8da8w|8da4w``, XNNPACK): the CLI export, reproducibility, the
-compression tolerances, fidelity to the quantized module they were exported from, task accuracy on the
-bundled trained examples, which weights stay fp32, bad options, and the contract check.
+"""Quantized ExecuTorch programs (``--quantize 8da8w|8da4w``, XNNPACK): the CLI export, reproducibility,
+validation against the quantized module they were exported from (and that it fails for a program quantized
+otherwise), task accuracy on the bundled trained examples, which weights stay fp32, bad options, and the
+contract check. (Quality on text, perplexity and top-1 against the full-precision reference: test_pylm_text.py.)
 
-Programs come from the session cache (conftest.py): hf-recall 8da8w and 8da4w, hybrid-copy 8da8w with a
-prefill method, and one CLI export (a fresh process) that the other hf-recall 8da8w tests then use."""
+Programs come from the session cache (conftest.py): hf-recall 8da8w and 8da4w, hybrid-copy 8da8w (the
+step; quantized prefill methods are the same quantized layers, and lowering the hybrid prefill costs ~60 s),
+and one CLI export (a fresh process) that the other hf-recall 8da8w tests then use."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from xlstm_export.errors import ArtifactError, UnsupportedError  # noqa: E402
 from xlstm_export.executorch.emit import ExecuTorchOptions, contract_for  # noqa: E402
 from xlstm_export.executorch.quantize import DEFAULT_KEEP, candidates, quantize_model  # noqa: E402
 from xlstm_export.executorch.runner import ExecuTorchRunner, open_runner  # noqa: E402
-from xlstm_export.tolerances import FP16, FP32, QUANTIZED, tolerance_for  # noqa: E402
+from xlstm_export.tolerances import FP16, FP32, INT8, tolerance_for  # noqa: E402
 from xlstm_export.validation import validate_artifact  # noqa: E402
 
 EXAMPLES = {n: Path(__file__).resolve().parents[2] / "examples" / n for n in ("hf-recall", "hybrid-copy")}
@@ -30,10 +32,9 @@ T = 4  # prefill chunk (as in test_executorch.py)
 ACCURACY_SLACK = 0.02  # the demo's: a program's task accuracy may trail the reference's by at most this
 
 
-def test_tolerances_of_quantized_programs_are_the_compression_entries():
+def test_quantized_programs_are_judged_by_int8_rounding_against_their_module():
     for kind in ("executorch", "executorch-prefill"):
-        assert tolerance_for(kind, "8da8w") is QUANTIZED["int8"]
-        assert tolerance_for(kind, "8da4w") is QUANTIZED["int4"]
+        assert tolerance_for(kind, "8da8w") is INT8 and tolerance_for(kind, "8da4w") is INT8
         assert tolerance_for(kind, "fp32") is FP32 and tolerance_for(kind, "fp16") is FP16
     assert tolerance_for("onnx", "fp32") is FP32 and tolerance_for("coreml", "fp16") is FP16  # others unchanged
     with pytest.raises(UnsupportedError, match="no tolerance"):
@@ -79,15 +80,34 @@ def test_quantization_is_deterministic(et_graph):
     assert len(qs[0]) == len(names) and qs[0] == qs[1]
 
 
-def test_8da8w_is_within_the_int8_tolerance(et_programs):
-    graph, art = et_programs("hf-recall", quantize="8da8w")
+@pytest.mark.parametrize("scheme", ["8da8w", "8da4w"])
+def test_quantized_program_passes_against_the_module_it_was_exported_from(et_programs, scheme):
+    """validate judges a quantized program against the eager module holding the same quantized weights and
+    quantizing activations the same way (by the int8 entry: int8 activation rounding is what differs), and
+    says so in the report's compression section; measured 4.4e-6 (8da4w) and 2.4e-3 (8da8w) of max |logit|."""
+    graph, art = et_programs("hf-recall", quantize=scheme)
     res = validate_artifact(art.path, graph, steps=6, num_prompts=3, prompt_len=8)
     r = res.report
-    print(f"\n[hf-recall executorch 8da8w] max rel {r['summary']['max_rel']:.2e}, greedy "
-          f"{r['summary']['greedy_agreeing']}/{r['summary']['greedy_picks']}, {art.stats['bytes']} B")
-    assert r["artifact"]["precision"] == "8da8w" and _judged_by(r, QUANTIZED["int8"])
+    print(f"\n[hf-recall executorch {scheme}] {res.summary_line()}, {art.stats['bytes']} B")
+    assert r["artifact"]["precision"] == scheme and _judged_by(r, INT8)
+    assert r["summary"]["max_rel"] <= 1e-2
     assert res.passed, res.summary_line()
-    assert r["summary"]["max_rel"] > 1e-3  # the weights are quantized: far outside what fp32 rounding gives
+    assert r["compression"]["scheme"] == scheme and f"quantized {scheme} (torchao)" in r["compression"]["reference"]
+    assert r["reference"]["runtime"] == r["compression"]["reference"]
+
+
+def test_a_program_of_other_weights_fails_validation(et_programs):
+    """The judgement can fail: the program against a checkpoint whose FFN up projection of block 0 is
+    negated (same names and shapes, so its contract checks) is far outside the int8 entry."""
+    from xlstm_export.frontends import load_weight
+    from xlstm_export.validation.compressed import with_weights
+
+    graph, art = et_programs("hf-recall", quantize="8da8w")
+    name = "blocks.0.ffn.up.weight"
+    other = with_weights(graph, {name: -load_weight(graph.weights[name]).astype(np.float32)})
+    res = validate_artifact(art.path, other, steps=2, num_prompts=1, prompt_len=8)
+    print(f"\n[hf-recall 8da8w vs other weights] {res.summary_line()}")
+    assert not res.passed and res.report["summary"]["max_rel"] > 2 * INT8.max_rel, res.summary_line()
 
 
 def _judged_by(report: dict, tol) -> bool:
@@ -98,12 +118,11 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.abs(a - b).max(-1) / np.abs(b).max(-1)).max())
 
 
-@pytest.mark.parametrize("name, scheme, chunk, bound", [("hf-recall", "8da4w", None, 1e-3),
-                                                          ("hybrid-copy", "8da8w", T, 1e-3)])
+@pytest.mark.parametrize("name, scheme, chunk, bound", [("hybrid-copy", "8da8w", None, 1e-3)])
 def test_program_computes_the_quantized_module(et_programs, name, scheme, chunk, bound):
-    """The lowering is faithful: the .pte agrees with the eager module holding the same quantized weights
-    (measured: hf-recall 8da4w 1.4e-6, hybrid-copy 8da8w with prefill calls 5.7e-7 of max |logit|; int4 scales
-    in bf16 as XNNPACK holds them) and differs from the fp32 reference by the quantization (>= 10x the bound)."""
+    """The lowering is faithful on the hybrid (sLSTM, conv) example: the .pte agrees with the eager module
+    holding the same quantized weights (measured 5.7e-7 of max |logit|) over a full forward, and differs from
+    the fp32 reference by the quantization (>= 10x the bound)."""
     import torch
 
     from xlstm_export.reference import build_model
@@ -124,7 +143,7 @@ def test_program_computes_the_quantized_module(et_programs, name, scheme, chunk,
     assert _rel(got, fp32) >= 10 * bound
 
 
-@pytest.mark.parametrize("name, scheme, chunk", [("hf-recall", "8da4w", None), ("hybrid-copy", "8da8w", T)])
+@pytest.mark.parametrize("name, scheme, chunk", [("hf-recall", "8da4w", None), ("hybrid-copy", "8da8w", None)])
 def test_quantized_programs_keep_the_task_accuracy(et_programs, name, scheme, chunk):
     from xlstm_export import tasks
     from xlstm_export.demo import artifact_accuracy, example_task, reference_accuracy
@@ -136,18 +155,6 @@ def test_quantized_programs_keep_the_task_accuracy(et_programs, name, scheme, ch
     got, _ = artifact_accuracy(ExecuTorchRunner(art.path, graph), ids, targets, lambda s: None)
     print(f"\n[{name} {scheme}] task accuracy {got:.4f} (reference {want:.4f})")
     assert want >= 0.9 and got >= want - ACCURACY_SLACK
-
-
-def test_8da4w_is_judged_by_the_int4_tolerance(et_programs):
-    """Validation picks the int4 entry and reports against it. (On the 128-wide hf-recall example the int4
-    rounding alone moves single steps' logits by more than its max_rel: the verdict is reported, not
-    asserted; test_program_computes_the_quantized_module checks the lowering, the task accuracy the quality.)"""
-    graph, art = et_programs("hf-recall", quantize="8da4w")
-    res = validate_artifact(art.path, graph, steps=6, num_prompts=3, prompt_len=8)
-    r = res.report
-    print(f"\n[hf-recall executorch 8da4w] {res.summary_line()}")
-    assert r["artifact"]["precision"] == "8da4w" and _judged_by(r, QUANTIZED["int4"])
-    assert r["artifact"]["kind"] == "executorch"
 
 
 def test_default_keeps_the_gate_projections_and_the_head_fp32(et_graph):

@@ -128,3 +128,15 @@ def test_causal_conv_equals_upstream_step_and_forward():
         for t in range(T):
             _, state = conv.step(x[:, t:t + 1], conv_state=state)
         assert torch.allclose(ring, state[0], atol=1e-7)
+
+
+def test_elementary_logsigmoid_is_logsigmoid_to_fp32_rounding_and_is_restored():
+    """What the ExecuTorch export traces instead of F.logsigmoid (XNNPACK has no log1p): within 1.2e-7 absolute
+    (log(1 + y) for log1p(y)) over the gate range, and only while the context is active."""
+    x = torch.cat([torch.linspace(-40, 40, 20001), torch.tensor([0.0, -1e-8, 1e-8, 88.0, -88.0])])
+    want = torch.nn.functional.logsigmoid(x.double())
+    with K.elementary_logsigmoid():
+        got = K.logsigmoid(x)
+    assert float((got.double() - want).abs().max()) <= 1.2e-7
+    assert K.logsigmoid is not K._logsigmoid_elementary
+    assert torch.equal(K.logsigmoid(x), torch.nn.functional.logsigmoid(x))

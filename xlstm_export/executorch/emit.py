@@ -18,9 +18,14 @@ step against 100 M weights read; ``benchmarks/`` measures the step).
 
 Like the TorchScript target, the program is the reference model itself (exported, not re-lowered per block
 kind): it computes the reference's math, the mLSTM prefill in the reference's chunkwise form with chunk T.
-For XNNPACK, ``passes.py`` rewrites view-like ops and norm means into forms XNNPACK takes before partitioning
-(the 2-block ``hf`` step: 5 XNNPACK partitions instead of 18). ``--quantize 8da8w|8da4w`` quantizes linear
-weights first (``quantize.py``).
+For XNNPACK, three export-time changes, same values to fp32 rounding, make the step what XNNPACK runs fastest:
+``passes.py`` rewrites view-like ops and norm means into forms XNNPACK takes before partitioning; the cells'
+log-sigmoid is traced in elementary ops (``reference.kernels.elementary_logsigmoid``: XNNPACK has no
+``log1p``), so an mLSTM step is one XNNPACK partition (the 2-block ``hf`` step was 18, then 5); and in an
+fp32 program the linear layers that read one tensor are one fully connected op (``fuse.py``: at 100M
+parameters 49 ops per step instead of 121, the step 1.2x the ONNX step graph's speed on ORT, 2 threads;
+``benchmarks/executorch_bench.py``). ``--quantize 8da8w|8da4w`` quantizes linear weights first
+(``quantize.py``).
 Backends: ``xnnpack`` (CPU: Android, iOS, Linux, macOS; runs here through ``executorch.runtime``), ``coreml``
 (the Core ML delegate, iOS 18 / macOS 15, fp16 compute and states: it builds here, runs only on macOS).
 """
@@ -40,9 +45,11 @@ from ..errors import OutputError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import dumps, io_contract
 from ..lowering.model import check_prefill_chunk
+from ..reference.kernels import elementary_logsigmoid
 from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path
 from ..text.files import sibling_outputs, write_siblings
 from ..targets import check_suffix
+from .fuse import fuse_shared_input_linears
 from .passes import xnnpack_friendly_pass
 from .quantize import check_scheme, parse_keep, plan, quantize_model
 
@@ -153,10 +160,14 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_model(graph, model, options.quantize, gs, names)
+    elif options.backend == "xnnpack":
+        fuse_shared_input_linears(model)  # fewer, larger fully connected ops (fuse.py)
     B = options.batch_size
     states = model.init_states(B)
     methods = {}
-    with torch.no_grad(), warnings.catch_warnings():
+    xnnpack = options.backend == "xnnpack"
+    with torch.no_grad(), warnings.catch_warnings(), \
+            (elementary_logsigmoid() if xnnpack else contextlib.nullcontext()):
         warnings.simplefilter("ignore")
         step = _step_module(model)
         progress.note("torch.export of the decode step")

@@ -119,6 +119,28 @@ class ExecuTorchRunner(PrefillCalls):
                                 f"{1 + len(states)}")
         return out[0].float().numpy(), [o.float().numpy() for o in out[1:]]
 
+    def quantized_reference(self, graph: Graph):
+        """For a quantized program (8da8w / 8da4w): the eager module it was exported from, rebuilt from
+        ``graph``'s weights and the contract's quantization record (which :func:`verify` checks is what
+        xlstm-export writes): the reference whose weights *and* run-time activation quantization are the
+        program's. None for an fp32 / fp16 program."""
+        q = self.contract.get("quantization")
+        if self.precision in ("fp32", "fp16") or not isinstance(q, dict):
+            return None
+        import warnings
+
+        from ..reference import build_model
+        from ..validation.reference_runner import TorchModuleRunner
+        from .quantize import quantize_model
+
+        model = build_model(graph, device="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_model(graph, model, self.precision, q.get("group_size"), list(q.get("weights", [])))
+        runner = TorchModuleRunner(model, self.batch_size)
+        runner.runtime = f"PyTorch eager, weights and activations quantized {self.precision} (torchao)"
+        return runner
+
     def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
         ids = check_run_args(str(self.path), self.batch_size, input_ids, states, self.state_shapes, self.vocab_size)
         if self.prefill is not None:

@@ -23,10 +23,37 @@ sits (relative ~eps).
 
 from __future__ import annotations
 
-from typing import List, Tuple
+import contextlib
+from typing import Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
+
+
+def logsigmoid(x: torch.Tensor) -> torch.Tensor:
+    """The cells' log-sigmoid of the forget gate (``F.logsigmoid``, as upstream; see
+    :func:`elementary_logsigmoid` for what an export may trace instead)."""
+    return F.logsigmoid(x)
+
+
+def _logsigmoid_elementary(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(x, max=0.0) - torch.log(1.0 + torch.exp(-torch.abs(x)))
+
+
+@contextlib.contextmanager
+def elementary_logsigmoid() -> Iterator[None]:
+    """While active, the cells compute log-sigmoid as ``min(x, 0) - log(1 + exp(-|x|))``: ops a delegate takes
+    (ExecuTorch's XNNPACK has no ``log1p``, and the decomposition of ``logsigmoid`` leaves a ``full``
+    besides). ``log(1 + y)`` for ``log1p(y)``, ``y = exp(-|x|)`` in (0, 1]: an absolute error below 1.2e-7
+    in the log domain (where ``1 + y`` rounds), i.e. relative 1.2e-7 in the forget gate. For tracing only
+    (``torch.export``); not thread-safe."""
+    global logsigmoid
+    saved = logsigmoid
+    logsigmoid = _logsigmoid_elementary
+    try:
+        yield
+    finally:
+        logsigmoid = saved
 
 
 def mlstm_step(
@@ -41,14 +68,14 @@ def mlstm_step(
     eps: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One recurrent step. Returns h (B, NH, DV), C', n', m'."""
-    f_log = F.logsigmoid(f)
+    f_log = logsigmoid(f)
     m_new = torch.maximum(f_log + m, i)  # (B, NH, 1)
     f_act = torch.exp(f_log + m - m_new)
     i_act = torch.exp(i - m_new)
     c_new = f_act.unsqueeze(-1) * c + i_act.unsqueeze(-1) * (k.unsqueeze(-1) * v.unsqueeze(-2))
     n_new = f_act * n + i_act * k
     h_num = torch.matmul(q.unsqueeze(-2), c_new).squeeze(-2)  # (B, NH, DV)
-    qn = (q * n_new).sum(-1, keepdim=True)  # (B, NH, 1)
+    qn = torch.matmul(q.unsqueeze(-2), n_new.unsqueeze(-1)).squeeze(-1)  # (B, NH, 1), a matmul as upstream
     h_den = torch.maximum(qn.abs(), torch.exp(-m_new)) + eps
     return h_num / h_den, c_new, n_new, m_new
 
@@ -72,7 +99,7 @@ def _mlstm_chunk(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One chunk of L steps, exactly the recurrence, computed in parallel inside the chunk."""
     L = q.shape[2]
-    b = torch.cumsum(F.logsigmoid(f), dim=-1)  # (B, NH, L) cumulative log forget
+    b = torch.cumsum(logsigmoid(f), dim=-1)  # (B, NH, L) cumulative log forget
     # log weight of step s's input seen from step t: b_t - b_s + i_s, for s <= t
     log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)  # (B, NH, L, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
@@ -114,7 +141,7 @@ def mlstm_parallel(
 ) -> torch.Tensor:
     """Quadratic form from an empty state, as upstream's ``parallel_stabilized_simple``."""
     T = q.shape[2]
-    b = torch.cumsum(F.logsigmoid(f), dim=-1)
+    b = torch.cumsum(logsigmoid(f), dim=-1)
     log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     log_d = log_d.masked_fill(~causal, float("-inf"))
@@ -136,7 +163,7 @@ def slstm_step(
     ry = torch.matmul(r.unsqueeze(0), y.unsqueeze(1).unsqueeze(-1)).squeeze(-1)
     raw = wx + ry
     i_raw, f_raw, z_raw, o_raw = raw[:, 0], raw[:, 1], raw[:, 2], raw[:, 3]
-    log_f_plus_m = m + F.logsigmoid(f_raw)
+    log_f_plus_m = m + logsigmoid(f_raw)
     m_new = torch.maximum(i_raw, log_f_plus_m)
     i_act = torch.exp(i_raw - m_new)
     f_act = torch.exp(log_f_plus_m - m_new)

@@ -49,7 +49,9 @@ class ValidationResult:
                 f"max rel {fmt(s['max_rel'])} (tol {t['max_rel']:g}), min cosine {s['min_cosine']:.6f}, "
                 f"greedy {s['greedy_agreeing']}/{s['greedy_picks']}")
         c = r.get("compression")
-        if c is not None:
+        if c is not None and "max_rms" not in c:  # activations quantized too: the module it came from
+            line += f"; reference: {c['reference']}"
+        elif c is not None:
             line += (f"; reference on the artifact's decoded {c['scheme']} weights, which are within rms "
                      f"{fmt(c['max_rms'])} of the checkpoint's (limit {c['rms_bound']:g})")
         if r.get("text") is not None:
@@ -97,6 +99,13 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
         if reference is None:
             reference = ReferenceRunner(with_weights(graph, dense), artifact.batch_size)
         del dense
+    elif getattr(artifact, "quantized_reference", None) is not None and reference is None:
+        # activations quantized at run time too (ExecuTorch 8da8w / 8da4w): against the eager module it
+        # was exported from; its weights sit in the backend's payload, so question 2 is not asked
+        own = artifact.quantized_reference(graph)
+        if own is not None:
+            reference = own
+            compression = {"scheme": artifact.precision, "reference": own.runtime}
     reference = reference or ReferenceRunner(graph, artifact.batch_size)
     plan = getattr(artifact, "prefill", None)
     prefill_lengths: List[int] = []
