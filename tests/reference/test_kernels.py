@@ -132,11 +132,13 @@ def test_causal_conv_equals_upstream_step_and_forward():
 
 def test_elementary_logsigmoid_is_logsigmoid_to_fp32_rounding_and_is_restored():
     """What the ExecuTorch export traces instead of F.logsigmoid (XNNPACK has no log1p): within 1.2e-7 absolute
-    (log(1 + y) for log1p(y)) over the gate range, and only while the context is active."""
+    (log(1 + y) for log1p(y)) plus one fp32 rounding of the result of torch's own fp32 log-sigmoid, over the
+    gate range, and only while the context is active."""
     x = torch.cat([torch.linspace(-40, 40, 20001), torch.tensor([0.0, -1e-8, 1e-8, 88.0, -88.0])])
-    want = torch.nn.functional.logsigmoid(x.double())
+    want = torch.nn.functional.logsigmoid(x)
     with K.elementary_logsigmoid():
         got = K.logsigmoid(x)
-    assert float((got.double() - want).abs().max()) <= 1.2e-7
+    excess = (got - want).abs() - torch.finfo(torch.float32).eps * want.abs()
+    assert float(excess.max()) <= 1.2e-7
     assert K.logsigmoid is not K._logsigmoid_elementary
     assert torch.equal(K.logsigmoid(x), torch.nn.functional.logsigmoid(x))
