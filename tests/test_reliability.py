@@ -572,8 +572,9 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float, what: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("cmd", list(EXPORTS))
 def test_interrupted_export_leaves_nothing(checkpoint_factory, tmp_path, cmd):
-    """SIGINT (Ctrl-C) and SIGTERM (kill) while the finished artifact sits in the temporary sibling."""
-    ck = checkpoint_factory("hybrid")
+    """SIGINT (Ctrl-C) and SIGTERM (kill) while the finished artifact sits in the temporary sibling (the hybrid
+    fixture; ExecuTorch on the L family's, which it lowers in half the time: the write path is the same)."""
+    ck = checkpoint_factory("hf" if cmd.startswith("executorch") else "hybrid")
     runs = {}
     for sig in (signal.SIGINT, signal.SIGTERM):  # both at once: the exports take a while
         d = tmp_path / sig.name
@@ -671,8 +672,11 @@ def tree_bytes(path: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes()}
 
 
-# every target on the hybrid fixture (mLSTM + sLSTM blocks); the cheap ONNX ones on the L family too
-REPRO = [(cmd, "hybrid") for cmd in EXPORTS] + [("onnx", "hf"), ("onnx --scan", "hf")]
+# every target on the hybrid fixture (mLSTM + sLSTM blocks), but ExecuTorch (its lowering's determinism is the
+# question, and XNNPACK lowers the 2-block L-family step in half the hybrid's time); the cheap ONNX ones on
+# the L family too
+REPRO = [(cmd, "hf" if cmd.startswith("executorch") else "hybrid") for cmd in EXPORTS] + [("onnx", "hf"),
+                                                                                           ("onnx --scan", "hf")]
 
 
 @pytest.mark.slow

@@ -308,7 +308,8 @@ register(Target(
             "chunkwise form), same states; prompts run as floor(L/T) prefill calls + L mod T steps.", None, min=1,
             max=MAX_PREFILL_CHUNK),
      Option("--quantize", "quantize", "XNNPACK only: linear weights int8 per channel (8da8w) or int4 in groups "
-            "(8da4w), activations int8 per token at run time (torchao); states and cell math stay fp32.", "none",
+            "(8da4w; each block's out_proj and ffn.down int8), activations int8 per token at run time (torchao); "
+            "states and cell math stay fp32.", "none",
             choices=("none", "8da8w", "8da4w")),
      Option("--group-size", "group_size", "8da4w: input channels per int4 group (default 32; XNNPACK needs a "
             "multiple of 32 that divides each quantized weight's input dim).", None, min=1, max=1 << 20),

@@ -167,13 +167,17 @@ def test_default_keeps_the_gate_projections_and_the_head_fp32(et_graph):
         assert gates and not gates & set(chosen["weights"]) and "lm_head.weight" not in chosen["weights"]
         assert set(every["weights"]) == set(candidates(graph)) == set(chosen["weights"]) | gates | {"lm_head.weight"}
         assert "embedding.weight" not in every["weights"] and not any(".conv." in n for n in every["weights"])
+        writers = sorted(n for n in chosen["weights"] if n.endswith((".out_proj.weight", ".ffn.down.weight")))
+        assert writers and chosen["int8_weights"] == writers  # 8da4w: the residual-stream writers in int8
+        eight = contract_for(graph, ExecuTorchOptions(quantize="8da8w"))["quantization"]
+        assert eight["int8_weights"] == eight["weights"] == chosen["weights"]
         only_ffn = contract_for(graph, ExecuTorchOptions(quantize="8da8w", keep="blocks.*.mlstm.*,lm_head.*"))
         assert only_ffn["quantization"]["weights"] and all(".ffn." in n for n in only_ffn["quantization"]["weights"])
 
 
 @pytest.mark.parametrize("opts, match", [
     ({"quantize": "8da4w", "group_size": 48}, "positive multiple of 32"),
-    ({"quantize": "8da4w", "group_size": 256}, "does not divide the input dim 384 of blocks.0.ffn.down.weight"),
+    ({"quantize": "8da4w", "group_size": 256}, "does not divide the input dim 128 of blocks.0.ffn.gate.weight"),
     ({"quantize": "8da8w", "group_size": 32}, "per output channel"),
     ({"quantize": "8da4w", "backend": "coreml"}, "coreml backend does not take it"),
     ({"group_size": 32}, "applies to --quantize 8da4w"),

@@ -51,7 +51,7 @@ from ..text.files import sibling_outputs, write_siblings
 from ..targets import check_suffix
 from .fuse import fuse_shared_input_linears
 from .passes import xnnpack_friendly_pass
-from .quantize import check_scheme, parse_keep, plan, quantize_model
+from .quantize import check_scheme, int8_part, parse_keep, plan, quantize_model
 
 TARGET = "executorch"
 BACKENDS = ("xnnpack", "coreml")
@@ -100,8 +100,9 @@ def contract_for(graph: Graph, options: ExecuTorchOptions) -> dict:
     io["backend"] = options.backend
     if options.quantize != "none":  # what the program's weights are (verify rebuilds it from these)
         gs = group_size_of(options)
+        names = plan(graph, options.quantize, gs, options.keep)
         io["quantization"] = {"scheme": options.quantize, "group_size": gs, "keep": list(parse_keep(options.keep)),
-                              "weights": plan(graph, options.quantize, gs, options.keep)}
+                              "weights": names, "int8_weights": int8_part(options.quantize, names)}
     if options.prefill_chunk is not None:
         io["prefill"] = {"function": PREFILL_METHOD, "chunk": options.prefill_chunk, "last_logits_only": False}
     return io
