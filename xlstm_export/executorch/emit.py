@@ -23,7 +23,7 @@ For XNNPACK, three export-time changes, same values to fp32 rounding, make the s
 log-sigmoid is traced in elementary ops (``reference.kernels.elementary_logsigmoid``: XNNPACK has no
 ``log1p``), so an mLSTM step is one XNNPACK partition (the 2-block ``hf`` step was 18, then 5); and in an
 fp32 program the linear layers that read one tensor are one fully connected op (``fuse.py``: at 100M
-parameters 49 ops per step instead of 121, the step 1.2x the ONNX step graph's speed on ORT, 2 threads;
+parameters 49 ops per step instead of 121; the step 1.07x and 1.2x the ONNX step graph's speed on ORT in two runs, 2 threads;
 ``benchmarks/executorch_bench.py``). ``--quantize 8da8w|8da4w`` quantizes linear weights first
 (``quantize.py``).
 Backends: ``xnnpack`` (CPU: Android, iOS, Linux, macOS; runs here through ``executorch.runtime``), ``coreml``
