@@ -129,9 +129,7 @@ def test_program_computes_the_quantized_module(et_programs, name, scheme, chunk,
 
     graph, art = et_programs(name, quantize=scheme, prefill_chunk=chunk)
     runner = ExecuTorchRunner(art.path, graph)
-    q = runner.contract["quantization"]
-    model = build_model(graph, device="cpu")
-    quantize_model(graph, model, scheme, q["group_size"], q["weights"])
+    model = runner.quantized_reference(graph).module  # what validation judges it against
     ref = build_model(graph, device="cpu")
     ids = np.random.default_rng(3).integers(0, graph.config.vocab_size, (1, 3 * T + 5))
     with torch.no_grad():

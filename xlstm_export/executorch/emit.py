@@ -161,12 +161,12 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_model(graph, model, options.quantize, gs, names)
-    elif options.backend == "xnnpack":
+    xnnpack = options.backend == "xnnpack"
+    if xnnpack and options.quantize == "none":
         fuse_shared_input_linears(model)  # fewer, larger fully connected ops (fuse.py)
     B = options.batch_size
     states = model.init_states(B)
     methods = {}
-    xnnpack = options.backend == "xnnpack"
     with torch.no_grad(), warnings.catch_warnings(), \
             (elementary_logsigmoid() if xnnpack else contextlib.nullcontext()):
         warnings.simplefilter("ignore")

@@ -18,6 +18,7 @@ stay fp32 (a quantized program's weights are quantized per layer, as ``quantize.
 
 from __future__ import annotations
 
+import itertools
 from typing import List, Sequence, Tuple
 
 import torch
@@ -52,11 +53,8 @@ def fuse_shared_input_linears(model) -> int:
 
 
 def _spans(sizes: Sequence[int]) -> List[Tuple[int, int]]:
-    out, start = [], 0
-    for n in sizes:
-        out.append((start, start + n))
-        start += n
-    return out
+    ends = list(itertools.accumulate(sizes))
+    return [(end - n, end) for n, end in zip(sizes, ends)]
 
 
 class Stacked(nn.Module):

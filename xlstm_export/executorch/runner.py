@@ -124,8 +124,8 @@ class ExecuTorchRunner(PrefillCalls):
         ``graph``'s weights and the contract's quantization record (which :func:`verify` checks is what
         xlstm-export writes): the reference whose weights *and* run-time activation quantization are the
         program's. None for an fp32 / fp16 program."""
-        q = self.contract.get("quantization")
-        if self.precision in ("fp32", "fp16") or not isinstance(q, dict):
+        q = self.contract.get("quantization")  # written with a quantization scheme only (emit.contract_for)
+        if not isinstance(q, dict):
             return None
         import warnings
 
