@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import click
@@ -503,9 +504,9 @@ def export_command(target) -> click.Command:
     def command(checkpoint: str, fmt: str | None, revision: str | None, out: str, force: bool, do_validate: bool, report_dir: str | None,
                 steps: int, as_json: bool, **options: Any) -> None:
         from . import api
-        from .targets import check_suffix, describe_artifact
+        from .outputs import describe_artifact
 
-        check_suffix(target.name, out)  # before any work
+        target.check_path(Path(out))  # before any work
         if report_dir is not None and do_validate:
             from .validation.report import check_report_dir
 

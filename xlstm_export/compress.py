@@ -35,17 +35,20 @@ LINEAR_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def compression_for(graph: Graph, target: str, quantize: str = "none", block_size: int = 32,
                     keep: Optional[str | Sequence[str]] = None, quant_method: str = "auto",
-                    calibration: Optional[str] = None, asymmetric: bool = False) -> Optional[Compression]:
-    """The compression the options ask for (None for ``--quantize none``), calibrated when GPTQ is used."""
+                    calibration: Optional[str] = None, asymmetric: bool = False,
+                    schemes: Optional[Sequence[str]] = None) -> Optional[Compression]:
+    """The compression the options ask for (None for ``--quantize none``), calibrated when GPTQ is used;
+    ``target`` (its name, for messages) takes the schemes ``schemes`` (default: every scheme)."""
     if quantize in (None, "none"):
         extra = [f for f, v in (("--calibration", calibration), ("--keep", keep), ("--asymmetric", asymmetric))
                  if v not in (None, "", (), False)]
         if extra:
             raise UnsupportedError(f"{target}: {extra[0]} applies to compressed weights; add --quantize int8|int4")
         return None
-    if quantize.startswith("lut") and target != "coreml":
-        raise UnsupportedError(f"{target}: --quantize {quantize} (palettes) is a Core ML format; {target} takes "
-                               f"int8 or int4")
+    if schemes is not None and quantize not in schemes:
+        what = " (palettes)" if quantize.startswith("lut") else ""
+        raise UnsupportedError(f"{target}: --quantize {quantize}{what} is not a format of {target}; it takes "
+                               f"{' or '.join(schemes)}")
     if isinstance(keep, str):
         keep = tuple(k.strip() for k in keep.split(",") if k.strip())
     method = quant_method or "auto"

@@ -18,8 +18,8 @@ import torch
 
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.graphs.io import IO_FORMAT
-from xlstm_export.torchscript import TorchScriptOptions, emit
-from xlstm_export.tolerances import tolerance_for
+from xlstm_export.torchscript.emit import TorchScriptOptions, emit
+from xlstm_export.validation import tolerance_for
 from xlstm_export.validation.compare import max_rel
 
 FIXTURES = ["hf", "large", "hybrid", "hybrid_slstm_only", "hybrid_pt"]

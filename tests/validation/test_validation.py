@@ -16,7 +16,7 @@ from xlstm_export.cli import main
 from xlstm_export.errors import ArtifactError, ParityError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.graphs.io import IO_KEY
-from xlstm_export.torchscript import TorchScriptOptions, emit
+from xlstm_export.torchscript.emit import TorchScriptOptions, emit
 from xlstm_export.validation import (
     compare, detect_kind, judge, make_prompts, open_artifact, run_validation, step_metrics,
     tolerance_for, validate_artifact,

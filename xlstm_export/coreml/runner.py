@@ -248,7 +248,8 @@ def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.nda
     """Canonical weight name -> the dense float32 weight the package computes with, for each weight its
     contract declares compressed: coremltools' own decompression of the package's constexpr ops (data
     read from weight.bin; nothing of the program runs)."""
-    from ..lowering import core_ml_name, policy_for
+    from ..lowering import core_ml_name
+    from .policy import policy_for
     from ..lowering.quant import Compression, compressed_weights_of
     from ..validation.compressed import split_sources
     from .executor import load_program
@@ -257,7 +258,7 @@ def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.nda
     if q is None:
         return {}
     comp = Compression.from_json(q)
-    policy = policy_for("coreml", str(runner.contract.get("precision")))
+    policy = policy_for(str(runner.contract.get("precision")))
     prog = runner._executor.prog if getattr(runner, "_executor", None) is not None else load_program(runner.path)[0]
     ops = {op.name: op for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_")}
     out: Dict[str, np.ndarray] = {}
@@ -279,7 +280,8 @@ def verify(runner: CoreMLRunner, graph: Graph) -> None:
     and states, and the dtype and shape of every weight and constant the lowering makes
     (``lowering.inventory``; not their values, which validation measures). The declared precision picks
     the tolerance, so it must be the precision of the actual tensors."""
-    from ..lowering import core_ml_name, policy_for
+    from ..lowering import core_ml_name
+    from .policy import policy_for
     from ..lowering.inventory import constants
     from ..validation.contract import TRUST_HINT, check_contract_is, declared_precision
     from .backend import stored_states
@@ -305,7 +307,7 @@ def verify(runner: CoreMLRunner, graph: Graph) -> None:
         raise ArtifactError(f"{where}: not the package xlstm-export writes for {what}: {why}; its tolerance is "
                             f"chosen by that declaration (re-export it, or {TRUST_HINT})")
 
-    policy = policy_for("coreml", precision)
+    policy = policy_for(precision)
     V = graph.config.vocab_size
     states = {cm: ("FLOAT16", list(shape)) for _, cm, shape, _ in stored_states(graph, B, policy)}
     for fname, T in (("main", 1), (PREFILL_FUNCTION, plan.chunk if plan else None)):

@@ -46,9 +46,8 @@ from ..graphs import Graph
 from ..graphs.io import dumps, io_contract
 from ..lowering.model import check_prefill_chunk
 from ..reference.kernels import elementary_logsigmoid
-from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path
-from ..text.files import sibling_outputs, write_siblings
-from ..targets import check_suffix
+from ..outputs import Artifact
+from ..target import Build
 from .fuse import fuse_shared_input_linears
 from .passes import xnnpack_friendly_pass
 from .quantize import check_scheme, int8_part, parse_keep, plan, quantize_model
@@ -56,7 +55,7 @@ from .quantize import check_scheme, int8_part, parse_keep, plan, quantize_model
 TARGET = "executorch"
 BACKENDS = ("xnnpack", "coreml")
 PRECISION = {"xnnpack": "fp32", "coreml": "fp16"}  # what each backend computes in
-CONTRACT_METHOD = "xlstm_export_io"
+from .target import CONTRACT_METHOD  # noqa: E402  (the constant method holding the I/O contract)
 PREFILL_METHOD = "prefill"
 
 
@@ -219,30 +218,35 @@ def _quiet():
         root.setLevel(level)
 
 
-def emit(graph: Graph, options: ExecuTorchOptions, out_path: str | os.PathLike) -> Artifact:
-    """Write the ``.pte`` of ``graph`` at ``out_path`` (atomically, no clobber without ``options.force``):
-    the decode step as method ``forward``, with ``options.prefill_chunk`` a ``prefill`` method, the I/O
-    contract as the constant method ``xlstm_export_io``. Returns the :class:`Artifact`."""
-    out_path = Path(out_path)
+def build(graph: Graph, options: ExecuTorchOptions, out_path: Path) -> Build:
+    """The ``.pte`` program of ``graph``: the decode step as method ``forward``, with
+    ``options.prefill_chunk`` a ``prefill`` method, the I/O contract as the constant method
+    ``xlstm_export_io``; exported and lowered here, written by the returned :class:`Build`."""
     precision = check_options(options)
     check_prefill_chunk(graph, options.prefill_chunk, TARGET)
-    check_suffix(TARGET, out_path)
-    check_output_path(out_path, options.force)
     contract = contract_for(graph, options)
     program = export_program(graph, options)
     data = program.buffer
     if not data:
         raise OutputError(f"{out_path}: ExecuTorch produced an empty program")
-    texts = sibling_outputs(graph, out_path)  # the tokenizer / generation files, beside the program
-    with atomic_outputs([out_path] + [p for p, _ in texts], options.force) as tmps:
-        tmps[0].write_bytes(data)
-        write_siblings(texts, tmps[1:])
     stats = {"bytes": len(data), "weight_bytes": graph.weight_bytes, "backend": options.backend,
              "quantized_weights": len(contract.get("quantization", {}).get("weights", [])),
              "methods": sorted(["forward", CONTRACT_METHOD] + ([PREFILL_METHOD] if options.prefill_chunk else []))}
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
-    return Artifact(out_path, kind, precision, contract, (out_path, *(p for p, _ in texts)), stats)
+
+    def write(tmps):
+        tmps[0].write_bytes(data)
+
+    return Build((out_path,), contract, kind, precision, write, stats)
 
 
-__all__ = ["ExecuTorchOptions", "BACKENDS", "TARGET", "emit", "contract_for", "export_program", "CONTRACT_METHOD",
+def emit(graph: Graph, options: ExecuTorchOptions, out_path: str | os.PathLike) -> Artifact:
+    """Write the ``.pte`` of ``graph`` at ``out_path`` (atomically, no clobber without ``options.force``): the
+    export pipeline of :class:`~xlstm_export.target.Target` over :func:`build`."""
+    from .target import TARGET as _TARGET
+
+    return _TARGET.write(graph, options, out_path)
+
+
+__all__ = ["ExecuTorchOptions", "BACKENDS", "TARGET", "build", "emit", "contract_for", "export_program", "CONTRACT_METHOD",
            "PREFILL_METHOD"]

@@ -1,6 +1,17 @@
-"""ONNX target: a decode step graph for ORT's Core ML EP, and a Scan sequence graph (``emit.py``)."""
+"""ONNX target: a decode step graph for ORT's Core ML EP, a Scan sequence graph and a chunkwise prefill graph (``emit.py``), the runner over ONNX Runtime (``runner.py``), the declaration (``target.py``).
 
-from .emit import Artifact, OnnxOptions, build, emit
-from .runner import OnnxRunner, open_runner
+Importing this package is cheap: its modules load when first used.
+"""
 
-__all__ = ["Artifact", "OnnxOptions", "build", "emit", "OnnxRunner", "open_runner"]
+import importlib
+
+_LAZY = {'Artifact': 'emit', 'OnnxOptions': 'emit', 'OnnxRunner': 'runner', 'open_runner': 'runner'}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -328,10 +328,10 @@ def _head_block(model, vocab: int) -> int:
 
 def _compressed_specs(graph: Graph, contract: dict, batch_size: int, block: int, comp, fmt: str) -> list:
     """(spec, scheme) of every weight ``comp`` compresses, as the step graph holds them (LM head blocks)."""
-    from ..lowering import policy_for
+    from .policy import policy_for
     from .quant import compressed_specs
 
-    return compressed_specs(graph, policy_for(TARGET_STEP, str(contract.get("precision"))), batch_size, block,
+    return compressed_specs(graph, policy_for(str(contract.get("precision"))), batch_size, block,
                             comp, fmt)
 
 
@@ -443,7 +443,7 @@ def verify(runner: OnnxRunner, graph: Graph) -> None:
     from .emit import MAX_OPSET, MIN_OPSET, OnnxOptions, build, check_options
 
     where, c, plan, model = str(runner.path), runner.contract, runner.prefill, runner.proto
-    precision = declared_precision(c, where, "onnx", ("fp32", "fp16"))
+    precision = declared_precision(c, where, TARGET_STEP, ("fp32", "fp16"), kinds=(TARGET_SCAN,))
     comp, fmt = _declared_compression(c, where)
     opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:

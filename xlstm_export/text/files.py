@@ -6,13 +6,10 @@ UTF-8 JSON, and ``tokenizer.json`` must load in ``tokenizers`` -- a malformed on
 ``config.json``, else the special tokens named in ``tokenizer_config.json`` / ``special_tokens_map.json``
 looked up in the tokenizer; every id must lie in the vocabulary.
 
-Where an artifact keeps them (the contract names them by file name only; the place is this rule, so the
-contract holds no path and does not depend on what the output is called):
-
-- a ``.mlpackage``: inside it, ``Data/com.xlstm-export/text/<name>``, registered as package items in
-  ``Manifest.json`` (coremltools and Core ML load a package with extra items; the Swift package reads them);
-- a single-file artifact: beside it, ``<artifact file name>.<name>`` (``model.onnx`` ->
-  ``model.onnx.tokenizer.json``, as ``model.onnx.data``); an ONNX prefill graph shares its step graph's.
+Where an artifact keeps them is its target's rule (``Target.text_paths``; the contract names them by file
+name only, so it holds no path and does not depend on what the output is called): by default beside a
+single-file artifact as ``<artifact file name>.<name>``; a package target may keep them inside (the export
+pipeline writes them with the artifact, in the same ``atomic_outputs``).
 """
 
 from __future__ import annotations
@@ -21,14 +18,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ArtifactError, ConfigError, first_line
 from ..graphs.text import TEXT_FILES, TOKENIZER_FILE, TextBundle
 
 MAX_TEXT_FILE_BYTES = 64 << 20  # a tokenizer.json of a 256k vocabulary is ~20 MB
-PACKAGE_AUTHOR = "com.xlstm-export"
-PACKAGE_TEXT_DIR = ("Data", PACKAGE_AUTHOR, "text")
 
 
 # -- reading a checkpoint's ------------------------------------------------------------------------
@@ -133,43 +128,6 @@ def read_text_bundle(d: Path, vocab_size: int) -> Optional[TextBundle]:
     return TextBundle(tuple(files), bos[0] if bos else None, tuple(dict.fromkeys(eos)), pad[0] if pad else None)
 
 
-# -- where an artifact keeps them --------------------------------------------------------------------
-def artifact_text_paths(artifact: str | os.PathLike, names: Sequence[str]) -> Dict[str, Path]:
-    """Where the artifact at ``artifact`` keeps each text file (see the module doc)."""
-    p = Path(artifact)
-    if p.suffix.lower() == ".mlpackage":
-        return {n: p.joinpath(*PACKAGE_TEXT_DIR, n) for n in names}
-    name = p.name
-    if p.suffix.lower() == ".onnx" and name[: -len(p.suffix)].endswith(".prefill"):  # the step graph's files
-        name = name[: -len(".prefill" + p.suffix)] + p.suffix
-    return {n: p.with_name(f"{name}.{n}") for n in names}
-
-
-def sibling_outputs(graph, out_path: str | os.PathLike) -> List[Tuple[Path, bytes]]:
-    """(path, bytes) of the text files a single-file artifact at ``out_path`` writes beside itself."""
-    if graph.text is None:
-        return []
-    paths = artifact_text_paths(out_path, graph.text.names())
-    return [(paths[n], b) for n, b in graph.text.files]
-
-
-def write_siblings(texts: List[Tuple[Path, bytes]], tmps: Sequence[Path]) -> None:
-    """Write :func:`sibling_outputs` into their temporaries (``atomic_outputs`` moves them with the artifact)."""
-    for (_, data), tmp in zip(texts, tmps):
-        tmp.write_bytes(data)
-
-
-def write_into_package(graph, pkg: Path) -> List[str]:
-    """Write the text files into the package folder ``pkg`` (before its manifest); their item paths."""
-    if graph.text is None:
-        return []
-    folder = pkg.joinpath(*PACKAGE_TEXT_DIR)
-    folder.mkdir(parents=True)
-    for n, b in graph.text.files:
-        (folder / n).write_bytes(b)
-    return [f"{PACKAGE_AUTHOR}/text/{n}" for n, _ in graph.text.files]
-
-
 # -- reading an artifact's ------------------------------------------------------------------------------
 class ArtifactText:
     """The text side of an artifact: its tokenizer (or None), special ids and generation config."""
@@ -183,9 +141,11 @@ def _entry_error(where: str, what: str) -> ArtifactError:
     return ArtifactError(f"{where}: the contract's 'text' entry {what}; re-export the artifact with this tool")
 
 
-def artifact_text(artifact: str | os.PathLike, contract: dict, vocab_size: Optional[int]) -> Optional[ArtifactText]:
+def artifact_text(artifact: str | os.PathLike, contract: dict, vocab_size: Optional[int],
+                  paths_for: Callable[[Sequence[str]], Dict[str, Path]]) -> Optional[ArtifactText]:
     """Read and check the text files an artifact's contract names (untrusted input: every field is
-    checked, each file's size and sha256 must be the contract's). None when the contract has no entry."""
+    checked, each file's size and sha256 must be the contract's); ``paths_for(names)`` says where the
+    artifact keeps them (its target's ``text_paths``). None when the contract has no entry."""
     where = str(artifact)
     entry = contract.get("text")
     if entry is None:
@@ -210,7 +170,7 @@ def artifact_text(artifact: str | os.PathLike, contract: dict, vocab_size: Optio
         ids[key] = [x for x in vals if x is not None]
     from ..frontends import read_bounded
 
-    paths = artifact_text_paths(artifact, list(specs))
+    paths = paths_for(list(specs))
     data = {}
     for name, f in specs.items():
         p = paths[name]
@@ -243,5 +203,4 @@ def artifact_text(artifact: str | os.PathLike, contract: dict, vocab_size: Optio
                         (ids["pad_token_id"] or [None])[0], generation)
 
 
-__all__ = ["ArtifactText", "MAX_TEXT_FILE_BYTES", "PACKAGE_TEXT_DIR", "artifact_text", "artifact_text_paths",
-           "load_tokenizer", "read_text_bundle", "sibling_outputs", "write_into_package", "write_siblings"]
+__all__ = ["ArtifactText", "MAX_TEXT_FILE_BYTES", "artifact_text", "load_tokenizer", "read_text_bundle"]

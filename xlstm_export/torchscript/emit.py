@@ -66,9 +66,8 @@ from .. import progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path, room_at, scratch_for
-from ..text.files import sibling_outputs, write_siblings
-from ..targets import check_suffix
+from ..outputs import Artifact, room_at, scratch_for
+from ..target import Build
 
 TARGET = "torchscript"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -138,29 +137,32 @@ def script_model(graph: Graph, precision: str = "fp32"):
         return torch.jit.script(model)
 
 
-def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike) -> Artifact:
-    """Script the reference model of ``graph`` at ``options.precision`` and save it at ``out_path``
-    (atomically, no clobber without ``options.force``) with its I/O contract as an extra file; the saved
-    module has ``forward``, ``init_states``, ``forward_with_states`` and ``generate_greedy``."""
-    import torch
-
-    out_path = Path(out_path)
+def build(graph: Graph, options: TorchScriptOptions, out_path: Path) -> Build:
+    """The reference model of ``graph`` scripted at ``options.precision``, and the writer of its archive with
+    the I/O contract as an extra file; the saved module has ``forward``, ``init_states``,
+    ``forward_with_states`` and ``generate_greedy``."""
     check_options(options)
-    check_suffix(TARGET, out_path)
-    check_output_path(out_path, options.force)  # fail before the (slow) build
     contract = contract_for(graph, options)
     progress.note("torch.jit.script of the reference model")
-    scripted = script_model(graph, options.precision)
-    texts = sibling_outputs(graph, out_path)  # the tokenizer / generation files, beside the archive
-    with atomic_outputs([out_path] + [p for p, _ in texts], options.force) as tmps:
-        tmp = tmps[0]
-        raw = scratch_for(tmp) / "raw.pt"  # beside the output (its file system), not in TMPDIR
-        save_raw(scripted, raw, {IO_KEY: dumps(contract)})
-        del scripted  # the weights live on only in raw.pt now
-        records = canonical_archive(raw, tmp)
-        write_siblings(texts, tmps[1:])
-    remember_records(contract, records)  # what validating this contract's archives compares against
-    return Artifact(out_path, TARGET, options.precision, contract, (out_path, *(p for p, _ in texts)))
+    made = {"scripted": script_model(graph, options.precision)}
+
+    def write(tmps):
+        raw = scratch_for(tmps[0]) / "raw.pt"  # beside the output (its file system), not in TMPDIR
+        save_raw(made.pop("scripted"), raw, {IO_KEY: dumps(contract)})  # the weights live on only in raw.pt
+        made["records"] = canonical_archive(raw, tmps[0])
+
+    def done():
+        remember_records(contract, made["records"])  # what validating this contract's archives compares against
+
+    return Build((out_path,), contract, TARGET, options.precision, write, done=done)
+
+
+def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike) -> Artifact:
+    """Script the reference model of ``graph`` and save it at ``out_path`` (atomically, no clobber without
+    ``options.force``): the export pipeline of :class:`~xlstm_export.target.Target` over :func:`build`."""
+    from .target import TARGET as _TARGET
+
+    return _TARGET.write(graph, options, out_path)
 
 
 def save_raw(scripted, raw: Path, extra_files: dict) -> None:

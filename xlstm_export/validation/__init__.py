@@ -13,7 +13,8 @@ from .compare import compare, judge, localise, make_prompts, step_metrics, where
 from .contract import check_contract, parse_contract, state_slots
 from .registry import detect_kind, open_artifact
 from .runner import Runner
-from ..tolerances import Tolerance, tolerance_for, tolerances
+from ..tolerances import Tolerance
+from .tolerance import tolerance_for, tolerances
 from .validate import ValidationResult, run_validation, validate_artifact
 
 __all__ = [

@@ -147,11 +147,13 @@ def judged_precision(contract: dict) -> str:
     return f"{p}+{label}"
 
 
-def declared_precision(contract: dict, where: str, target: str, offered: Sequence[str]) -> str:
+def declared_precision(contract: dict, where: str, target: str, offered: Sequence[str],
+                       kinds: Sequence[str] = ()) -> str:
     """The contract's precision, if ``target`` writes it (ArtifactError otherwise): it picks the tolerance
-    the artifact is judged by, so it is checked against the artifact's tensors after this."""
+    the artifact is judged by, so it is checked against the artifact's tensors after this. The contract's
+    ``"target"`` must be ``target`` or one of ``kinds`` (the other kinds its file declares, e.g. a Scan graph)."""
     p = contract.get("precision")
-    if contract.get("target") not in (target, *(() if target != "onnx" else ("onnx-scan",))):
+    if contract.get("target") not in (target, *kinds):
         raise ArtifactError(f"{where}: its contract declares target {_short(contract.get('target'))}, but "
                             f"the file is a {target} artifact; its tolerance would be another target's "
                             f"({TRUST_HINT})")
