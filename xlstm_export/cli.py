@@ -163,6 +163,21 @@ def _replay(buf, encoding: str) -> None:
 
 
 class _Group(click.Group):
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        """A command; a target registered after this module was imported gets its export command here."""
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            from .targets import TARGETS
+
+            if name in TARGETS:
+                cmd = export_command(TARGETS[name])
+        return cmd
+
+    def list_commands(self, ctx: click.Context) -> list:
+        from .targets import TARGETS
+
+        return sorted(set(super().list_commands(ctx)) | set(TARGETS))
+
     def invoke(self, ctx: click.Context) -> Any:
         from . import progress
 
