@@ -7,8 +7,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 import xlstm_export
 from xlstm_export.targets import BUILTIN, KINDS, TARGETS
 

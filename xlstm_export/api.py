@@ -100,6 +100,7 @@ def open_for_generation(artifact: str | os.PathLike, *, checkpoint: Optional[Che
     their runtimes and run after the contract checks every runner makes."""
     from pathlib import Path
 
+    from .errors import ArtifactError
     from .text.files import artifact_text
     from .validation.registry import checked_target
 

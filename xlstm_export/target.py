@@ -108,19 +108,24 @@ DEMO_PREFILL_CHUNK = 8  # the demo's and the parity matrix's chunk: its prompts 
 
 class Target:
     """One export target. The declaration (name, suffixes, options, kinds, ...) is data; the behaviour is
-    methods a target package overrides. Required: :meth:`build` (or :meth:`emit`), :meth:`open_runner`,
-    :meth:`contract_of`, :meth:`recognise`; the rest have defaults for a single-file artifact with its text
-    files beside it."""
+    methods a target package overrides where its artifacts differ from the defaults (a single file, its text
+    files beside it, any regular file recognised as ours). ``builder``, ``runner`` and ``contract_reader``
+    name the functions :meth:`build`, :meth:`open_runner` and :meth:`contract_of` call by default."""
 
     def __init__(self, name: str, summary: str, suffixes: Tuple[str, ...], options: Tuple[Option, ...],
-                 kinds: Tuple[Kind, ...], options_class: Callable[[], type], requires: Tuple[str, ...] = (),
-                 extra: str = "", runs_code: bool = False, quant_schemes: Tuple[str, ...] = ()):
+                 kinds: Tuple[Kind, ...], options_class: Callable[[], type] | str, requires: Tuple[str, ...] = (),
+                 extra: str = "", runs_code: bool = False, quant_schemes: Tuple[str, ...] = (), builder: str = "",
+                 runner: str = "", contract_reader: str = ""):
         self.name = name  # CLI command and artifact kind
         self.summary = summary  # the command's help line
         self.suffixes = suffixes  # artifact path suffixes; the first is what exports write
         self.options = options
         self.kinds = kinds
-        self._options_class = options_class  # () -> the options dataclass (imported when first needed)
+        # "module:attr" references, imported when first used (the declaration imports no heavy library):
+        self._options_class = options_class  # the options dataclass (or a function returning it)
+        self.builder = builder  # (graph, options, out) -> Build
+        self.runner = runner  # (path, graph, **opts) -> a runner
+        self.contract_reader = contract_reader  # (path) -> the contract
         self.requires = requires  # third-party modules it needs
         self.extra = extra  # the pip extra that installs them
         self.runs_code = runs_code  # loading an artifact runs code it carries: never unchecked untrusted
@@ -186,7 +191,7 @@ class Target:
 
     def make_options(self, **values):
         self._require()
-        cls = self._options_class()
+        cls = resolve(self._options_class) if isinstance(self._options_class, str) else self._options_class()
         known = {f for f in cls.__dataclass_fields__}
         bad = sorted(set(values) - known)
         if bad:
@@ -216,8 +221,8 @@ class Target:
 
     def build(self, graph, options, out: Path) -> Build:
         """Check ``options`` against ``graph``, run what the artifact is made from (the lowering, once) and
-        return the :class:`Build` whose ``write`` puts it into files."""
-        raise NotImplementedError(f"target {self.name}: build")
+        return the :class:`Build` whose ``write`` puts it into files. Default: the ``builder`` reference."""
+        return resolve(self.builder)(graph, options, out)
 
     def write(self, graph, options, out: str | os.PathLike) -> Artifact:
         """The export pipeline (module doc), with the target's options object; ``options.force`` replaces an
@@ -244,13 +249,16 @@ class Target:
 
     # -- reading one back ------------------------------------------------------------------------------
     def contract_of(self, path: Path) -> dict:
-        """The artifact's I/O contract, read without running it (``ArtifactError`` if it has none)."""
-        raise NotImplementedError(f"target {self.name}: contract_of")
+        """The artifact's I/O contract, read without running it (``ArtifactError`` if it has none). Default: the
+        ``contract_reader`` reference."""
+        return resolve(self.contract_reader)(Path(path))
 
     def open_runner(self, path: Path, graph, **opts):
         """A runner (``runtime.Runner``) over the artifact at ``path``, its contract checked against ``graph``
-        and (unless ``trust_artifact=True``) the artifact against what this tool writes for that contract."""
-        raise NotImplementedError(f"target {self.name}: open_runner")
+        and (unless ``trust_artifact=True``) the artifact against what this tool writes for that contract.
+        Default: the ``runner`` reference."""
+        self._require()
+        return resolve(self.runner)(Path(path), graph, **opts)
 
     def contract_graph(self, path: Path):
         """A weightless graph from the artifact's own contract profile: the state contract and vocabulary its

@@ -6,15 +6,6 @@ Importing this package is cheap: its modules load when first used, coremltools i
 need it.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
-_LAZY = {"Artifact": "emit", "COMPUTE_UNITS": "emit", "CoreMLOptions": "emit", "contract_for": "emit"}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, {"Artifact": "emit", "COMPUTE_UNITS": "emit", "CoreMLOptions": "emit", "contract_for": "emit"})

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..graphs.io import IO_KEY
 from ..outputs import head
-from ..target import DEMO_PREFILL_CHUNK, Build, Option, Target, kind, prefill_options, quant_options
+from ..target import DEMO_PREFILL_CHUNK, Option, Target, kind, prefill_options, quant_options
 from ..tolerances import FP16, FP32
 
 NAME = "coreml"
@@ -58,12 +58,6 @@ def _is_our_swift_package(p: Path) -> Optional[str]:
     return None
 
 
-def _options_class():
-    from .emit import CoreMLOptions
-
-    return CoreMLOptions
-
-
 class CoreMLTarget(Target):
     text_beside = False  # inside the package: Data/com.xlstm-export/text/<name>, package items
 
@@ -94,21 +88,6 @@ class CoreMLTarget(Target):
     def planned_files(self, out: Path, options) -> Tuple[Path, ...]:
         return (out, swift_path_for(out)) if options.swift else (out,)
 
-    def build(self, graph, options, out: Path) -> Build:
-        from .emit import build
-
-        return build(graph, options, out)
-
-    def contract_of(self, path: Path) -> dict:
-        from .runner import contract_of
-
-        return contract_of(Path(path))
-
-    def open_runner(self, path: Path, graph, **opts):
-        from .runner import open_runner
-
-        return open_runner(path, graph, **opts)
-
 
 TARGET = CoreMLTarget(
     NAME, "Export a stateful Core ML decode step (.mlpackage, iOS 18 / macOS 15) and its Swift snippet.",
@@ -130,4 +109,6 @@ TARGET = CoreMLTarget(
     (kind(NAME, NAME, {"fp16": FP16, "fp32": FP32}, ("step",), "fp16", "model.mlpackage"),
      kind(f"{NAME}-prefill", NAME, {"fp16": FP16, "fp32": FP32}, ("step", "prefill"), "fp16",
           "model.prefill.mlpackage", prefill_chunk=DEMO_PREFILL_CHUNK)),
-    _options_class, requires=("coremltools",), extra="coreml", quant_schemes=QUANT_SCHEMES)
+    "xlstm_export.coreml.emit:CoreMLOptions", builder="xlstm_export.coreml.emit:build",
+    runner="xlstm_export.coreml.runner:open_runner", contract_reader="xlstm_export.coreml.runner:contract_of",
+    requires=("coremltools",), extra="coreml", quant_schemes=QUANT_SCHEMES)

@@ -3,15 +3,6 @@
 Importing this package is cheap: its modules load when first used.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
-_LAZY = {'BACKENDS': 'emit', 'ExecuTorchOptions': 'emit', 'contract_for': 'emit'}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, {'BACKENDS': 'emit', 'ExecuTorchOptions': 'emit', 'contract_for': 'emit'})

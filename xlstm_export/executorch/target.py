@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..target import BATCH, DEMO_PREFILL_CHUNK, MAX_PREFILL_CHUNK, Build, Option, Target, kind
+from ..target import BATCH, DEMO_PREFILL_CHUNK, MAX_PREFILL_CHUNK, Option, Target, kind
 from ..tolerances import FP16, FP32, INT8
 
 NAME = "executorch"
@@ -43,32 +43,11 @@ def is_our_program(p: Path, chunk: int = 1 << 20) -> bool:
         return False
 
 
-def _options_class():
-    from .emit import ExecuTorchOptions
-
-    return ExecuTorchOptions
-
-
 class ExecuTorchTarget(Target):
     def recognise(self, path: Path, is_dir: bool) -> Optional[str]:
         if is_dir:
             return "a directory"
         return None if is_our_program(path) else "not an ExecuTorch program written by xlstm-export"
-
-    def build(self, graph, options, out: Path) -> Build:
-        from .emit import build
-
-        return build(graph, options, out)
-
-    def contract_of(self, path: Path) -> dict:
-        from .runner import contract_of
-
-        return contract_of(Path(path))
-
-    def open_runner(self, path: Path, graph, **opts):
-        from .runner import open_runner
-
-        return open_runner(path, graph, **opts)
 
 
 TARGET = ExecuTorchTarget(
@@ -96,4 +75,6 @@ TARGET = ExecuTorchTarget(
     (kind(NAME, NAME, TOLERANCES, (), "fp32", "model.pte"),
      kind(f"{NAME}-prefill", NAME, TOLERANCES, (), "fp32", "model.prefill.pte", prefill_chunk=DEMO_PREFILL_CHUNK,
           sweep=False)),
-    _options_class, requires=("executorch",), extra="executorch")
+    "xlstm_export.executorch.emit:ExecuTorchOptions", builder="xlstm_export.executorch.emit:build",
+    runner="xlstm_export.executorch.runner:open_runner", contract_reader="xlstm_export.executorch.runner:contract_of",
+    requires=("executorch",), extra="executorch")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..outputs import head
-from ..target import BATCH, DEMO_PREFILL_CHUNK, Build, Option, Target, kind, prefill_options, quant_options
+from ..target import BATCH, DEMO_PREFILL_CHUNK, Option, Target, kind, prefill_options, quant_options
 from ..tolerances import FP16, FP32
 
 NAME = "onnx"
@@ -66,12 +66,6 @@ def producer_name(head_bytes: bytes) -> Optional[bytes]:
     return None
 
 
-def _options_class():
-    from .emit import OnnxOptions
-
-    return OnnxOptions
-
-
 class OnnxTarget(Target):
     def claims_output(self, path: Path) -> bool:
         return self.claims(path) or path.name.endswith(SUFFIX + DATA_SUFFIX)
@@ -102,21 +96,6 @@ class OnnxTarget(Target):
     def planned_files(self, out: Path, options) -> Tuple[Path, ...]:
         return (out,) if options.prefill_chunk is None else (out, prefill_path_for(out))
 
-    def build(self, graph, options, out: Path) -> Build:
-        from .emit import build_artifact
-
-        return build_artifact(graph, options, out)
-
-    def contract_of(self, path: Path) -> dict:
-        from .runner import contract_of
-
-        return contract_of(Path(path))
-
-    def open_runner(self, path: Path, graph, **opts):
-        from .runner import open_runner
-
-        return open_runner(path, graph, **opts)
-
 
 TARGET = OnnxTarget(
     NAME, "Export an ONNX graph for ONNX Runtime: the decode step (Core ML EP: one partition) or --scan.",
@@ -137,4 +116,6 @@ TARGET = OnnxTarget(
      kind(f"{NAME}-scan", NAME, {"fp32": FP32, "fp16": FP16}, ("step",), "fp32", "model.onnx", scan=True),
      kind(f"{NAME}-prefill", NAME, {"fp32": FP32, "fp16": FP16}, ("step", "prefill"), "fp32", "model.onnx",
           prefill_chunk=DEMO_PREFILL_CHUNK)),
-    _options_class, requires=("onnx", "onnxruntime"), extra="onnx", quant_schemes=QUANT_SCHEMES)
+    "xlstm_export.onnx.emit:OnnxOptions", builder="xlstm_export.onnx.emit:build_artifact",
+    runner="xlstm_export.onnx.runner:open_runner", contract_reader="xlstm_export.onnx.runner:contract_of",
+    requires=("onnx", "onnxruntime"), extra="onnx", quant_schemes=QUANT_SCHEMES)

@@ -3,15 +3,6 @@
 Importing this package is cheap: its modules load when first used.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
-_LAZY = {'PRECISIONS': 'emit', 'Artifact': 'emit', 'TorchScriptOptions': 'emit', 'contract_for': 'emit', 'script_model': 'emit'}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, {'PRECISIONS': 'emit', 'Artifact': 'emit', 'TorchScriptOptions': 'emit', 'contract_for': 'emit', 'script_model': 'emit'})

@@ -8,17 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 from ..graphs.io import IO_KEY
-from ..target import Build, Option, Target, kind
+from ..target import Option, Target, kind
 from ..tolerances import BF16, FP16, FP32
 
 NAME = "torchscript"
 SUFFIXES = (".pt", ".ts")
-
-
-def _options_class():
-    from .emit import TorchScriptOptions
-
-    return TorchScriptOptions
 
 
 class TorchScriptTarget(Target):
@@ -34,21 +28,6 @@ class TorchScriptTarget(Target):
             return "a zip archive without xlstm-export's I/O contract"
         return None
 
-    def build(self, graph, options, out: Path) -> Build:
-        from .emit import build
-
-        return build(graph, options, out)
-
-    def contract_of(self, path: Path) -> dict:
-        from .trust import read_contract
-
-        return read_contract(Path(path))
-
-    def open_runner(self, path: Path, graph, **opts):
-        from .runner import TorchScriptRunner
-
-        return TorchScriptRunner(path, graph, **opts)
-
 
 TARGET = TorchScriptTarget(
     NAME, "Export a scripted module: forward, init_states, forward_with_states, generate_greedy.",
@@ -58,4 +37,6 @@ TARGET = TorchScriptTarget(
      Option("--batch-size", "batch_size", "Batch size recorded in the I/O contract (the module itself takes any).", 1,
             min=1)),
     (kind(NAME, NAME, {"fp32": FP32, "fp16": FP16, "bf16": BF16}, (), "fp32", "model.pt"),),
-    _options_class, runs_code=True)
+    "xlstm_export.torchscript.emit:TorchScriptOptions", builder="xlstm_export.torchscript.emit:build",
+    runner="xlstm_export.torchscript.runner:TorchScriptRunner", contract_reader="xlstm_export.torchscript.trust:read_contract",
+    runs_code=True)
