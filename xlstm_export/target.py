@@ -115,7 +115,7 @@ class Target:
     def __init__(self, name: str, summary: str, suffixes: Tuple[str, ...], options: Tuple[Option, ...],
                  kinds: Tuple[Kind, ...], options_class: Callable[[], type] | str, requires: Tuple[str, ...] = (),
                  extra: str = "", runs_code: bool = False, quant_schemes: Tuple[str, ...] = (), builder: str = "",
-                 runner: str = "", contract_reader: str = ""):
+                 runner: str = "", contract_reader: str = "", policies: str = ""):
         self.name = name  # CLI command and artifact kind
         self.summary = summary  # the command's help line
         self.suffixes = suffixes  # artifact path suffixes; the first is what exports write
@@ -126,6 +126,7 @@ class Target:
         self.builder = builder  # (graph, options, out) -> Build
         self.runner = runner  # (path, graph, **opts) -> a runner
         self.contract_reader = contract_reader  # (path) -> the contract
+        self.policies = policies  # precision name -> lowering PrecisionPolicy (targets built by the lowering)
         self.requires = requires  # third-party modules it needs
         self.extra = extra  # the pip extra that installs them
         self.runs_code = runs_code  # loading an artifact runs code it carries: never unchecked untrusted
@@ -169,6 +170,11 @@ class Target:
     def claims_output(self, path: Path) -> bool:
         """Whether ``path`` is a name this target's :meth:`recognise` judges (by default: its suffixes)."""
         return self.claims(path)
+
+    def precision_policies(self) -> dict:
+        """The lowering's precision policies this target offers, by precision name (none for a target built
+        from the reference module)."""
+        return dict(resolve(self.policies)) if self.policies else {}
 
     # -- text files ------------------------------------------------------------------------------------
     text_beside = True  # the tokenizer / generation files are written beside the artifact (else inside it)

@@ -111,4 +111,5 @@ TARGET = CoreMLTarget(
           "model.prefill.mlpackage", prefill_chunk=DEMO_PREFILL_CHUNK)),
     "xlstm_export.coreml.emit:CoreMLOptions", builder="xlstm_export.coreml.emit:build",
     runner="xlstm_export.coreml.runner:open_runner", contract_reader="xlstm_export.coreml.runner:contract_of",
-    requires=("coremltools",), extra="coreml", quant_schemes=QUANT_SCHEMES)
+    requires=("coremltools",), extra="coreml", quant_schemes=QUANT_SCHEMES,
+    policies="xlstm_export.coreml.policy:POLICIES")

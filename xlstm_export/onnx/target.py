@@ -118,4 +118,5 @@ TARGET = OnnxTarget(
           prefill_chunk=DEMO_PREFILL_CHUNK)),
     "xlstm_export.onnx.emit:OnnxOptions", builder="xlstm_export.onnx.emit:build_artifact",
     runner="xlstm_export.onnx.runner:open_runner", contract_reader="xlstm_export.onnx.runner:contract_of",
-    requires=("onnx", "onnxruntime"), extra="onnx", quant_schemes=QUANT_SCHEMES)
+    requires=("onnx", "onnxruntime"), extra="onnx", quant_schemes=QUANT_SCHEMES,
+    policies="xlstm_export.onnx.policy:POLICIES")
