@@ -34,7 +34,8 @@ class ExecuTorchRunner(PrefillCalls):
         from .emit import import_executorch
 
         import_executorch()
-        from executorch.runtime import Runtime
+        with quiet():  # its pybindings warn that the API is experimental
+            from executorch.runtime import Runtime
 
         self.path = Path(path)
         where = str(self.path)
