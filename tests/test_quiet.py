@@ -102,3 +102,30 @@ def test_quiet_cuts_a_long_replay():
     lines = res.stderr.splitlines()
     assert lines[0] == "x" * HELD_REPLAY_MAX, len(lines[0])
     assert lines[1] == f"[xlstm-export: {3 * HELD_REPLAY_MAX} bytes of library messages, the rest cut]", lines[1:]
+
+
+# What silences output; only quiet.py may use it (issue 23 found five ways in seven files).
+SILENCERS = {("warnings", "simplefilter"), ("warnings", "filterwarnings"), ("warnings", "catch_warnings"),
+             ("contextlib", "redirect_stdout"), ("contextlib", "redirect_stderr"), ("os", "dup2"),
+             ("logging", "disable"), ("*", "setLevel")}
+
+
+def test_only_quiet_silences_library_output():
+    import ast
+
+    import xlstm_export
+
+    root = Path(xlstm_export.__file__).resolve().parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "quiet.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute):
+                owner = node.value.id if isinstance(node.value, ast.Name) else "*"
+                if (owner, node.attr) in SILENCERS or ("*", node.attr) in SILENCERS:
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno}: {owner}.{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and node.module in ("warnings", "contextlib", "os", "logging"):
+                found += [f"{path.relative_to(root.parent)}:{node.lineno}: from {node.module} import {a.name}"
+                          for a in node.names if (node.module, a.name) in SILENCERS]
+    assert not found, "silencing outside xlstm_export/quiet.py (use quiet()):\n" + "\n".join(found)
