@@ -192,7 +192,7 @@ def generate(checkpoint: Checkpoint, prompt: Optional[str] = None, *, prompt_ids
     generation config (unless ``ignore_eos``) or ``max_new_tokens``. ``on_token(id)`` sees each new token,
     ``on_text(piece)`` the text it adds (its id and a space without a tokenizer)."""
     from .reference import build_model
-    from .text.files import load_tokenizer
+    from .frontends.text import load_tokenizer
     from .text.generation import reference_step
 
     graph = checkpoint if isinstance(checkpoint, Graph) else load_checkpoint(checkpoint, format, revision)

@@ -13,7 +13,6 @@ tokens and keeps, per Linear, the Hessian ``X^T X`` of its inputs (``in x in`` f
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -27,10 +26,6 @@ from .lowering.quant import Compression
 QUANT_FIELDS = ("quantize", "block_size", "keep", "quant_method", "calibration", "asymmetric")
 MAX_CALIBRATION_TOKENS = 8192
 CALIBRATION_WINDOW = 512  # tokens per reference forward (one sequence from an empty state each)
-
-# nn.Linear -> the canonical prefix of its weight (``blocks.0.mlstm.q``): filled by the reference model's
-# builder, read by the calibration hooks; weak, so it never keeps a model alive
-LINEAR_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def compression_for(graph: Graph, target: str, quantize: str = "none", block_size: int = 32,
@@ -116,7 +111,7 @@ def calibrate(graph: Graph, ids: np.ndarray, window: int = CALIBRATION_WINDOW) -
     import torch
     from torch import nn
 
-    from .reference import build_model
+    from .reference.model import LINEAR_NAMES, build_model
 
     model = build_model(graph, device="cpu").set_kernel("chunkwise", chunk_size=min(64, window))
     hess: Dict[str, torch.Tensor] = {}
@@ -144,5 +139,5 @@ def calibrate(graph: Graph, ids: np.ndarray, window: int = CALIBRATION_WINDOW) -
     return {k: v.numpy() for k, v in hess.items()}
 
 
-__all__ = ["CALIBRATION_WINDOW", "LINEAR_NAMES", "MAX_CALIBRATION_TOKENS", "QUANT_FIELDS", "calibrate",
+__all__ = ["CALIBRATION_WINDOW", "MAX_CALIBRATION_TOKENS", "QUANT_FIELDS", "calibrate",
            "calibration_ids", "compression_for"]

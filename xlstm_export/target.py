@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -62,6 +62,7 @@ class Kind:
     demo_precision: str
     filename: str  # what the demo calls its file
     sweep: bool = True  # exported by what sweeps the registry (demo, parity matrix, reliability); else tested alone
+    owner: Optional["Target"] = field(default=None, compare=False, repr=False)  # set by the Target declaring it
 
     def cli_words(self) -> list:
         """The CLI words that export this kind: ``[target, "--scan"]``, ``[target, "--prefill-chunk", "8"]``."""
@@ -75,9 +76,7 @@ class Kind:
 
     def emit(self, graph, out: str | os.PathLike, **options):
         """Export ``graph`` as this kind (``options`` are the target's, e.g. ``precision="fp16"``)."""
-        from .targets import TARGETS
-
-        return TARGETS[self.target].emit(graph, out, **{**options, **self.fixed})
+        return self.owner.emit(graph, out, **{**options, **self.fixed})
 
 
 def kind(name: str, target: str, tolerances: Mapping[str, Tolerance], modes: Tuple[str, ...], demo_precision: str,
@@ -120,7 +119,7 @@ class Target:
         self.summary = summary  # the command's help line
         self.suffixes = suffixes  # artifact path suffixes; the first is what exports write
         self.options = options
-        self.kinds = kinds
+        self.kinds = tuple(replace(k, owner=self) for k in kinds)
         # "module:attr" references, imported when first used (the declaration imports no heavy library):
         self._options_class = options_class  # the options dataclass (or a function returning it)
         self.builder = builder  # (graph, options, out) -> Build
@@ -134,6 +133,11 @@ class Target:
 
     def __repr__(self) -> str:
         return f"<Target {self.name} {'/'.join(self.suffixes)}>"
+
+    @property
+    def package(self) -> str:
+        """The package that declares this target (where everything it knows lives)."""
+        return type(self).__module__.rpartition(".")[0] or type(self).__module__
 
     # -- what is it ------------------------------------------------------------------------------------
     @property

@@ -70,7 +70,7 @@ def upstream_decode(name: str, model, prompt: torch.Tensor, n: int):
         logits, state = out.logits, out.cache_params
 
         def step(tok, s):
-            o = model(tok, cache_params=s, use_cache=True)
+            o = model(tok, cache=s, use_cache=True)
             return o.logits, o.cache_params
     elif name.startswith("large"):
         logits, state = model(prompt)

@@ -23,9 +23,7 @@ and options give byte-identical files.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -45,6 +43,7 @@ from .policy import policy_for
 from ..lowering.inventory import weight_specs
 from ..lowering.quant import Compression, check_blocks
 from ..validation.contract import judged_precision
+from ..quiet import quiet
 from ..outputs import WRITE_ERRNOS, Artifact, normalise_modes, room_at, scratch_for
 from ..target import Build
 from .target import swift_path_for
@@ -179,7 +178,7 @@ def convert(prog, workdir: Optional[Path] = None, where: str = "the Core ML pack
     try:
         if workdir is not None:
             tempfile.tempdir = str(workdir)
-        with contextlib.redirect_stderr(io.StringIO()):  # coremltools' per-pass progress bars
+        with quiet():  # coremltools' per-pass progress bars
             return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
                               compute_precision=ct.precision.FLOAT32, skip_model_load=True)
     except OSError as e:

@@ -33,9 +33,7 @@ Backends: ``xnnpack`` (CPU: Android, iOS, Linux, macOS; runs here through ``exec
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -46,6 +44,7 @@ from ..graphs import Graph
 from ..graphs.io import dumps, io_contract
 from ..lowering.model import check_prefill_chunk
 from ..reference.kernels import elementary_logsigmoid
+from ..quiet import quiet
 from ..outputs import Artifact
 from ..target import Build
 from .fuse import fuse_shared_input_linears
@@ -124,21 +123,10 @@ def _step_module(model):
 
 
 def import_executorch():
-    """``executorch.exir``, imported with the import-time notes of torchao / torch's pytree (logged as
-    warnings, not about this tool) held back."""
-    import logging
-
-    noisy = [logging.getLogger(n) for n in ("torch.utils._pytree", "torchao", "coremltools")]
-    levels = [lg.level for lg in noisy]
-    for lg in noisy:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import executorch.exir as exir
-    finally:
-        for lg, level in zip(noisy, levels):
-            lg.setLevel(level)
+    """``executorch.exir``, imported with the import-time notes of torchao / torch's pytree / coremltools
+    (logged as warnings, not about this tool) held back."""
+    with quiet():
+        import executorch.exir as exir
     return exir
 
 
@@ -157,8 +145,7 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
         names = plan(graph, options.quantize, gs, options.keep)
         progress.note(f"quantizing {len(names)} linear weights ({options.quantize}"
                       + (f", groups of {gs}" if gs else ", per channel") + ")")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():  # torchao's deprecations
             quantize_model(graph, model, options.quantize, gs, names)
     xnnpack = options.backend == "xnnpack"
     if xnnpack and options.quantize == "none":
@@ -166,20 +153,21 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
     B = options.batch_size
     states = model.init_states(B)
     methods = {}
-    with torch.no_grad(), warnings.catch_warnings(), \
-            (elementary_logsigmoid() if xnnpack else contextlib.nullcontext()):
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), (elementary_logsigmoid() if xnnpack else contextlib.nullcontext()):
         step = _step_module(model)
         progress.note("torch.export of the decode step")
-        methods["forward"] = export(step, (torch.zeros(B, 1, dtype=torch.long), *states), strict=False)
+        with quiet():  # torch.export's notes and deprecations
+            methods["forward"] = export(step, (torch.zeros(B, 1, dtype=torch.long), *states), strict=False)
         if options.prefill_chunk is not None:
             T = options.prefill_chunk
             model.set_kernel("chunkwise", T)
             progress.note(f"torch.export of the prefill method ({T} tokens, chunkwise)")
-            methods[PREFILL_METHOD] = export(step, (torch.zeros(B, T, dtype=torch.long), *states), strict=False)
+            with quiet():
+                methods[PREFILL_METHOD] = export(step, (torch.zeros(B, T, dtype=torch.long), *states),
+                                                 strict=False)
         progress.note(f"lowering to ExecuTorch ({options.backend})")
         try:
-            with _quiet():
+            with quiet():  # the lowering's own prints and logging (coremltools' progress bars, XNNPACK notes)
                 return to_edge_transform_and_lower(
                     methods, partitioner=[_partitioner(options.backend)],
                     transform_passes=[xnnpack_friendly_pass()] if options.backend == "xnnpack" else None,
@@ -201,21 +189,6 @@ def _partitioner(backend: str):
     spec = CoreMLBackend.generate_compile_specs(minimum_deployment_target=ct.target.iOS18,
                                                 compute_precision=ct.precision.FLOAT16)
     return CoreMLPartitioner(compile_specs=spec)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The lowering's own prints and logging (coremltools' progress bars, XNNPACK notes) stay off the CLI."""
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def build(graph: Graph, options: ExecuTorchOptions, out_path: Path) -> Build:

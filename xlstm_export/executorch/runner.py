@@ -8,8 +8,6 @@ only where Core ML does (macOS): elsewhere opening it is a :class:`~xlstm_export
 
 from __future__ import annotations
 
-import contextlib
-import os
 import platform
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -18,26 +16,10 @@ import numpy as np
 
 from ..errors import ArtifactError, RuntimeUnavailable, UnsupportedError, first_line
 from ..graphs import Graph
+from ..quiet import quiet
 from ..validation.contract import check_contract, check_run_args, contract_batch_size, parse_contract, state_slots
 from ..validation.runner import PrefillCalls, PrefillPlan, prefill_plan
 from .emit import CONTRACT_METHOD, TARGET
-
-
-@contextlib.contextmanager
-def _fd2_quiet():
-    """ExecuTorch's C++ runtime logs CPU-probe notes on file descriptor 2; keep them off the CLI's stderr."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 class ExecuTorchRunner(PrefillCalls):
@@ -52,14 +34,15 @@ class ExecuTorchRunner(PrefillCalls):
         from .emit import import_executorch
 
         import_executorch()
-        from executorch.runtime import Runtime
+        with quiet():  # its pybindings warn that the API is experimental
+            from executorch.runtime import Runtime
 
         self.path = Path(path)
         where = str(self.path)
         if not self.path.is_file():
             raise ArtifactError(f"{where}: no such ExecuTorch program (a regular .pte file)")
         try:
-            with _fd2_quiet():
+            with quiet():  # the C++ runtime's CPU-probe notes on file descriptor 2
                 self.program = Runtime.get().load_program(self.path)
                 text = self.program.load_method(CONTRACT_METHOD).execute([])
         except Exception as e:  # the runtime raises RuntimeError/ValueError of its own for foreign files
@@ -92,7 +75,7 @@ class ExecuTorchRunner(PrefillCalls):
                                      f"ML delegate); validate it there")
         self.prefill: Optional[PrefillPlan] = prefill_plan(self.contract, where)
         try:
-            with _fd2_quiet():
+            with quiet():
                 self._forward = self.program.load_method("forward")
                 self._prefill = self.program.load_method(self.prefill.where) if self.prefill else None
         except Exception as e:  # the runtime's own errors (a method the program lacks, a delegate missing here)
@@ -127,15 +110,12 @@ class ExecuTorchRunner(PrefillCalls):
         q = self.contract.get("quantization")  # written with a quantization scheme only (emit.contract_for)
         if not isinstance(q, dict):
             return None
-        import warnings
-
         from ..reference import build_model
         from ..validation.reference_runner import TorchModuleRunner
         from .quantize import quantize_model
 
         model = build_model(graph, device="cpu").eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():  # torchao's deprecations
             quantize_model(graph, model, self.precision, q.get("group_size"), list(q.get("weights", [])))
         runner = TorchModuleRunner(model, self.batch_size)
         runner.runtime = f"PyTorch eager, weights and activations quantized {self.precision} (torchao)"

@@ -336,7 +336,7 @@ def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None, revis
     else:
         from .profile import load_profile
         graph = load_profile(d, file)
-    from ..text.files import read_text_bundle
+    from .text import read_text_bundle
 
     text = read_text_bundle(d, graph.config.vocab_size)
     return graph if text is None else dataclasses.replace(graph, text=text)

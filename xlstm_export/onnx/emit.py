@@ -17,7 +17,7 @@ Prefill graph (``--prefill-chunk T``), written *with* the step graph, the weight
 file (``model.onnx`` + ``model.prefill.onnx`` + ``model.onnx.data``)::
 
     input_ids (B, T) int64, T static --Gather--> rows (B*T, E) --blocks, chunkwise--> head --> logits (B, T, V)
-    <state> (the step graph's contract) ------------------------^  \--> <state>.next
+    <state> (the step graph's contract) ------------------------^  \\--> <state>.next
 
 mLSTM blocks run the chunkwise form (``lowering.layers.mlstm_chunk``: the cumulative gate sum is a
 matmul with a constant lower-triangular matrix, the causal mask a constant), sLSTM blocks are unrolled

@@ -51,7 +51,6 @@ import re
 import shutil
 import signal
 import sys
-import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +66,7 @@ from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
 from ..outputs import Artifact, room_at, scratch_for
+from ..quiet import quiet
 from ..target import Build
 
 TARGET = "torchscript"
@@ -132,8 +132,7 @@ def script_model(graph: Graph, precision: str = "fp32"):
     from ..reference import build_model
 
     model = build_model(graph, device="cpu", dtype=precision)
-    with warnings.catch_warnings(), isolated_scripting():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still supported
+    with quiet(), isolated_scripting():  # torch.jit is deprecated (a warning), still supported
         return torch.jit.script(model)
 
 
@@ -181,13 +180,11 @@ def save_raw(scripted, raw: Path, extra_files: dict) -> None:
         if free < need:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the export needs about {need} bytes "
                                         f"there, {free} are free", str(raw))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with quiet():
             torch.jit.save(scripted, str(raw), _extra_files=extra_files)
         return
     r, w = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Python >= 3.12: fork of a threaded process
+    with quiet():  # Python >= 3.12 warns of a fork of a threaded process
         pid = os.fork()
     if pid == 0:  # the child: save, say why not, never return
         code = 1
@@ -195,11 +192,8 @@ def save_raw(scripted, raw: Path, extra_files: dict) -> None:
             os.close(r)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 2)  # std::terminate's message is not for the user
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with quiet():  # std::terminate's message is not for the user
                     torch.jit.save(scripted, str(raw), _extra_files=extra_files)
                 code = 0
             except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides

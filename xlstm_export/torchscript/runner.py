@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ArtifactError, first_line
 from ..graphs import Graph
+from ..quiet import quiet
 from ..validation.contract import IO_KEY, check_contract, contract_batch_size, parse_contract, state_slots
 from ..validation.reference_runner import TorchModuleRunner
 
@@ -40,7 +41,8 @@ class TorchScriptRunner(TorchModuleRunner):
         self.trusted = bool(trust_artifact)
         extra = {IO_KEY: ""}
         try:
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            with quiet():  # torch.jit is deprecated (a warning), still supported
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         except (RuntimeError, ValueError, OSError) as e:
             first = first_line(e)
             raise ArtifactError(f"{path}: not a loadable TorchScript archive ({first})") from None
