@@ -1,6 +1,8 @@
 """`make demo` in small: one bundled example, the ONNX step target (``--quick``), in-process.
 
-The full demo (both examples x every target) is ``make demo``, not part of ``make test``.
+The demo is example code (``examples/demo.py``, imported with ``examples/`` on sys.path: conftest.py); the full
+demo (every example x every target) is ``make demo``, the whole matrix ``make demo-all``; neither is part of
+``make test``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 
 import pytest
 
-from xlstm_export import demo
+import demo  # examples/demo.py
 
 
 @pytest.fixture(scope="module")
