@@ -73,11 +73,12 @@ LM_VARIANTS = {"coreml-prefill": ("int8", "int4"), "onnx-prefill": ("int8", "int
 TASK_VARIANTS = {"executorch": ("8da8w", "8da4w")}  # the task examples: the quantized programs
 # perplexity against the full-precision reference's: what each precision may cost (compression issue)
 LM_PPL_RATIO = {"": 1.01, "int8": 1.005, "int4": 1.02, "8da8w": 1.005, "8da4w": 1.02}
-# top-1 agreement floors on the demo's 512 tokens (the start of heldout.txt is a docstring in English prose,
-# the hardest text for this code model: int4 GPTQ agrees 0.88 there, 0.90 over 2048 tokens). The compression
-# acceptance (2048 tokens: int4 >= 0.90, >= 0.95 confident) is asserted by tests/test_compress.py and
-# measured per target in benchmarks/COMPRESSION.md.
-LM_MIN_TOP1 = {"": 0.97, "int8": 0.97, "int4": 0.85, "8da8w": 0.97, "8da4w": 0.85}
+# top-1 agreement floors on --all's 512 tokens (the start of heldout.txt is a docstring in English prose,
+# the hardest text for this code model: int4 GPTQ agrees 0.88 there, 0.90 over 2048 tokens; ExecuTorch 8da8w,
+# whose activations are int8 too, 0.973). make demo's 256 tokens are the start of the same text and score
+# full-precision artifacts only (0.998-1.000 at 512). The compression acceptance (2048 tokens: int4 >= 0.90,
+# >= 0.95 confident) is asserted by tests/test_compress.py and measured per target in benchmarks/COMPRESSION.md.
+LM_MIN_TOP1 = {"": 0.97, "int8": 0.97, "int4": 0.85, "8da8w": 0.96, "8da4w": 0.85}
 SWEPT = tuple(swept_kinds())  # every registered artifact kind the registry sweeps
 MARKER = ".xlstm-export-demo"
 # make demo leaves these (example, kind) pairs to make demo-all: the language model's ExecuTorch program spends
