@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench fuzz clean
+.PHONY: setup test demo demo-all bench fuzz clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,10 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 demo: setup
-	$(PY) -m xlstm_export.demo --out demo-out
+	$(PY) examples/demo.py --out demo-out
+
+demo-all: setup
+	$(PY) examples/demo.py --out demo-out --all
 
 bench: setup
 	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md

@@ -154,13 +154,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     graph = load_checkpoint(a.checkpoint)
     if a.task:
-        from xlstm_export.validation.prompts import task_prompts
+        import sys
 
-        first = task_prompts(a.checkpoint, 1)
-        if not first:
-            raise SystemExit(f"{a.checkpoint}: no train_log.json naming a task")
-        seqs = task_prompts(a.checkpoint, -(-a.tokens // len(first[0])))  # back to back, one long sequence
-        ids = np.array([sum(seqs, [])[: a.tokens]], dtype=np.int64)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+        import tasks  # examples/tasks.py: the example task's generator
+
+        log = Path(a.checkpoint) / "train_log.json"
+        info = json.loads(log.read_text()) if log.is_file() else {}
+        if info.get("task", {}).get("name") not in tasks.TASKS:
+            raise SystemExit(f"{a.checkpoint}: no train_log.json naming a task of examples/tasks.py")
+        n = -(-a.tokens // int(info["task"]["seq_len"]))  # held-out sequences back to back, one long sequence
+        seqs, _ = tasks.generate(info["task"], n, int(info.get("eval", {}).get("seed", 0)))
+        ids = seqs.reshape(1, -1)[:, : a.tokens].astype(np.int64)
     else:
         ids = np.random.default_rng(a.seed).integers(0, graph.config.vocab_size, size=(1, a.tokens))
     for r in measure(graph, ids, a.policies.split(",")):

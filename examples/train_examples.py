@@ -8,11 +8,12 @@
 - ``hybrid-copy``: xlstm ``xLSTMLMModel`` (H family, mLSTM + sLSTM blocks) on selective copying;
   config.yaml (xLSTMLMModelConfig fields, upstream README form) + model.safetensors (state_dict).
 
-Deterministic given the seeds below: every training batch is drawn from ``xlstm_export.tasks`` with
+Deterministic given the seeds below: every training batch is drawn from ``tasks.py`` (beside this script) with
 seed ``TRAIN_SEED_BASE + step``; the held-out accuracy uses ``EVAL_SEED`` (< TRAIN_SEED_BASE, so
 never a training batch). After saving, each checkpoint is reloaded from disk with the upstream
 library (CPU inference kernels) and scored; the figures are printed and written to ``train_log.json``
-next to the checkpoint. Not run by ``make test``; the checkpoints are committed.
+next to the checkpoint, with ``validation_prompts.json`` (held-out sequences at ``EVAL_SEED`` that
+validation adds to its seeded prompts). Not run by ``make test``; the checkpoints are committed.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: import xlstm_export from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # and tasks.py from beside this script
 
-from xlstm_export import tasks  # noqa: E402
+import tasks  # noqa: E402
 
 TRAIN_SEED_BASE = 1_000_000
 EVAL_SEED = 7
@@ -288,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": platform.processor() or platform.machine(),
         }
         (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
+        tasks.write_validation_prompts(out, spec["task"], EVAL_SEED)
         print(f"{name}: {json.dumps(figures)}  weights {size / 1e6:.2f} MB", flush=True)
     return 0
 

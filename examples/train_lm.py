@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         prep = json.loads((args.work / "prepare.json").read_text())
         log = {
             "command": " ".join(["python", "examples/train_lm.py", *(argv if argv is not None else sys.argv[1:])]),
-            # a task name xlstm_export.tasks does not generate: validation uses its seeded prompts only
+            # no validation_prompts.json: validation uses its seeded prompts (and --heldout text)
             "task": {"name": "language_modeling", "text": "heldout.txt"},
             "settings": SETTINGS, "corpus": prep, **figures,
         }

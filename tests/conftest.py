@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "examples"))  # examples/tasks.py, demo.py
 
 from fixtures import FIXTURES, FixtureUnavailable, load_upstream  # noqa: E402
 

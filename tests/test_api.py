@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import xlstm_export as xe
-from xlstm_export import progress
-from xlstm_export.errors import OutputError, UnsupportedError
+from xlstm_export import progress, resources
+from xlstm_export.errors import ConfigError, OutputError, UnsupportedError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "hybrid-copy"
@@ -54,6 +54,130 @@ def test_export_and_validate_from_python(tmp_path):
     with pytest.raises(UnsupportedError, match=r"must end in \.onnx"):
         xe.export(str(EXAMPLE), "onnx", tmp_path / "m.mlpackage")
     assert sorted(xe.targets.TARGETS) == ["coreml", "executorch", "onnx", "torchscript"]
+
+
+# -- the API makes every check the CLI makes (the CLI parses flags and calls it) ----------------------------
+NO_CKPT = "no-such-checkpoint"  # never read: each check below comes before the checkpoint or artifact is
+BOUNDED_CALLS = [  # (call, flag, the message's range): the CLI's option ranges (tests/test_cli_bounds.py)
+    (lambda d: xe.generate(d / NO_CKPT, prompt_ids=[1], max_new_tokens=10 ** 7), "--max-new-tokens",
+     f"0<=x<={resources.MAX_NEW_TOKENS}"),
+    (lambda d: xe.run(d / "m.onnx", prompt_ids=[1], max_new_tokens=10 ** 7), "--max-new-tokens",
+     f"0<=x<={resources.MAX_NEW_TOKENS}"),
+    (lambda d: xe.run(d / "m.onnx", prompt_ids=[1], max_new_tokens=-1), "--max-new-tokens", "0<=x<="),
+    (lambda d: xe.generate(d / NO_CKPT, prompt_ids=[1], top_k=2 ** 31), "--top-k", f"0<=x<={resources.MAX_TOP_K}"),
+    (lambda d: xe.generate(d / NO_CKPT, prompt_ids=[1], temperature=1e5), "--temperature",
+     f"<=x<={resources.MAX_TEMPERATURE}"),
+    (lambda d: xe.generate(d / NO_CKPT, prompt_ids=[1], top_p=0.0), "--top-p", "0<x<=1"),
+    (lambda d: xe.run(d / "m.onnx", prompt_ids=[1], seed=-1), "--seed", f"0<=x<={resources.MAX_SEED}"),
+    (lambda d: xe.validate(d / "m.onnx", d / NO_CKPT, steps=10 ** 5), "--steps", f"0<=x<={resources.MAX_STEPS}"),
+    (lambda d: xe.validate(d / "m.onnx", d / NO_CKPT, prompts=10 ** 6), "--prompts",
+     f"1<=x<={resources.MAX_PROMPTS}"),
+    (lambda d: xe.validate(d / "m.onnx", d / NO_CKPT, prompts=0), "--prompts", "1<=x<="),
+    (lambda d: xe.validate(d / "m.onnx", d / NO_CKPT, prompt_len=10 ** 7), "--prompt-len",
+     f"1<=x<={resources.MAX_PROMPT_LEN}"),
+    (lambda d: xe.validate(d / "m.onnx", d / NO_CKPT, batch_size=10 ** 9), "--batch-size",
+     f"1<=x<={resources.MAX_BATCH_SIZE}"),
+    (lambda d: xe.validate(d / "m.onnx", d / NO_CKPT, heldout_tokens=1), "--heldout-tokens",
+     f"2<=x<={resources.MAX_HELDOUT_TOKENS}"),
+    (lambda d: xe.validate(d / "m.onnx", d / NO_CKPT, steps=2.5), "--steps", "expected an integer"),
+    (lambda d: xe.export(d / NO_CKPT, "onnx", d / "out" / "m.onnx", batch_size=3 * 10 ** 9), "--batch-size",
+     f"1<=x<={resources.MAX_BATCH_SIZE}"),
+    (lambda d: xe.export(d / NO_CKPT, "coreml", d / "out" / "m.mlpackage", batch_size=0), "--batch-size", "1<=x<="),
+    (lambda d: xe.export(d / NO_CKPT, "onnx", d / "out" / "m.onnx", prefill_chunk=10 ** 6), "--prefill-chunk",
+     "1<=x<=1024"),
+    (lambda d: xe.export(d / NO_CKPT, "onnx", d / "out" / "m.onnx", opset=99), "--opset", "17<=x<=26"),
+    (lambda d: xe.export_and_validate(d / NO_CKPT, "torchscript", d / "out" / "m.pt", steps=10 ** 5), "--steps",
+     f"0<=x<={resources.MAX_STEPS}"),
+    (lambda d: xe.export_and_validate(d / NO_CKPT, "onnx", d / "out" / "m.onnx", batch_size=3 * 10 ** 9),
+     "--batch-size", f"1<=x<={resources.MAX_BATCH_SIZE}"),
+]
+
+
+@pytest.mark.parametrize("call, flag, bounds", BOUNDED_CALLS, ids=[f"{i}{f}" for i, (_, f, _) in enumerate(BOUNDED_CALLS)])
+def test_the_api_refuses_what_the_cli_refuses_before_any_work(tmp_path, call, flag, bounds):
+    """Was: only the CLI's click ranges bounded the counts; xe.run(..., max_new_tokens=10**7) ran. Now the API
+    refuses it, one line naming the flag and its range, before the checkpoint or artifact is read (neither
+    exists here) and before anything is written."""
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError) as e:
+        call(tmp_path)
+    line = str(e.value)
+    assert "\n" not in line and len(line) < 200 and line.startswith(f"{flag}: ") and bounds in line, line
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_cli_and_the_api_share_the_ranges():
+    """The CLI's option ranges (for --help and usage errors) are the API's: the same constants."""
+    import click
+
+    from xlstm_export.cli import main
+
+    def rng(command: str, flag: str):
+        (opt,) = [p for p in main.commands[command].params if flag in p.opts]
+        return opt.type.min, opt.type.max
+
+    assert rng("generate", "--max-new-tokens") == (0, resources.MAX_NEW_TOKENS)
+    assert rng("run", "--top-k") == (0, resources.MAX_TOP_K) and rng("run", "--seed") == (0, resources.MAX_SEED)
+    assert rng("validate", "--steps") == (0, resources.MAX_STEPS) and rng("onnx", "--steps") == (0, resources.MAX_STEPS)
+    assert rng("validate", "--prompts") == (1, resources.MAX_PROMPTS)
+    assert rng("validate", "--heldout-tokens") == (2, resources.MAX_HELDOUT_TOKENS)
+    for target in xe.targets.TARGETS:
+        assert rng(target, "--batch-size") == (1, resources.MAX_BATCH_SIZE), target
+    assert isinstance(main.commands["generate"].params[0].type, (click.types.ParamType,))
+
+
+def test_the_api_checks_the_report_folder_before_reading_anything(tmp_path):
+    """Was: only `xlstm-export validate` checked the report folder before loading the checkpoint."""
+    report = tmp_path / "rep"
+    report.mkdir()
+    (report / "report.json").write_text("{}")
+    with pytest.raises(OutputError, match="already holds a report"):  # the checkpoint does not exist: not read
+        xe.validate(tmp_path / "m.onnx", tmp_path / NO_CKPT, report=report)
+    with pytest.raises(OutputError, match="already holds a report"):
+        xe.export_and_validate(EXAMPLE, "onnx", tmp_path / "m.onnx", report=report)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_api_checks_memory_before_opening_or_writing(tmp_path, monkeypatch):
+    """Was: only the CLI compared a validation's batch with the memory available. Now xe.validate does before the
+    artifact is opened (it does not exist here), and xe.export_and_validate before anything is written; the
+    message names both figures, as the CLI's (tests/test_cli_bounds.py)."""
+    monkeypatch.setattr(resources, "available_memory", lambda: 8 * 1024 ** 2)
+    graph = xe.load_checkpoint(EXAMPLE)
+    per_seq, _ = resources.validation_bytes(graph, 64, 64)  # the example's validation_prompts are 64 tokens
+    with pytest.raises(ConfigError, match="--batch-size 64: validating needs about") as e:
+        xe.validate(tmp_path / "m.onnx", EXAMPLE, batch_size=64)
+    assert resources.human_bytes(per_seq) in str(e.value) and "8.0 MB available" in str(e.value)
+    with pytest.raises(ConfigError, match="--batch-size 64: validating needs about .* or --no-validate"):
+        xe.export_and_validate(EXAMPLE, "onnx", tmp_path / "m.onnx", batch_size=64)
+    assert not (tmp_path / "m.onnx").exists()
+    done = xe.export_and_validate(EXAMPLE, "onnx", tmp_path / "m.onnx", batch_size=64, validate=False)
+    assert done.validation is None and done.artifact.path == tmp_path / "m.onnx" and done.artifact.path.is_file()
+
+
+def test_export_and_validate_is_the_export_command(tmp_path, monkeypatch):
+    """The export command is export_and_validate: the artifact is seen before its validation runs, the figures
+    are the command's; the CLI reaches it (and validate's) rather than checking on its own."""
+    seen = []
+    done = xe.export_and_validate(EXAMPLE, "onnx", tmp_path / "m.onnx", steps=2, report=tmp_path / "r",
+                                  on_artifact=seen.append)
+    assert seen == [done.artifact] and done.validation_skipped is None
+    assert done.validation.passed and done.validation.report["summary"]["max_rel"] <= 1e-4
+    assert (tmp_path / "r" / "report.json").is_file()
+    from click.testing import CliRunner
+
+    from xlstm_export import api
+    from xlstm_export.cli import main
+
+    def refuse(*args, **kw):
+        raise ConfigError(f"reached the API with {sorted(kw)}")
+
+    monkeypatch.setattr(api, "export_and_validate", refuse)
+    monkeypatch.setattr(api, "validate", refuse)
+    for argv in (["onnx", "--checkpoint", EXAMPLE, "-o", tmp_path / "x.onnx"],
+                 ["validate", tmp_path / "m.onnx", "--checkpoint", EXAMPLE]):
+        res = CliRunner().invoke(main, [str(a) for a in argv])
+        assert res.exit_code == 2 and res.stderr.startswith("error: reached the API with "), res.output
 
 
 # -- packaging ------------------------------------------------------------------------------------------

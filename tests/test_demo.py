@@ -1,6 +1,8 @@
 """`make demo` in small: one bundled example, the ONNX step target (``--quick``), in-process.
 
-The full demo (both examples x every target) is ``make demo``, not part of ``make test``.
+The demo is example code (``examples/demo.py``, imported with ``examples/`` on sys.path: conftest.py); the full
+demo (every example x every target) is ``make demo``, the whole matrix ``make demo-all``; neither is part of
+``make test``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 
 import pytest
 
-from xlstm_export import demo
+import demo  # examples/demo.py
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +53,33 @@ def test_rerun_replaces_its_own_output_but_not_a_foreign_folder(quick_run, tmp_p
     assert rc == 2
     assert "did not make" in capsys.readouterr().err
     assert (foreign / "keep.txt").read_text() == "x"
+
+
+def test_make_demo_and_make_demo_all_settings(monkeypatch, tmp_path, capsys):
+    """`make demo`: every example x every swept kind once (the language model's slow ExecuTorch program left to
+    `make demo-all`), fewer held-out sequences and tokens; `make demo-all` (--all): the compressed variants too,
+    on the full counts; kinds named with --targets all run."""
+    seen = []
+
+    def fake_run_demo(out, examples, targets, samples, steps, examples_dir, force, everything, lm_tokens, skip):
+        seen.append(dict(examples=list(examples), targets=list(targets), samples=samples, everything=everything,
+                         lm_tokens=lm_tokens, skip=skip))
+        return {"passed": True, "seconds": 0.0, "table": "", "rows": [], "examples": {}, "skipped": []}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    assert demo.main(["--out", str(tmp_path / "d")]) == 0
+    assert demo.main(["--out", str(tmp_path / "d"), "--all"]) == 0
+    assert demo.main(["--out", str(tmp_path / "d"), "--targets", "executorch", "--examples", "pylm"]) == 0
+    default, everything, named = seen
+    assert default == dict(examples=list(demo.EXAMPLES), targets=list(demo.SWEPT), samples=demo.DEFAULT_SAMPLES,
+                           everything=False, lm_tokens=demo.DEFAULT_LM_TOKENS, skip=None)
+    assert everything == dict(default, samples=demo.ALL_SAMPLES, lm_tokens=demo.ALL_LM_TOKENS, everything=True)
+    assert named["skip"] == {} and named["targets"] == ["executorch"]
+    assert demo.DEFAULT_SAMPLES < demo.ALL_SAMPLES and demo.DEFAULT_LM_TOKENS < demo.ALL_LM_TOKENS
+    for example, kinds in demo.SLOW.items():  # what make demo leaves out, make demo-all runs
+        assert example in demo.EXAMPLES and set(kinds) <= set(demo.SWEPT)
+    for kind, schemes in {**demo.LM_VARIANTS, **demo.TASK_VARIANTS}.items():
+        assert kind in demo.SWEPT and all(q in demo.LM_PPL_RATIO and q in demo.LM_MIN_TOP1 for q in schemes)
+    with pytest.raises(SystemExit) as e:  # bad arguments: exit status 2, nothing run
+        demo.main(["--out", str(tmp_path / "d"), "--targets", "tflite"])
+    assert e.value.code == 2 and len(seen) == 3

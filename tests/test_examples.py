@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from xlstm_export import tasks
+import tasks  # examples/tasks.py
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

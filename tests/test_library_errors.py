@@ -192,8 +192,8 @@ def test_bad_reference_options_are_unsupported(tiny):
         build_model(graph, device="cpu").set_kernel("quadratic")
 
 
-def test_bad_validation_settings_and_task_logs_are_config_errors(tiny, tmp_path):
-    from xlstm_export import tasks
+def test_bad_validation_settings_and_prompt_files_are_config_errors(tiny, tmp_path):
+    import tasks  # examples/tasks.py (example code: the library generates no task)
     from xlstm_export.validation.compare import make_prompts
     from xlstm_export.validation.prompts import task_prompts
     from xlstm_export.validation.reference_runner import ReferenceRunner
@@ -211,14 +211,23 @@ def test_bad_validation_settings_and_task_logs_are_config_errors(tiny, tmp_path)
         tasks.generate({"name": "sorting", "seq_len": 8}, 2, 0)
     with pytest.raises(ConfigError, match="field 'vocab_size' is missing"):  # was: KeyError
         tasks.generate({"name": "in_context_recall", "seq_len": 8}, 2, 0)
-    log = tmp_path / "train_log.json"
-    log.write_text(json.dumps({"task": {"name": "in_context_recall", "seq_len": 8, "vocab_size": 8},
-                               "eval": {"seed": math.inf}}).replace("Infinity", "1e999"))
-    with pytest.raises(ConfigError, match="train_log.json: field 'eval'"):  # was: OverflowError from int(inf)
+    # the library reads a checkpoint's held-out prompts as data (validation_prompts.json), checked as it reads
+    prompts = tmp_path / "validation_prompts.json"
+    prompts.write_text('{"prompts": [[1, 2], [3, ')
+    with pytest.raises(ConfigError, match="validation_prompts.json: cannot read the held-out prompts"):
         task_prompts(tmp_path)
-    log.write_text(json.dumps({"task": {"name": "in_context_recall", "seq_len": "8", "vocab_size": 8}}))
-    with pytest.raises(ConfigError, match="train_log.json: cannot generate .* seq_len must be an integer"):
+    prompts.write_text(json.dumps({"prompts": [[1, 2], [3, "8"]]}))
+    with pytest.raises(ConfigError, match=r"validation_prompts.json: field 'prompts\[1\]': expected a non-empty list"):
         task_prompts(tmp_path)
+    prompts.write_text(json.dumps({"prompts": [[1, 2], [3, math.inf]]}).replace("Infinity", "1e999"))
+    with pytest.raises(ConfigError, match=r"field 'prompts\[1\]'"):  # a float, not a token id
+        task_prompts(tmp_path)
+    prompts.write_text(json.dumps([[1, 2]]))
+    with pytest.raises(ConfigError, match="expected an object whose 'prompts' is a list of token-id lists, got list"):
+        task_prompts(tmp_path)
+    prompts.write_text(json.dumps({"prompts": [[1, 2], [0, 5, 7]]}))
+    assert task_prompts(tmp_path) == [[1, 2], [0, 5, 7]]
+    assert task_prompts(tmp_path / "model.safetensors") == [[1, 2], [0, 5, 7]]  # a weights file: its folder's
 
 
 def test_tampered_contract_is_an_artifact_error(tiny):

@@ -15,8 +15,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"load_checkpoint", "export", "validate", "generate", "run", "open_for_generation", "Generation", "Artifact",
-        "Graph"}
+_API = {"load_checkpoint", "export", "validate", "export_and_validate", "generate", "run", "open_for_generation",
+        "Generation", "Exported", "Artifact", "Graph"}
 _ELSEWHERE = {
     "ValidationResult": "xlstm_export.validation",
     "XlstmExportError": "xlstm_export.errors",

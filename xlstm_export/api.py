@@ -10,7 +10,10 @@
 The targets and their options: ``xlstm_export.targets.TARGETS`` (what ``xlstm-export <target> --help``
 shows). ``checkpoint`` arguments take a path (format detected, or ``format=``) or an already loaded ``Graph``.
 Errors are :class:`~xlstm_export.errors.XlstmExportError` subclasses whose ``exit_code`` is what the CLI
-exits with (2: bad input, 1: outside tolerance).
+exits with (2: bad input, 1: outside tolerance). Every check the CLI makes is made here, before any work: count
+limits (``xlstm_export.resources``: ``max_new_tokens``, ``steps``, ``prompts``, a target's integer options...),
+the report folder, and the memory a validation at the asked batch needs; the CLI parses its flags and calls
+these functions.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import List, Optional, Sequence, Union
 
 from .graphs import Graph
 from .outputs import Artifact
+from .resources import (MAX_BATCH_SIZE, MAX_HELDOUT_TOKENS, MAX_NEW_TOKENS, MAX_PROMPT_LEN, MAX_PROMPTS, MAX_SEED,
+                        MAX_STEPS, MAX_TEMPERATURE, MAX_TOP_K, OPTION_MAX, check_range)
 
 Checkpoint = Union[str, os.PathLike, Graph]
 
@@ -36,8 +41,18 @@ def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None, revis
     return _load(path, format=format, **({"revision": revision} if revision is not None else {}))
 
 
-def _graph(checkpoint: Checkpoint, format: Optional[str]) -> Graph:
-    return checkpoint if isinstance(checkpoint, Graph) else load_checkpoint(checkpoint, format)
+def _graph(checkpoint: Checkpoint, format: Optional[str], revision: Optional[str] = None) -> Graph:
+    return checkpoint if isinstance(checkpoint, Graph) else load_checkpoint(checkpoint, format, revision)
+
+
+def check_target_options(target, options: dict) -> None:
+    """The integer options of ``target`` (a :class:`~xlstm_export.targets.Target`) within the ranges its
+    registration (and ``resources.OPTION_MAX``) declares, as the CLI's ``--batch-size``, ``--prefill-chunk``...
+    are: a ConfigError naming the flag otherwise. Options it does not declare are the emitter's to judge."""
+    for opt in target.options:
+        if opt.dest in options and not (opt.is_flag or opt.choices or opt.text):
+            check_range(opt.flag, options[opt.dest], opt.min,
+                        opt.max if opt.max is not None else OPTION_MAX.get(opt.dest), optional=True)
 
 
 def export(checkpoint: Checkpoint, target: str, output: str | os.PathLike, *, format: Optional[str] = None,
@@ -52,6 +67,7 @@ def export(checkpoint: Checkpoint, target: str, output: str | os.PathLike, *, fo
 
     t = target_named(target)
     t.check_path(Path(output))  # before reading the checkpoint
+    check_target_options(t, options)
     return t.emit(_graph(checkpoint, format), output, force=force, **options)
 
 
@@ -59,25 +75,50 @@ def validate(artifact: str | os.PathLike, checkpoint: Checkpoint, *, format: Opt
              report: Optional[str | os.PathLike] = None, force: bool = False, steps: int = 10, prompts: int = 3,
              prompt_len: int = 12, seed: int = 0, batch_size: Optional[int] = None,
              extra_prompts: Optional[Sequence[Sequence[int]]] = None, trust_artifact: bool = False,
-             heldout: Optional[str | os.PathLike | Sequence[int]] = None, heldout_tokens: int = 1024):
+             heldout: Optional[str | os.PathLike | Sequence[int]] = None, heldout_tokens: int = 1024,
+             revision: Optional[str] = None):
     """Compare the artifact at ``artifact`` with the reference model of ``checkpoint``: each prompt's
     prefill, then ``steps`` greedy decode steps fed the reference's tokens. Returns a
     :class:`~xlstm_export.validation.ValidationResult` (``passed``, ``report`` dict, ``summary_line()``,
     ``raise_if_failed()``); it does not raise on parity. ``report``: a folder for report.json/.md/.html
-    (an existing report is replaced only with ``force``). ``extra_prompts`` default to the example task's
-    held-out sequences when the checkpoint folder has a ``train_log.json``. The artifact must be what
+    (an existing report is replaced only with ``force``). ``extra_prompts`` default to the held-out prompts
+    of the checkpoint folder's ``validation_prompts.json`` (the bundled examples carry their task's). Before
+    anything is read: the counts' ranges (``steps`` <= ``resources.MAX_STEPS``, ...) and the report folder;
+    before the artifact is opened: the memory a validation at ``batch_size`` (default 1) needs against what
+    this machine has available (ConfigError, one line, naming both). The artifact must be what
     xlstm-export writes for what its I/O contract declares (checked first: a TorchScript archive record by
     record before its code is loaded and run, the others' tensor dtypes and shapes against the declared
     precision, which picks the tolerance); ``trust_artifact=True`` skips that check, for artifacts you
     trust (it then loads and runs a TorchScript archive's code, whatever it does). ``heldout``: a text
     file (tokenized with the checkpoint's tokenizer.json), a ``.ids`` file or token ids: the report adds
     perplexity and top-1 agreement against the full-precision reference on its first ``heldout_tokens``."""
-    from .validation import validate_artifact
-    from .validation.prompts import task_prompts
+    from .validation.report import check_report_dir
 
-    graph = _graph(checkpoint, format)
-    if extra_prompts is None:
-        extra_prompts = task_prompts(checkpoint) if not isinstance(checkpoint, Graph) else []
+    check_range("--steps", steps, 0, MAX_STEPS)
+    check_range("--prompts", prompts, 1, MAX_PROMPTS)
+    check_range("--prompt-len", prompt_len, 1, MAX_PROMPT_LEN)
+    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, optional=True)
+    check_range("--heldout-tokens", heldout_tokens, 2, MAX_HELDOUT_TOKENS)
+    if report is not None:
+        check_report_dir(report, force)  # before reading anything
+    graph = _graph(checkpoint, format, revision)
+    if extra_prompts is None and not isinstance(checkpoint, Graph):
+        from .validation.prompts import task_prompts
+
+        extra_prompts = task_prompts(graph.source)
+    return _validate(artifact, graph, report=report, force=force, steps=steps, prompts=prompts,
+                     prompt_len=prompt_len, seed=seed, batch_size=batch_size, extra_prompts=extra_prompts or [],
+                     trust_artifact=trust_artifact, heldout=heldout, heldout_tokens=heldout_tokens)
+
+
+def _validate(artifact, graph: Graph, *, report, force: bool, steps: int, prompts: int = 3, prompt_len: int = 12,
+              seed: int = 0, batch_size: Optional[int] = None, extra_prompts: Sequence[Sequence[int]] = (),
+              trust_artifact: bool = False, heldout=None, heldout_tokens: int = 1024):
+    """:func:`validate` once its arguments and the report folder are checked and the graph is loaded."""
+    from .resources import check_validation_memory
+    from .validation import validate_artifact
+
+    check_validation_memory(graph, batch_size or 1, max([prompt_len, *map(len, extra_prompts)]))  # before opening
     if isinstance(heldout, (str, os.PathLike)):
         from .compress import calibration_ids
 
@@ -86,7 +127,7 @@ def validate(artifact: str | os.PathLike, checkpoint: Checkpoint, *, format: Opt
         heldout = list(heldout)[:heldout_tokens]
     return validate_artifact(artifact, graph, batch_size=batch_size, steps=steps, num_prompts=prompts,
                              prompt_len=prompt_len, seed=seed, extra_prompts=extra_prompts, report_dir=report,
-                             force=force, trust_artifact=trust_artifact, heldout=heldout)
+                             force=force, trust_artifact=trust_artifact, heldout=heldout, report_checked=True)
 
 
 def open_for_generation(artifact: str | os.PathLike, *, checkpoint: Optional[Checkpoint] = None,
@@ -177,9 +218,15 @@ def _generation(step, tokenizer, eos, vocab: int, where: str, prompt, prompt_ids
     return Generation(ids, tokens, decode(tokenizer, tokens) if tokenizer is not None else None, stop)
 
 
-def _sampling(temperature: float, top_k: int, top_p: float, seed: int):
+def _sampling(temperature: float, top_k: int, top_p: float, seed: int, max_new_tokens: int):
+    """The sampling settings, every count and number within the CLI's ranges (checked before any work)."""
     from .text.generation import Sampling
 
+    check_range("--max-new-tokens", max_new_tokens, 0, MAX_NEW_TOKENS)
+    check_range("--temperature", temperature, 0, MAX_TEMPERATURE, integer=False)
+    check_range("--top-k", top_k, 0, MAX_TOP_K)
+    check_range("--top-p", top_p, 0, 1, integer=False, min_open=True)
+    check_range("--seed", seed, 0, MAX_SEED)
     return Sampling(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
 
 
@@ -190,13 +237,14 @@ def generate(checkpoint: Checkpoint, prompt: Optional[str] = None, *, prompt_ids
     """Continue ``prompt`` (text, encoded with the checkpoint's tokenizer.json) or ``prompt_ids`` with the
     PyTorch reference model of ``checkpoint``: greedy (``temperature=0``) or sampled, until an EOS id of its
     generation config (unless ``ignore_eos``) or ``max_new_tokens``. ``on_token(id)`` sees each new token,
-    ``on_text(piece)`` the text it adds (its id and a space without a tokenizer)."""
+    ``on_text(piece)`` the text it adds (its id and a space without a tokenizer). Counts beyond the CLI's
+    ranges (``max_new_tokens`` <= ``resources.MAX_NEW_TOKENS``, ...) are a ConfigError before any work."""
     from .reference import build_model
     from .frontends.text import load_tokenizer
     from .text.generation import reference_step
 
+    sampling = _sampling(temperature, top_k, top_p, seed, max_new_tokens)
     graph = checkpoint if isinstance(checkpoint, Graph) else load_checkpoint(checkpoint, format, revision)
-    sampling = _sampling(temperature, top_k, top_p, seed)
     text = graph.text
     tokenizer = None
     if text is not None and text.has_tokenizer:
@@ -215,7 +263,7 @@ def run(artifact: str | os.PathLike, prompt: Optional[str] = None, *, prompt_ids
     carries (:func:`open_for_generation` says which artifacts need ``checkpoint`` or ``trust_artifact``)."""
     from .text.generation import runner_step
 
-    sampling = _sampling(temperature, top_k, top_p, seed)
+    sampling = _sampling(temperature, top_k, top_p, seed, max_new_tokens)  # before the artifact is opened
     runner, text = open_for_generation(artifact, checkpoint=checkpoint, format=format, revision=revision,
                                        trust_artifact=trust_artifact)
     v = getattr(runner, "vocab_size", None)
@@ -225,5 +273,59 @@ def run(artifact: str | os.PathLike, prompt: Optional[str] = None, *, prompt_ids
                        max_new_tokens, ignore_eos, sampling, on_token, on_text)
 
 
-__all__ = ["load_checkpoint", "export", "validate", "generate", "run", "open_for_generation", "Generation",
-           "Artifact", "Graph"]
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_and_validate` returns: the artifact, its validation (None when not asked for or
+    skipped) and why it was skipped (a valid artifact this machine's runtimes cannot run), or None."""
+
+    artifact: Artifact
+    validation: Optional[object] = None  # a validation.ValidationResult
+    validation_skipped: Optional[str] = None
+
+
+def export_and_validate(checkpoint: Checkpoint, target: str, output: str | os.PathLike, *,
+                        format: Optional[str] = None, revision: Optional[str] = None, force: bool = False,
+                        validate: bool = True, report: Optional[str | os.PathLike] = None, steps: int = 10,
+                        on_artifact=None, **options) -> Exported:
+    """What ``xlstm-export <target>`` does: :func:`export`, then (``validate``) compare the artifact with the
+    reference on the seeded prompts (``steps`` greedy steps each; report in ``report``). Every check comes
+    before anything is written: the output suffix, the option ranges, the report folder, and the memory a
+    validation at the artifact's batch needs (ConfigError naming both figures). ``on_artifact(artifact)``
+    sees the artifact as soon as it is written, before the validation runs. Does not raise on parity: call
+    ``result.validation.raise_if_failed()``; a runtime this machine lacks skips the validation
+    (``validation_skipped`` says why)."""
+    from pathlib import Path
+
+    from .errors import RuntimeUnavailable
+    from .targets import target_named
+
+    t = target_named(target)
+    t.check_path(Path(output))  # before any work
+    check_target_options(t, options)
+    if validate:
+        from .resources import check_validation_memory
+        from .validation.report import check_report_dir
+        from .validation.validate import DEFAULT_PROMPT_LEN
+
+        check_range("--steps", steps, 0, MAX_STEPS)
+        if report is not None:
+            check_report_dir(report, force)
+    graph = _graph(checkpoint, format, revision)
+    if validate:  # before writing anything: a batch that cannot be validated here is refused first
+        T = options.get("prefill_chunk") or 0
+        check_validation_memory(graph, int(options.get("batch_size") or 1), max(DEFAULT_PROMPT_LEN, 3 * T + 5),
+                                hint=" or --no-validate")
+    art = export(graph, target, output, force=force, **options)
+    if on_artifact is not None:
+        on_artifact(art)
+    if not validate:
+        return Exported(art)
+    try:
+        result = _validate(art.path, graph, report=report, force=force, steps=steps)
+    except RuntimeUnavailable as e:  # a valid artifact this machine cannot run: say so, do not fail
+        return Exported(art, None, f"validation skipped: {e}")
+    return Exported(art, result)
+
+
+__all__ = ["load_checkpoint", "export", "validate", "export_and_validate", "generate", "run", "open_for_generation",
+           "Generation", "Exported", "Artifact", "Graph"]

@@ -9,8 +9,10 @@ libraries writing to file descriptor 2) is held back (:func:`xlstm_export.quiet.
 command only if it succeeds; a failing command prints its one ``error:`` line and nothing else. Progress lines
 (a terminal only) are not held.
 
-Bounds: counts and batch sizes have maxima (``xlstm_export.resources``); a validation's batch is also
-checked against the memory available before anything is allocated or written.
+Thin over the API: a command parses its flags and calls one function of :mod:`xlstm_export.api`, which makes
+every check (counts and batch sizes within the maxima of ``xlstm_export.resources``, the report folder, a
+validation's batch against the memory available) before anything is allocated or written. The options' ranges
+are repeated here for ``--help`` and early usage errors.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any, Callable, Optional
 import click
 
 from .errors import XlstmExportError
-from .resources import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_PROMPT_LEN, MAX_PROMPTS, MAX_STEPS
+from .resources import (MAX_BATCH_SIZE, MAX_HELDOUT_TOKENS, MAX_NEW_TOKENS, MAX_PROMPT_LEN, MAX_PROMPTS, MAX_SEED,
+                        MAX_STEPS, MAX_TEMPERATURE, MAX_TOP_K, OPTION_MAX)
 
 FORMAT_CHOICES = ("hf", "large", "hybrid", "profile")
 
@@ -198,13 +201,13 @@ def text_options(f: Callable) -> Callable:
         click.option("--prompt-ids", default=None, help="Comma-separated token ids, e.g. 1,2,3 (instead of --prompt)."),
         click.option("--max-new-tokens", type=click.IntRange(min=0, max=MAX_NEW_TOKENS), default=16, show_default=True),
         click.option("--ignore-eos", is_flag=True, help="Do not stop at the EOS token(s) of the generation config."),
-        click.option("--temperature", type=click.FloatRange(min=0, max=1e4), default=0.0, show_default=True,
+        click.option("--temperature", type=click.FloatRange(min=0, max=MAX_TEMPERATURE), default=0.0, show_default=True,
                      help="0: greedy (argmax); else sampling at this temperature."),
-        click.option("--top-k", type=click.IntRange(min=0, max=1 << 30), default=0, show_default=True,
+        click.option("--top-k", type=click.IntRange(min=0, max=MAX_TOP_K), default=0, show_default=True,
                      help="Sample among the k most likely tokens only (0: off)."),
         click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
                      help="Sample among the most likely tokens whose probability reaches p (1: off)."),
-        click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
+        click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=0, show_default=True,
                      help="Seed of the sampler (same seed, same tokens)."),
         click.option("--stream", is_flag=True, help="Print the text as it is generated."),
         click.option("--json", "as_json", is_flag=True,
@@ -331,7 +334,8 @@ def validate_options(f: Callable) -> Callable:
 @click.option("--steps", type=click.IntRange(min=0, max=MAX_STEPS), default=10, show_default=True,
               help="Greedy decode steps after the prefill, per prompt.")
 @click.option("--prompts", "num_prompts", type=click.IntRange(min=1, max=MAX_PROMPTS), default=3, show_default=True,
-              help="Seeded random prompts (plus the example task's, when the checkpoint has a train_log.json).")
+              help="Seeded random prompts (plus the held-out prompts of the checkpoint's validation_prompts.json, "
+                   "when it has one: the bundled examples carry their task's).")
 @click.option("--prompt-len", type=click.IntRange(min=1, max=MAX_PROMPT_LEN), default=12, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=None,
@@ -345,7 +349,7 @@ def validate_options(f: Callable) -> Callable:
               help="Held-out text (tokenized with the checkpoint's tokenizer.json) or a .ids file: the report adds "
                    "perplexity and top-1 agreement against the full-precision reference (what compressed weights "
                    "are judged by).")
-@click.option("--heldout-tokens", type=click.IntRange(min=2, max=65536), default=1024, show_default=True)
+@click.option("--heldout-tokens", type=click.IntRange(min=2, max=MAX_HELDOUT_TOKENS), default=1024, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and figures as JSON (the report's summary).")
 def validate(artifact: str, checkpoint: str, fmt: str | None, revision: str | None, report_dir: str | None, steps: int,
              num_prompts: int, prompt_len: int, seed: int, batch_size: int | None, force: bool,
@@ -359,17 +363,8 @@ def validate(artifact: str, checkpoint: str, fmt: str | None, revision: str | No
 
     path = Path(artifact)
     report = Path(report_dir) if report_dir else path.with_name(path.name + ".report")
-    from .validation.report import check_report_dir
-
-    check_report_dir(report, force)  # before reading anything
-    from .resources import check_validation_memory
-    from .validation.prompts import task_prompts
-
-    graph = api.load_checkpoint(checkpoint, format=fmt, revision=revision)
-    extra = task_prompts(graph.source)
-    check_validation_memory(graph, batch_size or 1, max([prompt_len, *map(len, extra)]))  # before opening
-    result = api.validate(path, graph, report=report, force=force, steps=steps, prompts=num_prompts,
-                          prompt_len=prompt_len, seed=seed, batch_size=batch_size, extra_prompts=extra,
+    result = api.validate(path, checkpoint, format=fmt, revision=revision, report=report, force=force, steps=steps,
+                          prompts=num_prompts, prompt_len=prompt_len, seed=seed, batch_size=batch_size,
                           trust_artifact=trust_artifact, heldout=heldout, heldout_tokens=heldout_tokens)
     click.echo(json.dumps(validation_json(result)) if as_json else result.summary_line())
     result.raise_if_failed()
@@ -390,9 +385,6 @@ def artifact_json(art) -> dict:
             "files": [str(f) for f in art.files], "stats": art.stats}
 
 
-_CLI_MAX = {"batch_size": MAX_BATCH_SIZE}  # maxima of target options that the registry leaves open
-
-
 def _click_option(opt) -> Callable:
     """The click option of a target's :class:`~xlstm_export.targets.Option`."""
     if opt.is_flag:
@@ -402,7 +394,7 @@ def _click_option(opt) -> Callable:
     elif opt.text:
         kind = click.STRING
     else:
-        kind = click.IntRange(min=opt.min, max=opt.max if opt.max is not None else _CLI_MAX.get(opt.dest))
+        kind = click.IntRange(min=opt.min, max=opt.max if opt.max is not None else OPTION_MAX.get(opt.dest))
     return click.option(opt.flag, opt.dest, type=kind, default=opt.default, show_default=True, help=opt.help)
 
 
@@ -414,33 +406,13 @@ def export_command(target) -> click.Command:
         from . import api
         from .outputs import describe_artifact
 
-        target.check_path(Path(out))  # before any work
-        if report_dir is not None and do_validate:
-            from .validation.report import check_report_dir
-
-            check_report_dir(report_dir, force)
-        graph = api.load_checkpoint(checkpoint, format=fmt, revision=revision)
-        if do_validate:  # before writing anything: a batch that cannot be validated here is refused first
-            from .resources import check_validation_memory
-            from .validation.validate import DEFAULT_PROMPT_LEN
-
-            T = options.get("prefill_chunk") or 0
-            check_validation_memory(graph, int(options.get("batch_size") or 1), max(DEFAULT_PROMPT_LEN, 3 * T + 5),
-                                    hint=" or --no-validate")
-        art = api.export(graph, target.name, out, force=force, **options)
-        if not as_json:
-            click.echo(describe_artifact(art))
-        result, skipped = None, None
-        if do_validate:
-            from .errors import RuntimeUnavailable
-
-            try:
-                result = api.validate(art.path, graph, report=report_dir, force=force, steps=steps,
-                                      extra_prompts=[])
-            except RuntimeUnavailable as e:  # a valid artifact this machine cannot run: say so, do not fail
-                skipped = f"validation skipped: {e}"
-            if not as_json:
-                click.echo(result.summary_line() if result is not None else skipped)
+        done = api.export_and_validate(checkpoint, target.name, out, format=fmt, revision=revision, force=force,
+                                       validate=do_validate, report=report_dir, steps=steps,
+                                       on_artifact=None if as_json else (lambda a: click.echo(describe_artifact(a))),
+                                       **options)
+        art, result, skipped = done.artifact, done.validation, done.validation_skipped
+        if do_validate and not as_json:
+            click.echo(result.summary_line() if result is not None else skipped)
         if as_json:
             click.echo(json.dumps({"artifact": artifact_json(art), "text": art.contract.get("text"),
                                    "validation_skipped": skipped,

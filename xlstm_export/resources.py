@@ -1,6 +1,7 @@
 """Bounds on what one command may ask for, and a memory check before a validation allocates.
 
-The CLI's counts have maxima far above what a check or a demo needs (``MAX_*``); a batch size is also
+The API's counts have maxima far above what a check or a demo needs (``MAX_*``), checked by the API
+functions themselves (:func:`check_range`; the CLI's options show the same ranges in ``--help``); a batch size is also
 checked against the memory this machine has free: :func:`check_validation_memory` estimates what a
 validation at batch B holds at once (both runners' states, the logits of a prompt, the reference's
 activations, the weights twice) and refuses, in one line naming both figures, when that exceeds
@@ -23,7 +24,33 @@ MAX_PROMPTS = 1024  # validate --prompts
 MAX_PROMPT_LEN = 8192  # validate --prompt-len
 MAX_BATCH_SIZE = 65536  # --batch-size of every export and of validate
 
+MAX_TOP_K = 1 << 30  # generate / run --top-k
+MAX_TEMPERATURE = 1e4  # generate / run --temperature
+MAX_SEED = 2 ** 63 - 1  # generate / run --seed
+MAX_HELDOUT_TOKENS = 65536  # validate --heldout-tokens
+OPTION_MAX = {"batch_size": MAX_BATCH_SIZE}  # maxima of target options that the target registry leaves open
+
 MEMINFO = "/proc/meminfo"
+
+
+def check_range(flag: str, value, minimum=None, maximum=None, *, integer: bool = True, optional: bool = False,
+                min_open: bool = False):
+    """``value`` if it is an integer (a number with ``integer=False``) within ``[minimum, maximum]`` (``minimum``
+    excluded with ``min_open``; None: unbounded); else ConfigError, one line naming ``flag`` as the CLI's range
+    check words it (``--steps: 100000 is not in the range 0<=x<=8192``). ``optional``: None passes."""
+    import numbers
+
+    if value is None and optional:
+        return value
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{flag}: expected {'an integer' if integer else 'a number'}, got {value!r}"[:200])
+    lo = "" if minimum is None else f"{minimum}{'<' if min_open else '<='}"
+    hi = "" if maximum is None else f"<={maximum}"
+    if ((minimum is not None and (value <= minimum if min_open else value < minimum))
+            or (maximum is not None and value > maximum) or value != value):  # NaN is in no range
+        raise ConfigError(f"{flag}: {value} is not in the range {lo}x{hi}")
+    return value
 
 
 def available_memory() -> Optional[int]:
@@ -88,5 +115,6 @@ def _prod(shape) -> int:
     return n
 
 
-__all__ = ["MAX_NEW_TOKENS", "MAX_STEPS", "MAX_PROMPTS", "MAX_PROMPT_LEN", "MAX_BATCH_SIZE", "available_memory",
-           "validation_bytes", "check_validation_memory", "human_bytes"]
+__all__ = ["MAX_NEW_TOKENS", "MAX_STEPS", "MAX_PROMPTS", "MAX_PROMPT_LEN", "MAX_BATCH_SIZE", "MAX_TOP_K",
+           "MAX_TEMPERATURE", "MAX_SEED", "MAX_HELDOUT_TOKENS", "OPTION_MAX", "available_memory", "validation_bytes",
+           "check_validation_memory", "check_range", "human_bytes"]

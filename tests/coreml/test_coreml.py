@@ -295,7 +295,7 @@ def test_output_is_atomic_and_options_are_checked(packages, checkpoint_factory, 
 def _task_batch(ckpt: Path, n_tokens: int, count: int):
     """``count`` rows of held-out task sequences (the example's eval seed), each ``n_tokens`` long (short task
     sequences back to back), with their targets (-100 where nothing is scored)."""
-    from xlstm_export import tasks
+    import tasks  # examples/tasks.py
 
     info = json.loads((ckpt / "train_log.json").read_text())
     t, seed = info["task"], int(info["eval"]["seed"])

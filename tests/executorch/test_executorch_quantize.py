@@ -144,8 +144,8 @@ def test_program_computes_the_quantized_module(et_programs, name, scheme, chunk,
 
 @pytest.mark.parametrize("name, scheme, chunk", [("hf-recall", "8da4w", None), ("hybrid-copy", "8da8w", None)])
 def test_quantized_programs_keep_the_task_accuracy(et_programs, name, scheme, chunk):
-    from xlstm_export import tasks
-    from xlstm_export.demo import artifact_accuracy, example_task, reference_accuracy
+    import tasks  # examples/tasks.py and demo.py
+    from demo import artifact_accuracy, example_task, reference_accuracy
 
     graph, art = et_programs(name, quantize=scheme, prefill_chunk=chunk)
     info = example_task(EXAMPLES[name])

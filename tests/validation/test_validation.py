@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,13 +81,22 @@ def test_tolerance_table():
         tolerance_for("torchscript", "int4")
 
 
-def test_task_prompts_from_train_log(tmp_path):
+def test_task_prompts_from_the_checkpoints_prompts_file(tmp_path):
+    """The held-out prompts are data the checkpoint folder carries (examples/tasks.py writes them, the training
+    script calls it); a train_log.json alone adds none: the library runs no task code."""
+    import tasks  # examples/tasks.py
+
     assert task_prompts(tmp_path) == []
-    (tmp_path / "train_log.json").write_text(json.dumps(
-        {"task": {"name": "selective_copying", "seq_len": 16, "vocab_size": 12, "num_tokens_to_copy": 3},
-         "eval": {"seed": 7}}))
-    p = task_prompts(tmp_path, n=2)
-    assert len(p) == 2 and all(len(x) == 16 for x in p) and p == task_prompts(tmp_path, n=2)
+    task = {"name": "selective_copying", "seq_len": 16, "vocab_size": 12, "num_tokens_to_copy": 3}
+    (tmp_path / "train_log.json").write_text(json.dumps({"task": task, "eval": {"seed": 7}}))
+    assert task_prompts(tmp_path) == []
+    tasks.write_validation_prompts(tmp_path, task, 7)
+    p = task_prompts(tmp_path)
+    assert len(p) == 2 and all(len(x) == 16 for x in p) and p == tasks.generate(task, 2, 7)[0].tolist()
+    for name in ("hf-recall", "hybrid-copy"):  # the bundled examples: what their training script writes
+        ck = Path(__file__).resolve().parents[2] / "examples" / name
+        log = json.loads((ck / "train_log.json").read_text())
+        assert task_prompts(ck) == tasks.generate(log["task"], 2, log["eval"]["seed"])[0].tolist()
 
 
 # -- comparison driving runners ----------------------------------------------------------------------

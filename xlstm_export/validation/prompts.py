@@ -1,8 +1,10 @@
-"""Prompts of the example task a checkpoint was trained on, when it says so.
+"""Held-out prompts a checkpoint folder carries for validation, when it carries them.
 
-The example checkpoints (``examples/``) carry a ``train_log.json`` naming their task
-(``{"task": {"name": "in_context_recall", "seq_len": 64, "vocab_size": 16, ...}, "eval": {"seed": 7}}``);
-validating them on sequences of that task exercises the states the way the model is used.
+The example checkpoints (``examples/``) hold ``validation_prompts.json``: a few held-out sequences of the
+task they were trained on (``{"prompts": [[3, 9, 3, ...], ...], "task": {...}, "seed": 7}``), written by the
+script that trained them (``examples/train_examples.py``, with ``examples/tasks.py``). Validating on them
+exercises the states the way the model is used. The library reads the sequences as data; it generates no
+task itself.
 """
 
 from __future__ import annotations
@@ -14,44 +16,36 @@ from typing import List
 
 from ..errors import ConfigError
 
-TRAIN_LOG = "train_log.json"
+PROMPTS_FILE = "validation_prompts.json"
+MAX_PROMPTS_BYTES = 16 * 1024 * 1024  # a prompts file larger than this is not what the examples write
 
 
-def task_prompts(checkpoint: str | os.PathLike, n: int = 2) -> List[List[int]]:
-    """``n`` held-out sequences of the checkpoint's training task; [] when it names none.
+def task_prompts(checkpoint: str | os.PathLike) -> List[List[int]]:
+    """The token-id sequences of the checkpoint folder's ``validation_prompts.json``; [] when it has none.
 
-    A ``train_log.json`` that cannot be read, or whose task is malformed, is a ConfigError naming it."""
-    from .. import tasks
-
+    A file that cannot be read, or that is not an object whose ``prompts`` is a list of non-empty lists of
+    non-negative integers, is a ConfigError naming it (the ids' range is checked against the model's
+    vocabulary where the prompts are used)."""
     p = Path(checkpoint)
-    log = (p if p.is_dir() else p.parent) / TRAIN_LOG
-    if not log.is_file():
+    path = (p if p.is_dir() else p.parent) / PROMPTS_FILE
+    if not path.is_file():
         return []
     fix = "fix or remove the file"
     try:
-        info = json.loads(log.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_PROMPTS_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_PROMPTS_BYTES} bytes, not a prompts file; {fix}")
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
-        raise ConfigError(f"{log}: cannot read the example task from it ({type(e).__name__}: {e}); {fix}") from None
-    if not isinstance(info, dict) or not isinstance(info.get("task"), dict):
-        got = type(info.get("task") if isinstance(info, dict) else info).__name__
-        raise ConfigError(f"{log}: expected an object with a 'task' object, got {got}; {fix}")
-    task = info["task"]
-    if "name" not in task:
-        raise ConfigError(f"{log}: field 'task.name' is missing; {fix}")
-    if task["name"] not in tasks.TASKS:
-        return []  # a task this tool does not generate: the seeded prompts only
-    ev = info.get("eval", {})
-    try:
-        seed = int(ev.get("seed", 0))
-    except (AttributeError, TypeError, ValueError, OverflowError):  # eval not an object, seed not a number
-        seed = -1
-    if seed < 0:
-        raise ConfigError(f"{log}: field 'eval' must be an object whose 'seed' is a non-negative integer, "
-                          f"got {ev!r}; {fix}")
-    try:
-        ids, _ = tasks.generate(task, n, seed)
-    except ConfigError as e:
-        raise ConfigError(f"{log}: cannot generate the example task from it ({e}); {fix}") from None
-    except MemoryError:
-        raise ConfigError(f"{log}: the task {task['name']!r} asks for sequences too large to generate; {fix}") from None
-    return [row.tolist() for row in ids]
+        why = f"{type(e).__name__}: {e}"
+        raise ConfigError(f"{path}: cannot read the held-out prompts from it ({why}); {fix}") from None
+    prompts = doc.get("prompts") if isinstance(doc, dict) else None
+    if not isinstance(prompts, list):
+        got = type(prompts if isinstance(doc, dict) else doc).__name__
+        raise ConfigError(f"{path}: expected an object whose 'prompts' is a list of token-id lists, got {got}; {fix}")
+    for i, row in enumerate(prompts):
+        if (not isinstance(row, list) or not row
+                or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in row)):
+            shown = repr(row)[:60]
+            raise ConfigError(f"{path}: field 'prompts[{i}]': expected a non-empty list of non-negative integer "
+                              f"token ids, got {shown}; {fix}")
+    return [list(row) for row in prompts]

@@ -74,9 +74,10 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
                    num_prompts: int = DEFAULT_PROMPTS, prompt_len: int = DEFAULT_PROMPT_LEN, seed: int = 0,
                    extra_prompts: Sequence[Sequence[int]] = (), report_dir: Optional[str | os.PathLike] = None,
                    artifact_path: str = "", reference: Optional[Runner] = None, force: bool = False,
-                   heldout: Optional[Sequence[int]] = None) -> ValidationResult:
+                   heldout: Optional[Sequence[int]] = None, report_checked: bool = False) -> ValidationResult:
     """Compare ``artifact`` (an open runner) with the reference of ``graph``; write the report if asked
-    (into ``report_dir``; an existing report there is replaced only with ``force``, checked first)."""
+    (into ``report_dir``; an existing report there is replaced only with ``force``, checked first unless the
+    caller did: ``report_checked``)."""
     from .reference_runner import ReferenceRunner
 
     if steps < 0 or num_prompts < 0 or prompt_len < 1 or (num_prompts == 0 and not extra_prompts):
@@ -85,7 +86,7 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"validation: seed must be a non-negative integer (numpy seeds the prompts with it), "
                           f"got {seed!r}")
-    if report_dir is not None:
+    if report_dir is not None and not report_checked:
         check_report_dir(report_dir, force)
     tol = tolerance_for(artifact.kind, artifact.precision)
     compression, weight_fails = None, []
@@ -150,17 +151,18 @@ def run_validation(artifact: Runner, graph: Graph, *, steps: int = DEFAULT_STEPS
 
 
 def validate_artifact(path: str | os.PathLike, graph: Graph, *, batch_size: Optional[int] = None,
-                      trust_artifact: bool = False, **kwargs) -> ValidationResult:
+                      trust_artifact: bool = False, report_checked: bool = False, **kwargs) -> ValidationResult:
     """Open the artifact at ``path`` (kind from its suffix), check its contract against ``graph``, compare.
 
     ``kwargs`` go to :func:`run_validation` (steps, num_prompts, prompt_len, seed, extra_prompts,
-    report_dir, force). Raises ArtifactError (exit 2) for a missing/foreign artifact, or one that is not
+    report_dir, force; the report folder is checked before the artifact is opened unless the caller did:
+    ``report_checked``). Raises ArtifactError (exit 2) for a missing/foreign artifact, or one that is not
     what xlstm-export writes for what its contract declares (``open_artifact``; ``trust_artifact`` skips
     that check, and so loads a TorchScript archive's code unchecked); never raises on parity: call
     ``raise_if_failed()`` after using the report.
     """
     opts = {} if batch_size is None else {"batch_size": batch_size}
-    if kwargs.get("report_dir") is not None:  # before opening (a Core ML package can take a while)
+    if kwargs.get("report_dir") is not None and not report_checked:  # before opening (a package takes a while)
         check_report_dir(kwargs["report_dir"], kwargs.get("force", False))
     runner = open_artifact(path, graph, trust_artifact=trust_artifact, **opts)
-    return run_validation(runner, graph, artifact_path=str(path), **kwargs)
+    return run_validation(runner, graph, artifact_path=str(path), report_checked=True, **kwargs)

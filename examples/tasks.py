@@ -10,13 +10,25 @@ prediction scored against ``targets[:, t]``. Targets are already shifted: train 
 loss that shifts labels again (transformers' ``labels=`` does).
 
 Same seed and arguments give the same arrays on every platform (``numpy.random.default_rng``).
+
+Example code, not part of the library: the training script (``train_examples.py``), the demo (``demo.py``)
+and the tests import it with this folder on ``sys.path``. The library reads what validation needs from
+each checkpoint's ``validation_prompts.json`` (:func:`write_validation_prompts` writes it).
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 
-from .errors import ConfigError, UnsupportedError
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from anywhere: import xlstm_export from this checkout
+
+from xlstm_export.errors import ConfigError, UnsupportedError  # noqa: E402
 
 IGNORE_INDEX = -100
 
@@ -185,3 +197,24 @@ def generate(task: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if name == "in_context_recall":
         return in_context_recall(n, get("seq_len"), get("vocab_size"), seed, num_keys=task.get("num_keys"))
     return selective_copying(n, get("seq_len"), get("num_tokens_to_copy"), get("vocab_size"), seed)
+
+
+# -- the held-out prompts validation reads ----------------------------------------------------------
+VALIDATION_PROMPTS = 2  # held-out sequences a checkpoint folder carries for validation
+
+
+def write_validation_prompts(checkpoint: Path, task: dict, seed: int, n: int = VALIDATION_PROMPTS) -> Path:
+    """Write ``checkpoint/validation_prompts.json``: ``n`` held-out sequences of ``task`` at ``seed`` (the
+    example's eval seed, never a training batch's), which ``xlstm-export validate`` and the demo add to their
+    seeded prompts (``xlstm_export.validation.prompts``: the library reads this file, it runs no task code)."""
+    from xlstm_export.validation.prompts import PROMPTS_FILE
+
+    ids, _ = generate(task, n, seed)
+    doc = {"about": f"{n} held-out sequences of the task the checkpoint was trained on (examples/tasks.py "
+                    f"{task['name']}, seed {seed}); validation adds them to its seeded prompts",
+           "task": task, "seed": int(seed), "prompts": [row.tolist() for row in ids]}
+    path = Path(checkpoint) / PROMPTS_FILE
+    head = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items() if k != "prompts")
+    rows = ",\n".join(f"  {json.dumps(r)}" for r in doc["prompts"])
+    path.write_text(f"{{\n{head},\n \"prompts\": [\n{rows}\n ]\n}}\n", encoding="utf-8")
+    return path
