@@ -246,7 +246,7 @@ def _prefill_options(what: str) -> Tuple[Option, ...]:
 
 register(Target(
     "coreml", "Export a stateful Core ML decode step (.mlpackage, iOS 18 / macOS 15) and its Swift snippet.",
-    (".mlpackage",), "xlstm_export.coreml", "CoreMLOptions", "xlstm_export.coreml.runner:open_runner",
+    (".mlpackage",), "xlstm_export.coreml", "CoreMLOptions", "xlstm_export.coreml.verify:open_runner",
     ("coremltools",), "coreml",
     (Option("--precision", "precision", "fp16: fp16 weights and matmuls, fp32 residual stream and cell math; fp32: all "
             "fp32. States are fp16 either way (Core ML).", "fp16", choices=("fp16", "fp32")),
@@ -268,7 +268,7 @@ register(Target(
 
 register(Target(
     "onnx", "Export an ONNX graph for ONNX Runtime: the decode step (Core ML EP: one partition) or --scan.",
-    (".onnx",), "xlstm_export.onnx", "OnnxOptions", "xlstm_export.onnx.runner:open_runner",
+    (".onnx",), "xlstm_export.onnx", "OnnxOptions", "xlstm_export.onnx.verify:open_runner",
     ("onnx", "onnxruntime"), "onnx",
     (Option("--scan", "scan", "The Scan sequence graph (input_ids (B, T), T dynamic) instead of the one-token decode "
             "step.", False, is_flag=True),
@@ -300,7 +300,7 @@ _ET_TOLERANCES = {"fp32": FP32, "fp16": FP16, "8da8w": INT8, "8da4w": INT8}
 register(Target(
     "executorch", "Export an ExecuTorch program (.pte): the decode step (and --prefill-chunk T) lowered to XNNPACK or "
     "the Core ML delegate.",
-    (".pte",), "xlstm_export.executorch", "ExecuTorchOptions", "xlstm_export.executorch.runner:open_runner",
+    (".pte",), "xlstm_export.executorch", "ExecuTorchOptions", "xlstm_export.executorch.verify:open_runner",
     ("executorch",), "executorch",
     (Option("--backend", "backend", "xnnpack: CPU (Android, iOS, Linux, macOS), fp32, runs here; coreml: the Core ML "
             "delegate (iOS 18 / macOS 15), fp16, runs only on macOS.", "xnnpack", choices=("xnnpack", "coreml")),
@@ -326,7 +326,7 @@ register(Target(
 
 register(Target(
     "torchscript", "Export a scripted module: forward, init_states, forward_with_states, generate_greedy.",
-    (".pt", ".ts"), "xlstm_export.torchscript", "TorchScriptOptions", "xlstm_export.torchscript.runner:TorchScriptRunner",
+    (".pt", ".ts"), "xlstm_export.torchscript", "TorchScriptOptions", "xlstm_export.torchscript.trust:open_runner",
     (), "torchscript",
     (Option("--precision", "precision", "Weight precision; states and cell math stay fp32.", "fp32",
             choices=("fp32", "fp16", "bf16")),

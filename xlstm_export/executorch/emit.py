@@ -51,13 +51,8 @@ from ..text.files import sibling_outputs, write_siblings
 from ..targets import check_suffix
 from .fuse import fuse_shared_input_linears
 from .passes import xnnpack_friendly_pass
+from .names import BACKENDS, CONTRACT_METHOD, PRECISION, PREFILL_METHOD, STEP_METHOD, TARGET, import_executorch
 from .quantize import check_scheme, int8_part, parse_keep, plan, quantize_model
-
-TARGET = "executorch"
-BACKENDS = ("xnnpack", "coreml")
-PRECISION = {"xnnpack": "fp32", "coreml": "fp16"}  # what each backend computes in
-CONTRACT_METHOD = "xlstm_export_io"
-PREFILL_METHOD = "prefill"
 
 
 @dataclass(frozen=True)
@@ -124,25 +119,6 @@ def _step_module(model):
     return Step()
 
 
-def import_executorch():
-    """``executorch.exir``, imported with the import-time notes of torchao / torch's pytree (logged as
-    warnings, not about this tool) held back."""
-    import logging
-
-    noisy = [logging.getLogger(n) for n in ("torch.utils._pytree", "torchao", "coremltools")]
-    levels = [lg.level for lg in noisy]
-    for lg in noisy:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import executorch.exir as exir
-    finally:
-        for lg, level in zip(noisy, levels):
-            lg.setLevel(level)
-    return exir
-
-
 def export_program(graph: Graph, options: ExecuTorchOptions):
     """The lowered ExecuTorch program (``ExecutorchProgramManager``) of ``graph``."""
     import torch
@@ -172,7 +148,7 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
         warnings.simplefilter("ignore")
         step = _step_module(model)
         progress.note("torch.export of the decode step")
-        methods["forward"] = export(step, (torch.zeros(B, 1, dtype=torch.long), *states), strict=False)
+        methods[STEP_METHOD] = export(step, (torch.zeros(B, 1, dtype=torch.long), *states), strict=False)
         if options.prefill_chunk is not None:
             T = options.prefill_chunk
             model.set_kernel("chunkwise", T)
@@ -239,7 +215,7 @@ def emit(graph: Graph, options: ExecuTorchOptions, out_path: str | os.PathLike) 
         write_siblings(texts, tmps[1:])
     stats = {"bytes": len(data), "weight_bytes": graph.weight_bytes, "backend": options.backend,
              "quantized_weights": len(contract.get("quantization", {}).get("weights", [])),
-             "methods": sorted(["forward", CONTRACT_METHOD] + ([PREFILL_METHOD] if options.prefill_chunk else []))}
+             "methods": sorted([STEP_METHOD, CONTRACT_METHOD] + ([PREFILL_METHOD] if options.prefill_chunk else []))}
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
     return Artifact(out_path, kind, precision, contract, (out_path, *(p for p, _ in texts)), stats)
 

@@ -69,9 +69,7 @@ from ..graphs.io import IO_KEY, dumps, io_contract
 from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path, room_at, scratch_for
 from ..text.files import sibling_outputs, write_siblings
 from ..targets import check_suffix
-
-TARGET = "torchscript"
-PRECISIONS = ("fp32", "fp16", "bf16")
+from .names import PRECISIONS, TARGET
 
 
 @dataclass(frozen=True)
