@@ -162,7 +162,7 @@ class ArtifactRunner(BaseRunner):
     def _read_contract(self, contract: dict, graph: Optional[Graph], batch_size: Optional[int]) -> None:
         """The checks every runner makes of its contract: the checkpoint's profile (``graph``: else the
         contract describes itself), state slots, batch size, vocabulary, judged precision, prefill plan."""
-        where = self.where
+        where = str(self.path)
         self.contract = contract
         if graph is not None:
             check_contract(contract, graph, where)
