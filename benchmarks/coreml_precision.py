@@ -1,4 +1,4 @@
-"""The measurement behind the Core ML precision choice (``lowering.POLICIES[("coreml", "fp16")]``).
+"""The measurement behind the Core ML precision choice (``coreml.policy.POLICIES["fp16"]``).
 
     python benchmarks/coreml_precision.py --checkpoint CKPT [--tokens 256] [--policies fp16,fp16-plain,...]
     python benchmarks/coreml_precision.py --checkpoint CKPT --memory OUT.mlpackage   # export peak RSS
@@ -23,10 +23,10 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from xlstm_export.graphs import Graph
-from xlstm_export.lowering import POLICIES as PACKAGE_POLICIES
+from xlstm_export.coreml.policy import POLICIES as PACKAGE_POLICIES
 from xlstm_export.lowering import PrecisionPolicy, StateStorage
 
-_FP16, _FP32 = PACKAGE_POLICIES[("coreml", "fp16")], PACKAGE_POLICIES[("coreml", "fp32")]
+_FP16, _FP32 = PACKAGE_POLICIES["fp16"], PACKAGE_POLICIES["fp32"]
 _PLAIN = StateStorage("fp16", split=False)
 POLICIES: Dict[str, PrecisionPolicy] = {
     "fp32": _FP32,

@@ -78,7 +78,7 @@ def main() -> None:
         weight_bytes = graph.num_params * {"fp32": 4, "fp16": 2, "bf16": 2}[a.precision]
     result = {"target": a.target, "precision": art.precision, "seconds": round(seconds, 2),
               "baseline_rss_bytes": baseline, "weight_bytes": int(weight_bytes),
-              "artifact_bytes": bytes_on_disk(out), "params": graph.num_params,
+              "artifact_bytes": bytes_on_disk(TARGETS[kind.target].files_of(out)), "params": graph.num_params,
               "checkpoint_weight_bytes": graph.weight_bytes, "files": [str(p) for p in art.files]}
     if a.target == "coreml":
         import coremltools as ct

@@ -56,7 +56,7 @@ def _options(scheme: Optional[str], symmetric: bool, fmt: str, block: int = 32):
 
 def export_variants(graph, work: Path, name: str, variants=VARIANTS) -> Dict[str, dict]:
     """Each variant's step graph: path, export seconds, weight bytes, bytes on disk (model + data)."""
-    from xlstm_export.onnx import emit
+    from xlstm_export.onnx.emit import emit
 
     out = {}
     for label, scheme, sym, fmt in variants:
@@ -113,7 +113,7 @@ def usability(path: Path) -> dict:
 
 
 def coreml_share(graph, work: Path, name: str) -> Dict[str, dict]:
-    from xlstm_export.onnx import emit
+    from xlstm_export.onnx.emit import emit
 
     out = {}
     for label, scheme, fmt in USABILITY:

@@ -290,7 +290,7 @@ def test_torchscript_archive_differing_from_ours_is_refused_before_loading(expor
 DIRTY_EMIT = r"""
 import sys
 from xlstm_export.frontends import load_checkpoint
-from xlstm_export.torchscript import TorchScriptOptions, emit, script_model
+from xlstm_export.torchscript.emit import TorchScriptOptions, emit, script_model
 
 *others, ckpt, out = sys.argv[1:]
 for other in others:  # TorchScript would mangle the class names of what is scripted after these

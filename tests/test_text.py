@@ -148,7 +148,7 @@ def test_contract_names_the_text_files_and_they_lie_where_the_rule_says(exported
     import coremltools as ct
 
     from xlstm_export.coreml.runner import contract_of
-    from xlstm_export.text.files import artifact_text_paths
+    from xlstm_export.targets import target_for_path
 
     pkg = exported["coreml"]
     c = contract_of(pkg)["text"]
@@ -156,7 +156,7 @@ def test_contract_names_the_text_files_and_they_lie_where_the_rule_says(exported
     assert c["eos_token_id"][0] == 2 and len(c["eos_token_id"]) == 2
     names = [f["name"] for f in c["files"]]
     for kind, path in exported.items():
-        for n, p in artifact_text_paths(path, names).items():
+        for n, p in target_for_path(path).text_paths(path, names).items():
             assert p.is_file(), (kind, p)
     manifest = json.loads((pkg / "Manifest.json").read_text())
     assert any(e["path"] == "com.xlstm-export/text" for e in manifest["itemInfoEntries"].values())

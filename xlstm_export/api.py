@@ -46,13 +46,13 @@ def export(checkpoint: Checkpoint, target: str, output: str | os.PathLike, *, fo
     written, I/O contract, the emitter's figures). ``options`` are the target's (the fields of its options
     dataclass, named like the CLI flags: ``precision="fp16"``, ``batch_size=2``, ``prefill_chunk=64``,
     ``scan=True``...). An existing output is replaced only with ``force``; nothing is written on error."""
-    from .errors import UnsupportedError
-    from .targets import TARGETS, check_suffix
+    from pathlib import Path
 
-    if target not in TARGETS:
-        raise UnsupportedError(f"unknown target {target!r}; known: {sorted(TARGETS)}")
-    check_suffix(target, output)  # before reading the checkpoint
-    return TARGETS[target].emit(_graph(checkpoint, format), output, force=force, **options)
+    from .targets import target_named
+
+    t = target_named(target)
+    t.check_path(Path(output))  # before reading the checkpoint
+    return t.emit(_graph(checkpoint, format), output, force=force, **options)
 
 
 def validate(artifact: str | os.PathLike, checkpoint: Checkpoint, *, format: Optional[str] = None,
@@ -101,15 +101,11 @@ def open_for_generation(artifact: str | os.PathLike, *, checkpoint: Optional[Che
     from pathlib import Path
 
     from .errors import ArtifactError
-    from .targets import target_for_path
     from .text.files import artifact_text
-    from .validation.registry import check_regular_files
+    from .validation.registry import checked_target
 
     p = Path(artifact)
-    if not p.exists():
-        raise ArtifactError(f"{p}: no such artifact (file or .mlpackage directory)")
-    target = target_for_path(p)
-    check_regular_files(p)
+    target = checked_target(p)
     if checkpoint is not None:
         graph = checkpoint if isinstance(checkpoint, Graph) else load_checkpoint(checkpoint, format, revision)
         trusted = trust_artifact
@@ -121,8 +117,8 @@ def open_for_generation(artifact: str | os.PathLike, *, checkpoint: Optional[Che
         graph = target.contract_graph(p)
         trusted = True  # nothing to judge: the runtime interprets the artifact; its contract is checked on open
     runner = target.open_runner(p, graph, trust_artifact=trusted)
-    text = artifact_text(getattr(runner, "path", p) if p.suffix.lower() == ".onnx" else p, runner.contract,
-                         getattr(runner, "vocab_size", None) or graph.config.vocab_size)
+    text = artifact_text(p, runner.contract, getattr(runner, "vocab_size", None) or graph.config.vocab_size,
+                         lambda names: target.text_paths(p, names))
     return runner, text
 
 
@@ -196,7 +192,7 @@ def generate(checkpoint: Checkpoint, prompt: Optional[str] = None, *, prompt_ids
     generation config (unless ``ignore_eos``) or ``max_new_tokens``. ``on_token(id)`` sees each new token,
     ``on_text(piece)`` the text it adds (its id and a space without a tokenizer)."""
     from .reference import build_model
-    from .text.files import load_tokenizer
+    from .frontends.text import load_tokenizer
     from .text.generation import reference_step
 
     graph = checkpoint if isinstance(checkpoint, Graph) else load_checkpoint(checkpoint, format, revision)

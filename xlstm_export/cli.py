@@ -5,8 +5,8 @@ and its ``exit_code`` (2 for bad input) -- never a traceback. That mapping lives
 the ``main`` group applies it to every command, so commands added later get it for free.
 
 Warnings: whatever the libraries write to stderr while a command runs (Python warnings, logging, C
-libraries writing to file descriptor 2) is held back (:func:`held_stderr`) and shown after the command
-only if it succeeds; a failing command prints its one ``error:`` line and nothing else. Progress lines
+libraries writing to file descriptor 2) is held back (:func:`xlstm_export.quiet.quiet`) and shown after the
+command only if it succeeds; a failing command prints its one ``error:`` line and nothing else. Progress lines
 (a terminal only) are not held.
 
 Bounds: counts and batch sizes have maxima (``xlstm_export.resources``); a validation's batch is also
@@ -15,13 +15,10 @@ checked against the memory available before anything is allocated or written.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import sys
-import tempfile
-from typing import Any, Callable, Iterator, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import click
 
@@ -44,46 +41,6 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         sys.exit(e.exit_code)
 
 
-HELD_REPLAY_MAX = 20000  # characters of held-back stderr shown after a successful command
-
-
-class _HeldStream(io.TextIOBase):
-    """``sys.stderr`` while a command runs when it is not file descriptor 2 (``CliRunner``, an embedding
-    program): text goes to ``buf`` while held; afterwards to whatever ``sys.stderr`` is then (a logging
-    handler made during the command keeps this object)."""
-
-    def __init__(self, buf, encoding: str):
-        self._buf, self._enc, self.held = buf, encoding, True
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return self._enc
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, s: str) -> int:
-        if self.held:
-            self._buf.write(s.encode(self._enc, "replace"))
-        elif sys.stderr is not self:
-            sys.stderr.write(s)
-        return len(s)
-
-    def flush(self) -> None:
-        if not self.held and sys.stderr is not self:
-            sys.stderr.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-
-def _on_fd2(stream) -> bool:
-    try:
-        return stream.fileno() == 2
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return False
-
-
 def _keep_held(e: Optional[BaseException]) -> bool:
     """Show what was held back after the command? Yes on success (and on a bug, whose traceback follows);
     no on a reported failure (an XlstmExportError, a usage error, an interrupt): its one line stands alone."""
@@ -96,79 +53,31 @@ def _keep_held(e: Optional[BaseException]) -> bool:
     return not isinstance(e, (XlstmExportError, click.ClickException, click.exceptions.Abort, KeyboardInterrupt))
 
 
-@contextlib.contextmanager
-def held_stderr() -> Iterator[Any]:
-    """Hold back everything written to stderr inside the block; yields a stream to the real stderr (for
-    progress lines). When ``sys.stderr`` is file descriptor 2 the descriptor itself is redirected, so C
-    libraries and logging handlers made earlier are held too; otherwise ``sys.stderr`` is swapped."""
-    enc = getattr(sys.stderr, "encoding", None) or "utf-8"
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    buf = tempfile.TemporaryFile()
-    on_fd = _on_fd2(sys.stderr)
-    saved_fd, terminal, proxy, outer = None, sys.stderr, None, sys.stderr
-    try:
-        if on_fd:
-            saved_fd = os.dup(2)
-            terminal = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=enc, errors="replace")
-            os.dup2(buf.fileno(), 2)
-        else:
-            proxy = _HeldStream(buf, enc)
-            sys.stderr = proxy
-    except OSError:  # no descriptors left, a closed stderr: run unheld rather than not at all
-        if saved_fd is not None:
-            with contextlib.suppress(OSError):
-                os.dup2(saved_fd, 2)
-            os.close(saved_fd)
-        buf.close()
-        yield terminal
-        return
-    failure: Optional[BaseException] = None
-    try:
-        yield terminal
-    except BaseException as e:
-        failure = e
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        if on_fd:
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
-            with contextlib.suppress(Exception):
-                terminal.close()
-        else:
-            proxy.held = False
-            sys.stderr = outer
-        if _keep_held(failure):
-            _replay(buf, enc)
-        buf.close()
-
-
-def _replay(buf, encoding: str) -> None:
-    buf.seek(0, os.SEEK_END)
-    size = buf.tell()
-    if not size:
-        return
-    buf.seek(0)
-    text = buf.read(HELD_REPLAY_MAX * 4).decode(encoding, "replace")
-    cut = len(text) > HELD_REPLAY_MAX or size > HELD_REPLAY_MAX * 4
-    text = text[:HELD_REPLAY_MAX]
-    with contextlib.suppress(Exception):
-        sys.stderr.write(text if text.endswith("\n") else text + "\n")
-        if cut:
-            sys.stderr.write(f"[xlstm-export: {size} bytes of library messages, the rest cut]\n")
-        sys.stderr.flush()
-
-
 class _Group(click.Group):
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        """A command; a target registered after this module was imported gets its export command here."""
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            from .targets import TARGETS
+
+            if name in TARGETS:
+                cmd = export_command(TARGETS[name])
+        return cmd
+
+    def list_commands(self, ctx: click.Context) -> list:
+        from .targets import TARGETS
+
+        return sorted(set(super().list_commands(ctx)) | set(TARGETS))
+
     def invoke(self, ctx: click.Context) -> Any:
         from . import progress
+        from .quiet import quiet as held
 
         quiet = bool((ctx.params or {}).get("quiet"))
 
         def command() -> Any:  # held inside run_guarded: the error line is printed after stderr is back
-            with held_stderr() as terminal, progress.reporting(progress.stderr_sink(quiet, terminal)):
+            with held(show_after=_keep_held, stdout=False) as terminal, \
+                    progress.reporting(progress.stderr_sink(quiet, terminal)):
                 return super(_Group, self).invoke(ctx)
 
         return run_guarded(command)
@@ -503,9 +412,9 @@ def export_command(target) -> click.Command:
     def command(checkpoint: str, fmt: str | None, revision: str | None, out: str, force: bool, do_validate: bool, report_dir: str | None,
                 steps: int, as_json: bool, **options: Any) -> None:
         from . import api
-        from .targets import check_suffix, describe_artifact
+        from .outputs import describe_artifact
 
-        check_suffix(target.name, out)  # before any work
+        target.check_path(Path(out))  # before any work
         if report_dir is not None and do_validate:
             from .validation.report import check_report_dir
 

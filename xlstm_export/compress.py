@@ -13,7 +13,6 @@ tokens and keeps, per Linear, the Hessian ``X^T X`` of its inputs (``in x in`` f
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -28,24 +27,23 @@ QUANT_FIELDS = ("quantize", "block_size", "keep", "quant_method", "calibration",
 MAX_CALIBRATION_TOKENS = 8192
 CALIBRATION_WINDOW = 512  # tokens per reference forward (one sequence from an empty state each)
 
-# nn.Linear -> the canonical prefix of its weight (``blocks.0.mlstm.q``): filled by the reference model's
-# builder, read by the calibration hooks; weak, so it never keeps a model alive
-LINEAR_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
 
 def compression_for(graph: Graph, target: str, quantize: str = "none", block_size: int = 32,
                     keep: Optional[str | Sequence[str]] = None, quant_method: str = "auto",
-                    calibration: Optional[str] = None, asymmetric: bool = False) -> Optional[Compression]:
-    """The compression the options ask for (None for ``--quantize none``), calibrated when GPTQ is used."""
+                    calibration: Optional[str] = None, asymmetric: bool = False,
+                    schemes: Optional[Sequence[str]] = None) -> Optional[Compression]:
+    """The compression the options ask for (None for ``--quantize none``), calibrated when GPTQ is used;
+    ``target`` (its name, for messages) takes the schemes ``schemes`` (default: every scheme)."""
     if quantize in (None, "none"):
         extra = [f for f, v in (("--calibration", calibration), ("--keep", keep), ("--asymmetric", asymmetric))
                  if v not in (None, "", (), False)]
         if extra:
             raise UnsupportedError(f"{target}: {extra[0]} applies to compressed weights; add --quantize int8|int4")
         return None
-    if quantize.startswith("lut") and target != "coreml":
-        raise UnsupportedError(f"{target}: --quantize {quantize} (palettes) is a Core ML format; {target} takes "
-                               f"int8 or int4")
+    if schemes is not None and quantize not in schemes:
+        what = " (palettes)" if quantize.startswith("lut") else ""
+        raise UnsupportedError(f"{target}: --quantize {quantize}{what} is not a format of {target}; it takes "
+                               f"{' or '.join(schemes)}")
     if isinstance(keep, str):
         keep = tuple(k.strip() for k in keep.split(",") if k.strip())
     method = quant_method or "auto"
@@ -113,7 +111,7 @@ def calibrate(graph: Graph, ids: np.ndarray, window: int = CALIBRATION_WINDOW) -
     import torch
     from torch import nn
 
-    from .reference import build_model
+    from .reference.model import LINEAR_NAMES, build_model
 
     model = build_model(graph, device="cpu").set_kernel("chunkwise", chunk_size=min(64, window))
     hess: Dict[str, torch.Tensor] = {}
@@ -141,5 +139,5 @@ def calibrate(graph: Graph, ids: np.ndarray, window: int = CALIBRATION_WINDOW) -
     return {k: v.numpy() for k, v in hess.items()}
 
 
-__all__ = ["CALIBRATION_WINDOW", "LINEAR_NAMES", "MAX_CALIBRATION_TOKENS", "QUANT_FIELDS", "calibrate",
+__all__ = ["CALIBRATION_WINDOW", "MAX_CALIBRATION_TOKENS", "QUANT_FIELDS", "calibrate",
            "calibration_ids", "compression_for"]

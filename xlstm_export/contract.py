@@ -151,12 +151,12 @@ def judged_precision(contract: dict) -> str:
 
 
 def declared_precision(contract: dict, where: str, target: str, offered: Sequence[str],
-                       kinds: Optional[Sequence[str]] = None) -> str:
+                       kinds: Sequence[str] = ()) -> str:
     """The contract's precision, if ``target`` writes it (ArtifactError otherwise): it picks the tolerance
-    the artifact is judged by, so it is checked against the artifact's tensors after this. ``kinds``: the
-    contract targets the file's target writes (its artifact kinds; default ``target`` alone)."""
+    the artifact is judged by, so it is checked against the artifact's tensors after this. The contract's
+    ``"target"`` must be ``target`` or one of ``kinds`` (the other kinds its file declares, e.g. a Scan graph)."""
     p = contract.get("precision")
-    if contract.get("target") not in (tuple(kinds) if kinds is not None else (target,)):
+    if contract.get("target") not in (target, *kinds):
         raise ArtifactError(f"{where}: its contract declares target {_short(contract.get('target'))}, but "
                             f"the file is a {target} artifact; its tolerance would be another target's "
                             f"({TRUST_HINT})")

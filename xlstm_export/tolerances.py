@@ -13,16 +13,14 @@ Figures are per comparison step (the prefill, or one decode step) and per prompt
   *where* a failure starts, not to judge);
 * ``param_rel``: same, for an artifact's weights against the reference's (runners that expose them).
 
-A target's artifact kinds name their tolerance per precision where the target is registered
-(``xlstm_export/targets.py``), from the shared entries here; ``tolerance_for`` reads the registry.
+A target's artifact kinds name their tolerance per precision in the target's declaration (its package's
+``target.py``), from the shared entries here; ``validation.tolerance_for`` reads them from the registry.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Tuple
-
-from .errors import UnsupportedError
+from typing import Dict
 
 
 @dataclass(frozen=True)
@@ -79,33 +77,3 @@ REFERENCE = Tolerance(max_rel=1e-5, min_cosine=0.999999, min_greedy_agreement=1.
                       param_rel=0.0, why="the reference against itself (other kernel form or device)")
 # Core ML fp32: fp32 weights and math; states still fp16 (Core ML requires it) but split into high + scaled
 # low parts, measured < 5e-5 relative over 2048 tokens (docs/ARCHITECTURE.md): the fp32 entry applies.
-
-
-def tolerances() -> Dict[Tuple[str, str], Tolerance]:
-    """The whole table, (kind, precision) -> Tolerance, from the target registry."""
-    from .targets import KINDS
-
-    table = {("reference", "fp32"): REFERENCE}
-    for kind in KINDS.values():
-        table.update({(kind.name, p): t for p, t in kind.tolerances.items()})
-    return table
-
-
-def tolerance_for(target: str, precision: str) -> Tolerance:
-    """``precision`` as artifacts declare it; with compressed weights ``fp16+int4`` (``+`` the scheme,
-    ``-b64`` a block size): the compressed weights' entry of :data:`QUANTIZED`, for any target that
-    offers the base precision."""
-    if "+" in precision:
-        base, _, scheme = precision.partition("+")
-        scheme = scheme.split("-")[0]
-        tolerance_for(target, base)  # the target must offer the base precision
-        if scheme not in QUANTIZED:
-            raise UnsupportedError(f"no tolerance for compressed weights {scheme!r}; known: {sorted(QUANTIZED)}")
-        return QUANTIZED[scheme]
-    table = tolerances()
-    try:
-        return table[(target, precision)]
-    except KeyError:
-        known = ", ".join(f"{t}/{p}" for t, p in sorted(table))
-        raise UnsupportedError(f"no tolerance for target {target!r} at precision {precision!r}; "
-                               f"known: {known} (a target's kinds declare theirs in xlstm_export/targets.py)") from None

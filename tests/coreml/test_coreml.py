@@ -18,13 +18,14 @@ import torch
 
 from xlstm_export.coreml.emit import CoreMLOptions, contract_for, emit
 from xlstm_export.coreml.backend import stored_states
-from xlstm_export.lowering import POLICIES, core_ml_name
+from xlstm_export.coreml.policy import POLICIES
+from xlstm_export.lowering import core_ml_name
 from xlstm_export.coreml.runner import CoreMLRunner, read_contract
 from xlstm_export.errors import ArtifactError, OutputError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.reference import build_model
 from xlstm_export.contract import check_contract
-from xlstm_export.tolerances import tolerance_for
+from xlstm_export.validation import tolerance_for
 from xlstm_export.validation.compare import max_rel as _rel
 
 FIXTURES = ("hf", "large", "hybrid", "hybrid_slstm_only")
@@ -90,7 +91,7 @@ def test_package_declares_fp16_states_of_the_contract(packages, name):
     assert out.name == "logits" and list(out.type.multiArrayType.shape) == [1, 1, graph.config.vocab_size]
     declared = {s.name: s.type for s in spec.description.state}
     contract = graph.state_contract(1)
-    stored = stored_states(graph, 1, POLICIES[("coreml", "fp16")])  # the contract's, + low parts of split states
+    stored = stored_states(graph, 1, POLICIES["fp16"])  # the contract's, + low parts of split states
     assert list(declared) == [cm for _, cm, _, _ in stored]
     assert [cm for _, cm, _, of in stored if of is None] == [core_ml_name(s.name) for s in contract]
     for s in contract:
@@ -140,7 +141,7 @@ def test_metadata_for_xcode(packages, name):
     assert all(s["output"] is None and s["dtype"] == "float16" for s in contract["states"])
     parts = {s["part_of"]: s["input"] for s in contract["extra_states"]}  # low parts of split states
     assert parts == {s.name: core_ml_name(s.name) + "_lo" for s in graph.state_contract(1)
-                     if POLICIES[("coreml", "fp16")].storage(s.role).split}
+                     if POLICIES["fp16"].storage(s.role).split}
     features = list(spec.description.input) + list(spec.description.output) + list(spec.description.state)
     assert all(f.shortDescription for f in features), [f.name for f in features if not f.shortDescription]
 

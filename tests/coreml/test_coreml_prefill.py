@@ -14,7 +14,7 @@ from xlstm_export.coreml.runner import CoreMLRunner, function_description, read_
 from xlstm_export.errors import UnsupportedError
 from xlstm_export.frontends import load_checkpoint
 from fixtures import load_graph
-from xlstm_export.tolerances import tolerance_for
+from xlstm_export.validation import tolerance_for
 from xlstm_export.validation import validate_artifact
 from xlstm_export.validation.compare import max_rel
 

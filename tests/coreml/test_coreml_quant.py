@@ -13,7 +13,7 @@ from xlstm_export.coreml.emit import CoreMLOptions, emit
 from xlstm_export.coreml.runner import CoreMLRunner
 from xlstm_export.coreml.verify import open_runner
 from xlstm_export.errors import ArtifactError, UnsupportedError
-from xlstm_export.lowering import policy_for
+from xlstm_export.coreml.policy import policy_for
 from xlstm_export.lowering.inventory import weight_specs
 from xlstm_export.lowering.quant import Compression, QuantizedWeight, Scheme, gptq, kmeans_rows, quantize, rtn
 from xlstm_export.validation import validate_artifact
@@ -56,7 +56,7 @@ def test_decoded_weights_are_the_quantizers(packages):
     runner = open_runner(art.path, graph)
     dense = runner.compressed_weights(graph)
     comp = Compression("int4")
-    policy = policy_for("coreml", "fp16")
+    policy = policy_for("fp16")
     specs = [s for s in weight_specs(graph, policy) if comp.scheme_for(s) is not None]
     assert sorted(dense) == sorted(s.sources[0] for s in specs)
     for s in specs:
@@ -69,7 +69,7 @@ def test_decoded_weights_are_the_quantizers(packages):
 def test_policy_keeps_gates_norms_and_compresses_projections(packages):
     graph, _ = packages("hf", Compression("int4"))
     comp = Compression("int4", keep=("blocks.0.*",))
-    decided = {s.key: comp.scheme_for(s) for s in weight_specs(graph, policy_for("coreml", "fp16"))}
+    decided = {s.key: comp.scheme_for(s) for s in weight_specs(graph, policy_for("fp16"))}
     assert all(v is None for k, v in decided.items() if k.endswith(".gates.weight"))  # input/forget gates
     assert all(v is None for k, v in decided.items() if k.startswith("blocks.0."))  # --keep
     assert decided["embedding.weight"] == Scheme("int8", 32, True)

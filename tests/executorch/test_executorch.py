@@ -17,7 +17,7 @@ pytest.importorskip("executorch", reason="the executorch extra is not installed"
 import xlstm_export as xe  # noqa: E402
 from xlstm_export.errors import ArtifactError, RuntimeUnavailable, UnsupportedError  # noqa: E402
 from xlstm_export.executorch.runner import ExecuTorchRunner  # noqa: E402
-from xlstm_export.tolerances import tolerance_for  # noqa: E402
+from xlstm_export.validation import tolerance_for  # noqa: E402
 from xlstm_export.validation import validate_artifact  # noqa: E402
 
 from fixtures import load_graph  # noqa: E402
@@ -130,13 +130,15 @@ def test_bad_options_are_refused_before_writing(checkpoint_factory, tmp_path, op
 
 def test_force_replaces_our_program_but_not_a_foreign_pte(tmp_path):
     from xlstm_export.outputs import foreign_reason
+    from xlstm_export.targets import TARGETS
 
     ours = tmp_path / "ours.pte"
     ours.write_bytes(b"<\x00\x00\x00ET12" + b"\x00" * 100 + b"xlstm_export_io" + b"\x00" * 10)
     theirs = tmp_path / "theirs.pte"
     theirs.write_bytes(b"<\x00\x00\x00ET12" + b"\x00" * 200)
-    assert foreign_reason(ours) is None
-    assert foreign_reason(theirs) == "not an ExecuTorch program written by xlstm-export"
+    target = TARGETS["executorch"]
+    assert foreign_reason(ours, target.foreign_reason) is None
+    assert foreign_reason(theirs, target.foreign_reason) == "not an ExecuTorch program written by xlstm-export"
 
 
 def test_a_contract_claiming_another_precision_is_refused_unless_trusted(programs, tmp_path):

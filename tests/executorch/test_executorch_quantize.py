@@ -24,7 +24,8 @@ from xlstm_export.executorch.emit import ExecuTorchOptions, contract_for  # noqa
 from xlstm_export.executorch.quantize import DEFAULT_KEEP, candidates, quantize_model  # noqa: E402
 from xlstm_export.executorch.runner import ExecuTorchRunner  # noqa: E402
 from xlstm_export.executorch.verify import open_runner  # noqa: E402
-from xlstm_export.tolerances import FP16, FP32, INT8, tolerance_for  # noqa: E402
+from xlstm_export.tolerances import FP16, FP32, INT8  # noqa: E402
+from xlstm_export.validation import tolerance_for  # noqa: E402
 from xlstm_export.validation import validate_artifact  # noqa: E402
 
 EXAMPLES = {n: Path(__file__).resolve().parents[2] / "examples" / n for n in ("hf-recall", "hybrid-copy")}

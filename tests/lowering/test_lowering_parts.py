@@ -8,7 +8,7 @@ import pytest
 from xlstm_export import lowering, targets
 from xlstm_export.errors import RegistryError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint, load_weight
-from xlstm_export.lowering import LOWERINGS, POLICIES, WeightSpec, block_states, prepare_weight
+from xlstm_export.lowering import LOWERINGS, WeightSpec, block_states, prepare_weight
 from xlstm_export.lowering.precision import ROLES, STATE_ROLES
 
 
@@ -23,21 +23,26 @@ def test_registry_is_keyed_by_kind_form_mode_and_names_what_is_registered(checkp
 
 
 def test_policies_give_every_role_and_state_role_a_dtype():
-    for (target, name), p in POLICIES.items():
-        assert target in targets.TARGETS and p.target == target and p.name == name
-        assert all(p.dtype(r) in ("fp16", "fp32") for r in ROLES)
-        assert all(p.storage(r).dtype in ("fp16", "fp32") for r in STATE_ROLES)
-    for name, t in targets.TARGETS.items():  # the CLI offers exactly the policies of lowered targets
-        if any(k.modes for k in t.kinds):
-            offered = next(o.choices for o in t.options if o.dest == "precision")
-            assert set(offered) == {p for tt, p in POLICIES if tt == name}, name
-            assert set(offered) == {p for k in t.kinds for p in k.tolerances}, name
-    assert POLICIES[("coreml", "fp16")].split_roles() == ("c", "n", "m", "slstm")
-    assert all(POLICIES[("coreml", p)].storage(r).dtype == "fp16" for p in ("fp16", "fp32") for r in STATE_ROLES)
+    from xlstm_export.coreml.policy import POLICIES as COREML
+    from xlstm_export.onnx.policy import policy_for as onnx_policy
+
+    lowered = {name: t.precision_policies() for name, t in targets.TARGETS.items() if any(k.modes for k in t.kinds)}
+    assert set(lowered) == {"coreml", "onnx"}
+    for target, policies in lowered.items():
+        for name, p in policies.items():
+            assert p.target == target and p.name == name
+            assert all(p.dtype(r) in ("fp16", "fp32") for r in ROLES)
+            assert all(p.storage(r).dtype in ("fp16", "fp32") for r in STATE_ROLES)
+        t = targets.TARGETS[target]  # the CLI offers exactly the policies of lowered targets
+        offered = next(o.choices for o in t.options if o.dest == "precision")
+        assert set(offered) == set(policies), target
+        assert set(offered) == {p for k in t.kinds for p in k.tolerances}, target
+    assert COREML["fp16"].split_roles() == ("c", "n", "m", "slstm")
+    assert all(COREML[p].storage(r).dtype == "fp16" for p in ("fp16", "fp32") for r in STATE_ROLES)
     with pytest.raises(UnsupportedError, match="precision must be one of"):
-        lowering.policy_for("onnx", "bf16")
+        onnx_policy("bf16")
     with pytest.raises(UnsupportedError, match="unknown role"):
-        POLICIES[("onnx", "fp32")].dtype("logit")
+        onnx_policy("fp32").dtype("logit")
 
 
 def test_weight_hook_layouts(checkpoint_factory):
@@ -80,5 +85,7 @@ def test_typed_states_come_from_the_contract(checkpoint_factory):
 
 
 def test_the_cli_prefill_limit_is_the_lowerings():
-    """targets.py restates the limit so that importing it loads no numpy; the two must agree."""
-    assert targets.MAX_PREFILL_CHUNK == lowering.MAX_PREFILL_CHUNK
+    """target.py restates the limit so that importing it loads no numpy; the two must agree."""
+    from xlstm_export.target import MAX_PREFILL_CHUNK
+
+    assert MAX_PREFILL_CHUNK == lowering.MAX_PREFILL_CHUNK

@@ -11,11 +11,11 @@ import onnx
 import pytest
 
 from xlstm_export.coreml import CoreMLOptions
-from xlstm_export.coreml import emit as coreml_emit
+from xlstm_export.coreml.emit import emit as coreml_emit
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.lowering import core_ml_name, is_marked
 from xlstm_export.onnx import OnnxOptions
-from xlstm_export.onnx import emit as onnx_emit
+from xlstm_export.onnx.emit import emit as onnx_emit
 
 OURS = re.compile(r"^(blocks_\d+_|embedding|out_norm|lm_head|logits)")  # coremltools names its own ops cast_3, ...
 

@@ -19,11 +19,12 @@ import torch
 from xlstm_export.errors import ArtifactError, OutputError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.graphs.io import IO_KEY
-from xlstm_export.onnx import OnnxOptions, OnnxRunner, emit
+from xlstm_export.onnx import OnnxOptions, OnnxRunner
+from xlstm_export.onnx.emit import emit
 from xlstm_export.onnx.builder import COREML_OPS
 from xlstm_export.onnx.emit import state_output_name
 from xlstm_export.reference import build_model
-from xlstm_export.tolerances import tolerance_for
+from xlstm_export.validation import tolerance_for
 from xlstm_export.validation.compare import max_rel as rel
 
 FIXTURES = ["hf", "large", "hybrid", "hybrid_slstm_only"]

@@ -11,9 +11,10 @@ import pytest
 from xlstm_export.errors import ArtifactError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
 from fixtures import load_graph
-from xlstm_export.onnx import OnnxOptions, OnnxRunner, emit
+from xlstm_export.onnx import OnnxOptions, OnnxRunner
+from xlstm_export.onnx.emit import emit
 from xlstm_export.onnx.emit import prefill_path_for
-from xlstm_export.tolerances import tolerance_for
+from xlstm_export.validation import tolerance_for
 from xlstm_export.validation import validate_artifact
 from xlstm_export.validation.compare import max_rel
 from xlstm_export.validation.reference_runner import ReferenceRunner

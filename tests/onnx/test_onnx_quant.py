@@ -24,14 +24,14 @@ from xlstm_export.errors import ArtifactError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.graphs.io import IO_KEY
 from xlstm_export.graphs.weights import WeightStore, constant
-from xlstm_export.lowering import policy_for
+from xlstm_export.onnx.policy import policy_for
 from xlstm_export.lowering.inventory import weight_specs
 from xlstm_export.lowering.quant import Compression, quantize, weight_use
-from xlstm_export.onnx import OnnxOptions, emit
+from xlstm_export.onnx.emit import OnnxOptions, emit
 from xlstm_export.onnx.builder import pack_nibbles, unpack_nibbles
 from xlstm_export.onnx.verify import open_runner
 from xlstm_export.reference import build_model
-from xlstm_export.tolerances import tolerance_for
+from xlstm_export.validation import tolerance_for
 from xlstm_export.validation.compare import max_rel as rel
 
 B = 2
@@ -70,7 +70,7 @@ def expected_dense(graph, comp) -> dict:
     from xlstm_export.lowering.model import vocab_weights
 
     out = {}
-    for spec in [*weight_specs(graph, policy_for("onnx", "fp32"), B), *vocab_weights(graph)]:
+    for spec in [*weight_specs(graph, policy_for("fp32"), B), *vocab_weights(graph)]:
         scheme = comp.scheme_for(spec)
         if scheme is not None:
             out[spec.sources[0]] = quantize(graph, spec, scheme, comp).dequantize()
@@ -119,7 +119,7 @@ def test_decoded_weights_and_logits(exported, graph, fmt, scheme, symmetric):
 def test_the_policy_decides_which_weights_are_compressed(exported, graph):
     art, comp = exported("matmulnbits", "int4", True)
     dense = open_runner(art.path, graph).compressed_weights(graph)
-    specs = weight_specs(graph, policy_for("onnx", "fp32"), B)
+    specs = weight_specs(graph, policy_for("fp32"), B)
     uses = {s.sources[0]: weight_use(s) for s in specs}
     assert {uses[n] for n in dense} == {"linear", "lm_head", "embedding"}
     kept = {s.key for s in specs if weight_use(s) == "gates"}  # the stacked input/forget gate projections
@@ -143,7 +143,7 @@ def test_int4_is_packed_two_per_byte_as_onnx_reads_it(exported, graph):
         t = next(i for i in m.graph.initializer if i.name == "blocks.0.mlstm.q.weight.codes")
         assert t.data_type == (onnx.TensorProto.INT4 if symmetric else onnx.TensorProto.UINT4)
         assert len(t.raw_data) == int(np.prod(t.dims)) // 2
-        spec = next(s for s in weight_specs(graph, policy_for("onnx", "fp32"), B) if s.key == t.name[:-6])
+        spec = next(s for s in weight_specs(graph, policy_for("fp32"), B) if s.key == t.name[:-6])
         q = quantize(graph, spec, comp.scheme_for(spec), comp)
         np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.int16), q.codes.T.astype(np.int16))
     v = np.array([-8, 7, -1, 0, 3], dtype=np.int8)

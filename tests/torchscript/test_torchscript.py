@@ -18,8 +18,8 @@ import torch
 
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.graphs.io import IO_FORMAT
-from xlstm_export.torchscript import TorchScriptOptions, emit
-from xlstm_export.tolerances import tolerance_for
+from xlstm_export.torchscript.emit import TorchScriptOptions, emit
+from xlstm_export.validation import tolerance_for
 from xlstm_export.validation.compare import max_rel
 
 FIXTURES = ["hf", "large", "hybrid", "hybrid_slstm_only", "hybrid_pt"]
@@ -70,7 +70,7 @@ def upstream_decode(name: str, model, prompt: torch.Tensor, n: int):
         logits, state = out.logits, out.cache_params
 
         def step(tok, s):
-            o = model(tok, cache_params=s, use_cache=True)
+            o = model(tok, cache=s, use_cache=True)
             return o.logits, o.cache_params
     elif name.startswith("large"):
         logits, state = model(prompt)

@@ -16,7 +16,7 @@ from xlstm_export.cli import main
 from xlstm_export.errors import ArtifactError, ParityError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.graphs.io import IO_KEY
-from xlstm_export.torchscript import TorchScriptOptions, emit
+from xlstm_export.torchscript.emit import TorchScriptOptions, emit
 from xlstm_export.validation import (
     compare, detect_kind, judge, make_prompts, open_artifact, run_validation, step_metrics,
     tolerance_for, validate_artifact,
@@ -237,8 +237,11 @@ def test_validate_exit_2_on_bad_input(artifacts, tmp_path):
     assert res.exit_code == 2 and IO_KEY in res.output
 
 
-def fake_runner(path, graph, **opts):
-    return ReferenceRunner(graph, **opts)
+class FakeTarget:
+    """A target whose runner is the reference (what validation needs of a target: open_runner)."""
+
+    def open_runner(self, path, graph, **opts):
+        return ReferenceRunner(graph, **opts)
 
 
 def test_registry_detects_kind_and_takes_a_new_runner(artifacts, monkeypatch, tmp_path):
@@ -250,8 +253,7 @@ def test_registry_detects_kind_and_takes_a_new_runner(artifacts, monkeypatch, tm
     # what a target adds: one registration (its suffix and runner among the rest)
     from xlstm_export import targets
 
-    fake = targets.Target("fake", "a fake target", (".ref",), "xlstm_export.validation", "Runner",
-                          f"{__name__}:fake_runner", (), "fake", ())
+    fake = type("Fake", (FakeTarget, targets.Target), {})("fake", "a fake target", (".ref",), (), (), lambda: None)
     monkeypatch.setitem(targets.TARGETS, "fake", fake)
     (tmp_path / "m.ref").write_bytes(b"")
     runner = open_artifact(tmp_path / "m.ref", graph, batch_size=2)

@@ -23,9 +23,7 @@ and options give byte-identical files.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -40,12 +38,15 @@ from .. import __version__, progress
 from ..errors import OutputError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract, source_id
-from ..lowering import LOW_SCALE, PrecisionPolicy, check_prefill_chunk, core_ml_name, policy_for, prefill, step
+from ..lowering import LOW_SCALE, PrecisionPolicy, check_prefill_chunk, core_ml_name, prefill, step
+from .policy import policy_for
 from ..lowering.inventory import weight_specs
 from ..lowering.quant import Compression, check_blocks
 from ..contract import judged_precision
-from ..outputs import WRITE_ERRNOS, Artifact, atomic_outputs, check_output_path, normalise_modes, room_at, scratch_for
-from ..targets import check_suffix
+from ..quiet import quiet
+from ..outputs import WRITE_ERRNOS, Artifact, normalise_modes, room_at, scratch_for
+from ..target import Build
+from .target import swift_path_for
 from .swift import shape_str
 from .backend import MILOps, stored_states
 from .names import COMPUTE_UNITS, PREFILL_FUNCTION, TARGET
@@ -67,7 +68,7 @@ ROLE_TEXT = {
 @dataclass(frozen=True)
 class CoreMLOptions:
     batch_size: int = 1  # fixed: Core ML states have a fixed shape, batch included
-    precision: str = "fp16"  # "fp16" | "fp32" (lowering.POLICIES)
+    precision: str = "fp16"  # "fp16" | "fp32" (coreml/policy.py)
     compute_units: str = "all"  # recorded in the metadata and used by the macOS runner; not a package property
     force: bool = False  # replace an existing output
     swift: bool = True  # write the Swift package next to the package (<stem>-swift/)
@@ -82,7 +83,7 @@ class CoreMLOptions:
 
 
 def precision_policy(options: CoreMLOptions) -> PrecisionPolicy:
-    return policy_for(TARGET, options.precision, options.policy)
+    return policy_for(options.precision, options.policy)
 
 
 def check_options(options: CoreMLOptions) -> PrecisionPolicy:
@@ -120,13 +121,6 @@ def contract_for(graph: Graph, options: CoreMLOptions) -> dict:
         for key, cm, shape, of in stored_states(graph, options.batch_size, precision_policy(options))
         if of is not None]
     return contract
-
-
-def swift_path_for(out_path: Path) -> Path:
-    """The Swift package folder written beside the package: ``model.mlpackage`` -> ``model-swift``."""
-    from .swift import package_dir_for
-
-    return package_dir_for(out_path)
 
 
 # -- building the program ----------------------------------------------------------------------
@@ -182,7 +176,7 @@ def convert(prog, workdir: Optional[Path] = None, where: str = "the Core ML pack
     try:
         if workdir is not None:
             tempfile.tempdir = str(workdir)
-        with contextlib.redirect_stderr(io.StringIO()):  # coremltools' per-pass progress bars
+        with quiet():  # coremltools' per-pass progress bars
             return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
                               compute_precision=ct.precision.FLOAT32, skip_model_load=True)
     except OSError as e:
@@ -334,10 +328,14 @@ def add_text_items(dest: Path, graph: Graph) -> None:
     """The checkpoint's tokenizer / generation files into the package (``Data/com.xlstm-export/text``),
     registered in ``Manifest.json`` as one item of author ``com.xlstm-export`` (the format's way of
     carrying more than the model; coremltools and Core ML load the package as before)."""
-    from ..text.files import PACKAGE_AUTHOR, write_into_package
+    from .target import PACKAGE_AUTHOR, PACKAGE_TEXT_DIR
 
-    if not write_into_package(graph, dest):
+    if graph.text is None:
         return
+    folder = dest.joinpath(*PACKAGE_TEXT_DIR)
+    folder.mkdir(parents=True)
+    for n, b in graph.text.files:
+        (folder / n).write_bytes(b)
     mpath = dest / "Manifest.json"
     manifest = json.loads(mpath.read_text())
     manifest["itemInfoEntries"]["text"] = {"author": PACKAGE_AUTHOR, "description": "Tokenizer and generation "
@@ -391,38 +389,31 @@ def count_ops(spec, function: str = "main") -> dict:
     return {"ops_per_step": sum(types.values()) - consts, "consts": consts, "op_types": dict(sorted(types.items()))}
 
 
-def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> Artifact:
-    """Write the ``.mlpackage`` of ``graph`` at ``out_path`` (atomically; never over an existing one without
-    ``options.force``) and, with ``options.swift``, the Swift package beside it (``<stem>-swift/``: Package.swift, Sources/). With
-    ``options.prefill_chunk`` the package has a ``prefill`` function beside ``main``. Returns the
-    :class:`Artifact`; its ``stats`` hold ops per step (and per prefill token) and weight bytes."""
+def build(graph: Graph, options: CoreMLOptions, out_path: Path) -> Build:
+    """The MIL program of ``graph`` (lowered once) and the writer of its ``.mlpackage`` at ``out_path`` and,
+    with ``options.swift``, the Swift package beside it (``<stem>-swift/``: Package.swift, Sources/). With
+    ``options.prefill_chunk`` the package has a ``prefill`` function beside ``main``. The writer's figures:
+    ops per step (and per prefill token) and weight bytes."""
     from .swift import write_swift_package
 
-    out_path = Path(out_path)
     policy = check_options(options)
     check_prefill_chunk(graph, options.prefill_chunk, TARGET)
     if options.compression is not None:
         check_blocks(graph, options.compression, weight_specs(graph, policy, options.batch_size))
-    check_suffix(TARGET, out_path)
-    check_output_path(out_path, options.force)  # fail before the build
     swift_path = swift_path_for(out_path) if options.swift else None
-    if swift_path is not None:
-        check_output_path(swift_path, options.force)
     contract = contract_for(graph, options)
     prog, ops = build_program(graph, policy, options.batch_size, options.prefill_chunk, options.last_logits_only,
                               options.compression)
-    weight_bytes = ops.weight_bytes
-    del ops
-    files = (out_path,) if swift_path is None else (out_path, swift_path)
-    # the package and its snippet: both or neither; coremltools' temporaries in the output's private folder
-    with atomic_outputs(files, options.force) as tmps:
+    made = {"prog": prog, "weight_bytes": ops.weight_bytes}
+    del ops, prog
+
+    def write(tmps):  # the package and its snippet; coremltools' temporaries in the output's private folder
         progress.note("coremltools: MIL passes and serialisation of the program")
-        mlmodel = convert(prog, scratch_for(tmps[0]), str(out_path))
-        del prog
+        mlmodel = convert(made.pop("prog"), scratch_for(tmps[0]), str(out_path))
         spec = mlmodel._spec  # the converted spec; described and written below (coremltools' own save
         describe(spec, graph, contract, options)  # would write random manifest UUIDs)
         stats = count_ops(spec)
-        stats["weight_bytes"] = weight_bytes
+        stats["weight_bytes"] = made["weight_bytes"]
         if options.prefill_chunk is not None:
             p = count_ops(spec, PREFILL_FUNCTION)
             stats.update(prefill_chunk=options.prefill_chunk, prefill_ops=p["ops_per_step"],
@@ -432,9 +423,20 @@ def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> A
         del mlmodel
         if swift_path is not None:
             write_swift_package(tmps[1], contract, out_path.name, options.compute_units)
+        return stats
+
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
-    return Artifact(out_path, kind, judged_precision(contract), contract, files, stats)
+    files = (out_path,) if swift_path is None else (out_path, swift_path)
+    return Build(files, contract, kind, judged_precision(contract), write)
 
 
-__all__ = ["Artifact", "CoreMLOptions", "COMPUTE_UNITS", "TARGET", "build_program", "contract_for",
+def emit(graph: Graph, options: CoreMLOptions, out_path: str | os.PathLike) -> Artifact:
+    """Write the ``.mlpackage`` of ``graph`` at ``out_path`` (atomically; never over an existing one without
+    ``options.force``): the export pipeline of :class:`~xlstm_export.target.Target` over :func:`build`."""
+    from .target import TARGET as _TARGET
+
+    return _TARGET.write(graph, options, out_path)
+
+
+__all__ = ["Artifact", "CoreMLOptions", "COMPUTE_UNITS", "TARGET", "build", "build_program", "contract_for",
            "count_ops", "emit", "precision_policy", "swift_path_for"]

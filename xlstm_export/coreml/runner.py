@@ -222,15 +222,16 @@ def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.nda
     """Canonical weight name -> the dense float32 weight the package computes with, for each weight its
     contract declares compressed: coremltools' own decompression of the package's constexpr ops (data
     read from weight.bin; nothing of the program runs)."""
-    from ..lowering import core_ml_name, policy_for
+    from ..lowering import core_ml_name
     from ..lowering.quant import Compression, compressed_weights_of, split_sources
+    from .policy import policy_for
     from .executor import load_program
 
     q = runner.contract.get("quantize")
     if q is None:
         return {}
     comp = Compression.from_json(q)
-    policy = policy_for(TARGET, str(runner.contract.get("precision")))
+    policy = policy_for(str(runner.contract.get("precision")))
     prog = runner._executor.prog if getattr(runner, "_executor", None) is not None else load_program(runner.path)[0]
     ops = {op.name: op for op in prog.functions[MAIN_FUNCTION].operations if op.op_type.startswith("constexpr_")}
     out: Dict[str, np.ndarray] = {}

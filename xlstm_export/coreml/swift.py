@@ -30,11 +30,6 @@ def shape_str(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-def package_dir_for(out_path: Path) -> Path:
-    """``model.mlpackage`` -> ``model-swift`` beside it."""
-    return out_path.with_name(out_path.name[: -len(out_path.suffix)] + "-swift")
-
-
 def module_name(package_name: str) -> str:
     """A Swift module name from the package's file name: ``hf-recall.mlpackage`` -> ``XLSTMHfRecall``."""
     stem = package_name[: -len(".mlpackage")] if package_name.endswith(".mlpackage") else package_name
@@ -323,5 +318,5 @@ def write_swift_package(folder: Path, contract: dict, package_name: str, compute
         p.write_text(text, encoding="utf-8")
 
 
-__all__ = ["generator_swift", "module_name", "package_dir_for", "package_swift", "swift_package_files",
+__all__ = ["generator_swift", "module_name", "package_swift", "swift_package_files",
            "write_swift_package", "MARK"]

@@ -106,8 +106,8 @@ def verify(runner: CoreMLRunner, graph: Graph) -> None:
     and states, and the dtype and shape of every weight and constant the lowering makes
     (``lowering.inventory``; not their values, which validation measures). The declared precision picks
     the tolerance, so it must be the precision of the actual tensors."""
-    from ..lowering import policy_for
     from .emit import CoreMLOptions, contract_for
+    from .policy import policy_for
 
     where, plan, B = str(runner.path), runner.prefill, runner.batch_size
     precision = declared_precision(runner.contract, where, TARGET, ("fp16", "fp32"))
@@ -117,7 +117,7 @@ def verify(runner: CoreMLRunner, graph: Graph) -> None:
                             last_logits_only=last, compression=compression)
     what = f"its declaration ({TARGET} {precision}, batch {B}" + (f", prefill chunk {plan.chunk})" if plan else ")")
     verify_written(where, what, runner.noun, runner.contract, contract_for(graph, options),
-                   _holdings(runner, graph, policy_for(TARGET, precision), compression, last))
+                   _holdings(runner, graph, policy_for(precision), compression, last))
 
 
 def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **opts) -> CoreMLRunner:

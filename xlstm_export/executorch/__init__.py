@@ -1,6 +1,8 @@
-"""The ExecuTorch target: ``.pte`` programs (XNNPACK on CPU, or the Core ML delegate), the reference
-model exported with ``torch.export``. See ``emit.py``; ``runner.py`` executes them with ``executorch.runtime``."""
+"""The ExecuTorch target: ``.pte`` programs (XNNPACK on CPU, or the Core ML delegate), the reference model exported with ``torch.export``. See ``emit.py``; ``runner.py`` executes them with ``executorch.runtime``; ``target.py`` declares the target.
 
-from .emit import BACKENDS, ExecuTorchOptions, contract_for, emit
+Importing this package is cheap: its modules load when first used.
+"""
 
-__all__ = ["BACKENDS", "ExecuTorchOptions", "contract_for", "emit"]
+from .._lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {'BACKENDS': 'emit', 'ExecuTorchOptions': 'emit', 'contract_for': 'emit'})

@@ -33,9 +33,7 @@ Backends: ``xnnpack`` (CPU: Android, iOS, Linux, macOS; runs here through ``exec
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -46,9 +44,9 @@ from ..graphs import Graph
 from ..graphs.io import dumps, io_contract
 from ..lowering.model import check_prefill_chunk
 from ..reference.kernels import elementary_logsigmoid
-from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path
-from ..text.files import sibling_outputs, write_siblings
-from ..targets import check_suffix
+from ..quiet import quiet
+from ..outputs import Artifact
+from ..target import Build
 from .fuse import fuse_shared_input_linears
 from .passes import xnnpack_friendly_pass
 from .names import BACKENDS, CONTRACT_METHOD, PRECISION, PREFILL_METHOD, STEP_METHOD, TARGET, import_executorch
@@ -134,8 +132,7 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
         names = plan(graph, options.quantize, gs, options.keep)
         progress.note(f"quantizing {len(names)} linear weights ({options.quantize}"
                       + (f", groups of {gs}" if gs else ", per channel") + ")")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():  # torchao's deprecations
             quantize_model(graph, model, options.quantize, gs, names)
     xnnpack = options.backend == "xnnpack"
     if xnnpack and options.quantize == "none":
@@ -143,20 +140,21 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
     B = options.batch_size
     states = model.init_states(B)
     methods = {}
-    with torch.no_grad(), warnings.catch_warnings(), \
-            (elementary_logsigmoid() if xnnpack else contextlib.nullcontext()):
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), (elementary_logsigmoid() if xnnpack else contextlib.nullcontext()):
         step = _step_module(model)
         progress.note("torch.export of the decode step")
-        methods[STEP_METHOD] = export(step, (torch.zeros(B, 1, dtype=torch.long), *states), strict=False)
+        with quiet():  # torch.export's notes and deprecations
+            methods[STEP_METHOD] = export(step, (torch.zeros(B, 1, dtype=torch.long), *states), strict=False)
         if options.prefill_chunk is not None:
             T = options.prefill_chunk
             model.set_kernel("chunkwise", T)
             progress.note(f"torch.export of the prefill method ({T} tokens, chunkwise)")
-            methods[PREFILL_METHOD] = export(step, (torch.zeros(B, T, dtype=torch.long), *states), strict=False)
+            with quiet():
+                methods[PREFILL_METHOD] = export(step, (torch.zeros(B, T, dtype=torch.long), *states),
+                                                 strict=False)
         progress.note(f"lowering to ExecuTorch ({options.backend})")
         try:
-            with _quiet():
+            with quiet():  # the lowering's own prints and logging (coremltools' progress bars, XNNPACK notes)
                 return to_edge_transform_and_lower(
                     methods, partitioner=[_partitioner(options.backend)],
                     transform_passes=[xnnpack_friendly_pass()] if options.backend == "xnnpack" else None,
@@ -180,45 +178,35 @@ def _partitioner(backend: str):
     return CoreMLPartitioner(compile_specs=spec)
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The lowering's own prints and logging (coremltools' progress bars, XNNPACK notes) stay off the CLI."""
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def emit(graph: Graph, options: ExecuTorchOptions, out_path: str | os.PathLike) -> Artifact:
-    """Write the ``.pte`` of ``graph`` at ``out_path`` (atomically, no clobber without ``options.force``):
-    the decode step as method ``forward``, with ``options.prefill_chunk`` a ``prefill`` method, the I/O
-    contract as the constant method ``xlstm_export_io``. Returns the :class:`Artifact`."""
-    out_path = Path(out_path)
+def build(graph: Graph, options: ExecuTorchOptions, out_path: Path) -> Build:
+    """The ``.pte`` program of ``graph``: the decode step as method ``forward``, with
+    ``options.prefill_chunk`` a ``prefill`` method, the I/O contract as the constant method
+    ``xlstm_export_io``; exported and lowered here, written by the returned :class:`Build`."""
     precision = check_options(options)
     check_prefill_chunk(graph, options.prefill_chunk, TARGET)
-    check_suffix(TARGET, out_path)
-    check_output_path(out_path, options.force)
     contract = contract_for(graph, options)
     program = export_program(graph, options)
     data = program.buffer
     if not data:
         raise OutputError(f"{out_path}: ExecuTorch produced an empty program")
-    texts = sibling_outputs(graph, out_path)  # the tokenizer / generation files, beside the program
-    with atomic_outputs([out_path] + [p for p, _ in texts], options.force) as tmps:
-        tmps[0].write_bytes(data)
-        write_siblings(texts, tmps[1:])
     stats = {"bytes": len(data), "weight_bytes": graph.weight_bytes, "backend": options.backend,
              "quantized_weights": len(contract.get("quantization", {}).get("weights", [])),
              "methods": sorted([STEP_METHOD, CONTRACT_METHOD] + ([PREFILL_METHOD] if options.prefill_chunk else []))}
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
-    return Artifact(out_path, kind, precision, contract, (out_path, *(p for p, _ in texts)), stats)
+
+    def write(tmps):
+        tmps[0].write_bytes(data)
+
+    return Build((out_path,), contract, kind, precision, write, stats)
 
 
-__all__ = ["ExecuTorchOptions", "BACKENDS", "TARGET", "emit", "contract_for", "export_program", "CONTRACT_METHOD",
+def emit(graph: Graph, options: ExecuTorchOptions, out_path: str | os.PathLike) -> Artifact:
+    """Write the ``.pte`` of ``graph`` at ``out_path`` (atomically, no clobber without ``options.force``): the
+    export pipeline of :class:`~xlstm_export.target.Target` over :func:`build`."""
+    from .target import TARGET as _TARGET
+
+    return _TARGET.write(graph, options, out_path)
+
+
+__all__ = ["ExecuTorchOptions", "BACKENDS", "TARGET", "build", "emit", "contract_for", "export_program", "CONTRACT_METHOD",
            "PREFILL_METHOD"]

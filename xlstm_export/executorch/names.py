@@ -3,32 +3,21 @@ the import of ExecuTorch both make. The runner imports these from here, never fr
 
 from __future__ import annotations
 
-import warnings
+from ..quiet import quiet
+from .target import CONTRACT_METHOD  # a constant method: the I/O contract (the declaration reads it too)
 
 TARGET = "executorch"
 BACKENDS = ("xnnpack", "coreml")
 PRECISION = {"xnnpack": "fp32", "coreml": "fp16"}  # what each backend computes in
-CONTRACT_METHOD = "xlstm_export_io"  # a constant method: the I/O contract
 STEP_METHOD = "forward"  # the decode step
 PREFILL_METHOD = "prefill"  # with --prefill-chunk T: T prompt tokens per call, same states
 
 
 def import_executorch():
-    """``executorch.exir``, imported with the import-time notes of torchao / torch's pytree (logged as
-    warnings, not about this tool) held back."""
-    import logging
-
-    noisy = [logging.getLogger(n) for n in ("torch.utils._pytree", "torchao", "coremltools")]
-    levels = [lg.level for lg in noisy]
-    for lg in noisy:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import executorch.exir as exir
-    finally:
-        for lg, level in zip(noisy, levels):
-            lg.setLevel(level)
+    """``executorch.exir``, imported with the import-time notes of torchao / torch's pytree / coremltools
+    (logged as warnings, not about this tool) held back."""
+    with quiet():
+        import executorch.exir as exir
     return exir
 
 

@@ -9,8 +9,6 @@ Whether the contract is what xlstm-export writes for what it declares is ``verif
 
 from __future__ import annotations
 
-import contextlib
-import os
 import platform
 from pathlib import Path
 from typing import List, Tuple
@@ -20,25 +18,9 @@ import numpy as np
 from ..contract import parse_contract
 from ..errors import ArtifactError, RuntimeUnavailable, UnsupportedError, first_line
 from ..graphs import Graph
+from ..quiet import quiet
 from ..runner import ArtifactRunner
 from .names import CONTRACT_METHOD, STEP_METHOD, TARGET, import_executorch
-
-
-@contextlib.contextmanager
-def _fd2_quiet():
-    """ExecuTorch's C++ runtime logs CPU-probe notes on file descriptor 2; keep them off the CLI's stderr."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 class ExecuTorchRunner(ArtifactRunner):
@@ -51,13 +33,14 @@ class ExecuTorchRunner(ArtifactRunner):
 
     def _open(self) -> dict:
         import_executorch()
-        from executorch.runtime import Runtime
+        with quiet():  # its pybindings warn that the API is experimental
+            from executorch.runtime import Runtime
 
         where = self.where
         if not self.path.is_file():
             raise ArtifactError(f"{where}: no such ExecuTorch program (a regular .pte file)")
         try:
-            with _fd2_quiet():
+            with quiet():  # the C++ runtime's CPU-probe notes on file descriptor 2
                 self.program = Runtime.get().load_program(self.path)
                 text = self.program.load_method(CONTRACT_METHOD).execute([])
         except Exception as e:  # the runtime raises RuntimeError/ValueError of its own for foreign files
@@ -78,7 +61,7 @@ class ExecuTorchRunner(ArtifactRunner):
             raise RuntimeUnavailable(f"{where}: a Core ML-delegated ExecuTorch program runs only on macOS (the Core "
                                      f"ML delegate); validate it there")
         try:
-            with _fd2_quiet():
+            with quiet():
                 self._forward = self.program.load_method(STEP_METHOD)
                 self._prefill = self.program.load_method(self.prefill.where) if self.prefill else None
         except Exception as e:  # the runtime's own errors (a method the program lacks, a delegate missing here)
@@ -113,15 +96,12 @@ class ExecuTorchRunner(ArtifactRunner):
         q = self.contract.get("quantization")  # written with a quantization scheme only (emit.contract_for)
         if not isinstance(q, dict):
             return None
-        import warnings
-
         from ..reference import build_model
         from ..runner import TorchModuleRunner
         from .quantize import quantize_model
 
         model = build_model(graph, device="cpu").eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():  # torchao's deprecations
             quantize_model(graph, model, self.precision, q.get("group_size"), list(q.get("weights", [])))
         runner = TorchModuleRunner(model, self.batch_size)
         runner.runtime = f"PyTorch eager, weights and activations quantized {self.precision} (torchao)"

@@ -21,12 +21,15 @@ from ..graphs import Graph, WeightHandle
 from ..graphs.weights import FLOAT_DTYPES
 
 FORMATS = ("hf", "large", "hybrid", "profile")
+# torch.save state dicts upstream's users keep (checkpoint input; loaded with weights_only=True)
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin")
 HYBRID_KEYS = ("mlstm_block", "slstm_block", "slstm_at")
 LARGE_REQUIRED = ("embedding_dim", "num_heads", "num_blocks", "vocab_size")
 EXPECTED = ("a checkpoint directory holding config.json (model_type 'xlstm') + model.safetensors or shards "
             "(transformers xLSTM); config.yaml (xLSTMLargeConfig) + model.safetensors (xlstm_large); "
             "config.yaml/.json (xLSTMLMModelConfig: mlstm_block/slstm_block) + model.safetensors or a "
-            ".pt/.pth/.bin state dict (xLSTMLMModel); or profile.json + model.safetensors (xlstm-export)")
+            f"{'/'.join(STATE_DICT_SUFFIXES)} state dict (xLSTMLMModel); or profile.json + model.safetensors "
+            "(xlstm-export)")
 
 
 def check_finite(handle: WeightHandle, arr: np.ndarray) -> np.ndarray:
@@ -333,7 +336,7 @@ def load_checkpoint(path: str | os.PathLike, format: Optional[str] = None, revis
     else:
         from .profile import load_profile
         graph = load_profile(d, file)
-    from ..text.files import read_text_bundle
+    from .text import read_text_bundle
 
     text = read_text_bundle(d, graph.config.vocab_size)
     return graph if text is None else dataclasses.replace(graph, text=text)

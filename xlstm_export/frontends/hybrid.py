@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ConfigError, UnsupportedError, cut, short
 from ..graphs import FFNSpec, Graph, MLSTMBlock, ModelConfig, NormSpec, SLSTMBlock, WeightHandle
 from ..graphs.names import SLSTM_GATES
 from ..graphs.spec import check_positive
-from . import check_num_blocks, field, list_dir, path_exists, read_config
+from . import STATE_DICT_SUFFIXES, check_num_blocks, field, list_dir, path_exists, read_config
 from ._table import Misshaped, Rule, apply_rules, build_graph, conv_weight, split_rows
 from .safetensors_io import open_safetensors, open_torch_state_dict
 
@@ -299,20 +299,23 @@ def slstm_table(backend: str, group_norm_weight: bool) -> list[Rule]:
     return rules + _FFN_TABLE
 
 
+_STATE_DICTS = "/".join(STATE_DICT_SUFFIXES)
+
+
 def open_hybrid_weights(d: Path, file: Optional[Path]) -> dict:
     if file is not None:
         if file.suffix == ".safetensors":
             return open_safetensors(file)
-        if file.suffix in (".pt", ".pth", ".bin"):
+        if file.suffix in STATE_DICT_SUFFIXES:
             return open_torch_state_dict(file)
-        raise CheckpointError(f"{file}: expected a .safetensors or .pt/.pth/.bin weights file")
+        raise CheckpointError(f"{file}: expected a .safetensors or {_STATE_DICTS} weights file")
     if path_exists(d / "model.safetensors"):
         return open_safetensors(d / "model.safetensors")
-    cands = [p for p in list_dir(d) if p.suffix in (".pt", ".pth", ".bin")]
+    cands = [p for p in list_dir(d) if p.suffix in STATE_DICT_SUFFIXES]
     if len(cands) == 1:
         return open_torch_state_dict(cands[0])
     if not cands:
-        raise CheckpointError(f"{d}: no weights: expected model.safetensors or one .pt/.pth/.bin state dict")
+        raise CheckpointError(f"{d}: no weights: expected model.safetensors or one {_STATE_DICTS} state dict")
     raise CheckpointError(f"{d}: several state dicts {[cut(p.name, 60) for p in cands][:8]}: pass the one to use as "
                           f"--checkpoint")
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import CheckpointError, OutputError, first_line, short
 from ..graphs.weights import WeightHandle
+from ..quiet import quiet
 
 # safetensors dtype tag -> (our dtype name, numpy dtype used to map the bytes, itemsize)
 _DTYPES: dict[str, tuple[str, str, int]] = {
@@ -246,7 +247,6 @@ def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
 
     path = Path(path)
     import pickle
-    import warnings
 
     import torch  # lazily: only this format needs it
 
@@ -254,8 +254,7 @@ def open_torch_state_dict(path: str | os.PathLike) -> dict[str, WeightHandle]:
         identity = _identity(os.fstat(f.fileno()))
 
     def _load(mmap: bool):
-        with warnings.catch_warnings():  # torch's own (sparse beta, deprecated dtypes): not the user's concern
-            warnings.simplefilter("ignore")
+        with quiet():  # torch's own warnings (sparse beta, deprecated dtypes): not the user's concern
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
     try:

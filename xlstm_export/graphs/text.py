@@ -1,6 +1,6 @@
 """What a checkpoint says about text: its tokenizer and generation files and its special token ids.
 
-Pure data (no tokenizer library here): ``xlstm_export.text`` reads and checks the files and builds
+Pure data (no tokenizer library here): ``frontends/text.py`` reads and checks the files and builds
 this; every artifact carries the files beside it and names them in its I/O contract under ``"text"``
 (:func:`contract_entry`), so an artifact alone takes and gives text (``xlstm-export run``).
 """
@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 # the files that travel with an artifact, in this order, when the checkpoint has them
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 TOKENIZER_FILE = "tokenizer.json"
+MAX_TEXT_FILE_BYTES = 64 << 20  # a tokenizer.json of a 256k vocabulary is ~20 MB
 
 
 @dataclass(frozen=True)
@@ -45,4 +46,4 @@ def contract_entry(bundle: TextBundle) -> dict:
     }
 
 
-__all__ = ["TEXT_FILES", "TOKENIZER_FILE", "TextBundle", "contract_entry"]
+__all__ = ["MAX_TEXT_FILE_BYTES", "TEXT_FILES", "TOKENIZER_FILE", "TextBundle", "contract_entry"]

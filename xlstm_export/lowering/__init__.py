@@ -15,11 +15,11 @@ that each graph backend (``coreml/backend.py``, ``onnx/backend.py``) implements.
 from . import blocks as _blocks  # noqa: F401  (registers the block lowerings)
 from .model import MAX_PREFILL_CHUNK, check_prefill_chunk, prefill, step
 from .ops import MARK, Ops, core_ml_name, is_marked, marked
-from .precision import LOW_SCALE, LOW_SUFFIX, POLICIES, PrecisionPolicy, StateStorage, policy_for
+from .precision import FULL_PRECISION, LOW_SCALE, LOW_SUFFIX, PrecisionPolicy, StateStorage, choose_policy, state_storage
 from .registry import KINDS, LOWERINGS, MODES, kind_form
 from .states import MLSTMStates, SLSTMStates, block_states
 from .weights import WeightSpec, prepare_weight
 
-__all__ = ["step", "prefill", "check_prefill_chunk", "MAX_PREFILL_CHUNK", "MARK", "Ops", "core_ml_name", "is_marked", "marked", "LOW_SCALE", "LOW_SUFFIX", "POLICIES",
-           "PrecisionPolicy", "StateStorage", "policy_for", "KINDS", "LOWERINGS", "MODES", "kind_form",
+__all__ = ["step", "prefill", "check_prefill_chunk", "MAX_PREFILL_CHUNK", "MARK", "Ops", "core_ml_name", "is_marked", "marked", "LOW_SCALE", "LOW_SUFFIX", "FULL_PRECISION",
+           "PrecisionPolicy", "StateStorage", "choose_policy", "state_storage", "KINDS", "LOWERINGS", "MODES", "kind_form",
            "MLSTMStates", "SLSTMStates", "block_states", "WeightSpec", "prepare_weight"]

@@ -1,6 +1,6 @@
 """The constants a lowering makes, without making them: key -> (dtype, shape) for a graph and a policy.
 
-    table = constants(graph, policy_for("coreml", "fp16"), batch_size=1, prefill_chunk=8)
+    table = constants(graph, policy, batch_size=1, prefill_chunk=8)
     table["blocks.0.mlstm.q.weight"]      # ("fp16", (256, 128))
 
 The lowerings run over :class:`Inventory`, an ops backend whose values are dtype names ("fp16",

@@ -1,4 +1,4 @@
-"""One precision policy per (target, precision name), as data.
+"""Precision policies: which dtype each role of a lowering computes in, as data.
 
 A lowering never names a dtype. It asks for a *role*: ``ops.cast(x, "cell", ...)`` casts to whatever the
 policy says the cell math runs in, and is no op when x already has that dtype. Roles:
@@ -16,9 +16,9 @@ its dtype, and whether it is *split* into an fp16 high part plus an fp16 low par
 ``LOW_SCALE`` (value = high + low / LOW_SCALE, ~22 significant bits; Core ML states are fp16 only and
 plain fp16 cannot carry the recurrence: measured, see ``docs/ARCHITECTURE.md``).
 
-The policies the CLI offers are :data:`POLICIES`. Measurement harnesses (``benchmarks/``) build their
-own :class:`PrecisionPolicy` and hand it to an emitter's ``policy`` option; the package offers only
-these.
+Each lowered target declares the policies it offers in its package (``coreml/policy.py``,
+``onnx/policy.py``: ``POLICIES``, by precision name). Measurement harnesses (``benchmarks/``) build their
+own :class:`PrecisionPolicy` and hand it to an emitter's ``policy`` option.
 """
 
 from __future__ import annotations
@@ -85,32 +85,25 @@ class PrecisionPolicy:
         return replace(self, name=name, states={**self.states, **storage})
 
 
-def _states(dtype: str, split: Tuple[str, ...] = ()) -> Dict[str, StateStorage]:
+def state_storage(dtype: str, split: Tuple[str, ...] = ()) -> Dict[str, StateStorage]:
+    """Every state role stored in ``dtype``, those in ``split`` split into high + low parts."""
     return {r: StateStorage(dtype, r in split) for r in STATE_ROLES}
 
 
-# Core ML: states must be fp16. "fp16" = fp16 weights and matmuls (the bandwidth), fp32 stream and cell
-# math, the recurrent states split (the conv ring holds fp16 matmul outputs already: exact in fp16).
-# "fp32" = fp32 everything, every state split.
-# ONNX: states in the cell dtype (fp32); "fp16" = fp16 weights and activations, fp32 norms and cells.
-POLICIES: Dict[Tuple[str, str], PrecisionPolicy] = {
-    ("coreml", "fp16"): PrecisionPolicy("coreml", "fp16", weights="fp16", stream="fp32", norm="fp32", cell="fp32",
-                                        act="fp16", states=_states("fp16", split=("c", "n", "m", "slstm"))),
-    ("coreml", "fp32"): PrecisionPolicy("coreml", "fp32", weights="fp32", stream="fp32", norm="fp32", cell="fp32",
-                                        act="fp32", states=_states("fp16", split=STATE_ROLES)),
-    ("onnx", "fp32"): PrecisionPolicy("onnx", "fp32", weights="fp32", stream="fp32", norm="fp32", cell="fp32",
-                                      act="fp32", states=_states("fp32")),
-    ("onnx", "fp16"): PrecisionPolicy("onnx", "fp16", weights="fp16", stream="fp16", norm="fp32", cell="fp32",
-                                      act="fp32", states=_states("fp32")),
-}
+# All fp32, no state split: what the reference computes in. Measurements and the reference model of a
+# compressed artifact (``validation/compressed.py``) enumerate weights with it; targets declare their own
+# policies in their packages (``coreml/policy.py``, ``onnx/policy.py``).
+FULL_PRECISION = PrecisionPolicy("reference", "fp32", weights="fp32", stream="fp32", norm="fp32", cell="fp32",
+                                 act="fp32", states=state_storage("fp32"))
 
 
-def policy_for(target: str, precision: str, override: "PrecisionPolicy | None" = None) -> PrecisionPolicy:
-    """The policy a target's ``precision`` option names (``override``: a measurement's own policy)."""
+def choose_policy(policies: Mapping[str, PrecisionPolicy], target: str, precision: str,
+                  override: "PrecisionPolicy | None" = None) -> PrecisionPolicy:
+    """The policy of ``policies`` (a target's, by precision name) that ``precision`` names (``override``: a
+    measurement's own policy)."""
     if override is not None:
         return override
     try:
-        return POLICIES[(target, precision)]
+        return policies[precision]
     except KeyError:
-        offered = sorted(p for t, p in POLICIES if t == target)
-        raise UnsupportedError(f"{target}: precision must be one of {offered}, got {precision!r}") from None
+        raise UnsupportedError(f"{target}: precision must be one of {sorted(policies)}, got {precision!r}") from None

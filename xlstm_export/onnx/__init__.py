@@ -1,7 +1,8 @@
-"""ONNX target: a decode step graph for ORT's Core ML EP, and a Scan sequence graph (``emit.py``)."""
+"""ONNX target: a decode step graph for ORT's Core ML EP, a Scan sequence graph and a chunkwise prefill graph (``emit.py``), the runner over ONNX Runtime (``runner.py``), the declaration (``target.py``).
 
-from .emit import Artifact, OnnxOptions, build, emit
-from .runner import OnnxRunner
-from .verify import open_runner
+Importing this package is cheap: its modules load when first used.
+"""
 
-__all__ = ["Artifact", "OnnxOptions", "build", "emit", "OnnxRunner", "open_runner"]
+from .._lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {'Artifact': 'emit', 'OnnxOptions': 'emit', 'OnnxRunner': 'runner', 'open_runner': 'verify'})

@@ -17,7 +17,7 @@ Prefill graph (``--prefill-chunk T``), written *with* the step graph, the weight
 file (``model.onnx`` + ``model.prefill.onnx`` + ``model.onnx.data``)::
 
     input_ids (B, T) int64, T static --Gather--> rows (B*T, E) --blocks, chunkwise--> head --> logits (B, T, V)
-    <state> (the step graph's contract) ------------------------^  \--> <state>.next
+    <state> (the step graph's contract) ------------------------^  \\--> <state>.next
 
 mLSTM blocks run the chunkwise form (``lowering.layers.mlstm_chunk``: the cumulative gate sum is a
 matmul with a constant lower-triangular matrix, the causal mask a constant), sLSTM blocks are unrolled
@@ -62,17 +62,18 @@ from .. import __version__, lowering, progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..lowering import PrecisionPolicy, check_prefill_chunk, policy_for
+from ..lowering import PrecisionPolicy, check_prefill_chunk
+from .policy import policy_for
 from ..lowering.inventory import weight_specs
 from ..lowering.precision import STATE_ROLES
 from ..lowering.quant import Compression, check_blocks
 from ..contract import judged_precision
-from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path
-from ..text.files import sibling_outputs, write_siblings
-from ..targets import check_suffix
+from ..outputs import Artifact
+from ..target import Build
+from .target import DATA_SUFFIX, prefill_path_for
 from .backend import ELEM, OnnxOps
 from .builder import COREML_OPS, DTYPE_NAME, I64, BuildError, GraphBuilder, ModelState
-from .names import COREML_MAX_DIM, PREFILL_SUFFIX, TARGET_SCAN, TARGET_STEP
+from .names import COREML_MAX_DIM, TARGET_SCAN, TARGET_STEP
 from .quant import FORMATS, QuantCache, check_compression, opset_for
 from .writer import External, write_model
 
@@ -85,7 +86,7 @@ EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights from which the data 
 class OnnxOptions:
     scan: bool = False  # the Scan sequence graph instead of the decode step
     batch_size: int = 1
-    precision: str = "fp32"  # weights / activations; norms, cells and states stay fp32 (lowering.POLICIES)
+    precision: str = "fp32"  # weights / activations; norms, cells and states stay fp32 (onnx/policy.py)
     opset: int = DEFAULT_OPSET
     force: bool = False  # replace an existing output
     lm_head_block: int = COREML_MAX_DIM  # LM head row blocks (split when V is larger)
@@ -119,17 +120,12 @@ def check_options(options: OnnxOptions) -> PrecisionPolicy:
     if options.compression is None and options.quantize_format != "matmulnbits":
         raise UnsupportedError(f"onnx: --quantize-format {options.quantize_format} applies to compressed weights; "
                                f"add --quantize int8|int4")
-    policy = policy_for(TARGET_STEP, options.precision, options.policy)
+    policy = policy_for(options.precision, options.policy)
     dtypes = {policy.storage(r).dtype for r in STATE_ROLES}
     if len(dtypes) != 1 or any(policy.storage(r).split for r in STATE_ROLES):
         raise UnsupportedError(f"onnx: policy {policy.name!r} stores states unevenly or split; ONNX states are "
                                f"plain tensors of one dtype")
     return policy
-
-
-def prefill_path_for(out_path: Path) -> Path:
-    """``model.onnx`` -> ``model.prefill.onnx``."""
-    return out_path.with_name(out_path.stem + PREFILL_SUFFIX)
 
 
 def state_dtype(policy: PrecisionPolicy) -> int:
@@ -140,7 +136,7 @@ def contract_for(graph: Graph, options: OnnxOptions, out_path: Optional[Path] = 
     """The I/O contract of the step (or Scan) graph; ``prefill``: of the prefill graph. With a prefill chunk
     both name each other: ``"prefill": {"path", "chunk", "last_logits_only"}`` in the step graph's,
     ``"step": {"path"}`` in the prefill graph's (paths relative to the graph's folder)."""
-    policy = policy_for(TARGET_STEP, options.precision, options.policy)
+    policy = policy_for(options.precision, options.policy)
     T = options.prefill_chunk
     io = io_contract(
         graph, batch_size=options.batch_size, seq_len=T if prefill else (None if options.scan else 1),
@@ -255,11 +251,11 @@ def _check_coreml_ops(model: onnx.ModelProto, what: str, compressed: bool = Fals
         raise BuildError(f"onnx {what} graph: nodes outside the Core ML EP's op set: {bad[:8]}")
 
 
-def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
-    """Write the ONNX graph of ``graph`` to ``out_path`` (atomically; ``.data`` beside it if external).
-    With ``prefill_chunk`` also the prefill graph (``<stem>.prefill.onnx``), both over one data file."""
+def build_artifact(graph: Graph, options: OnnxOptions, out_path: Path) -> Build:
+    """The ONNX graph of ``graph`` (and with ``prefill_chunk`` the prefill graph ``<stem>.prefill.onnx``, both
+    over one data file), lowered once, and its writer: the data go to ``.data`` beside the graph when
+    external (a prefill graph, or weights from ``external_data_threshold`` bytes)."""
     t0 = time.perf_counter()
-    out_path = Path(out_path)
     policy = check_options(options)
     check_prefill_chunk(graph, options.prefill_chunk, TARGET_STEP)
     comp = options.compression
@@ -267,50 +263,46 @@ def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
         if comp.method == "gptq" and not comp.hessians:
             raise UnsupportedError("onnx: --quant-method gptq needs calibration (api.calibrate or --calibration)")
         check_blocks(graph, comp, weight_specs(graph, policy, options.batch_size, options.lm_head_block))
-    check_suffix(TARGET_STEP, out_path)
-    check_output_path(out_path, options.force)
     prefill_path = prefill_path_for(out_path) if options.prefill_chunk is not None else None
-    if prefill_path is not None:
-        check_output_path(prefill_path, options.force)
     cache = QuantCache()
     model, ms = build(graph, options, out_path=out_path, quant_cache=cache)
     pre = None if prefill_path is None else build(graph, options, prefill=True, out_path=out_path, quant_cache=cache)
     weight_bytes = sum(i.nbytes for i in ms.initializers)
     external = prefill_path is not None or (options.external_data if options.external_data is not None else (
         weight_bytes >= options.external_data_threshold))
-    data_path = out_path.with_name(out_path.name + ".data")
-    files: Tuple[Path, ...] = (out_path,)
-    texts = sibling_outputs(graph, out_path)  # the tokenizer / generation files, beside the graph
-    progress.note(f"writing {out_path.name}" + (f" and {data_path.name}" if external else ""))
-    if external:
-        check_output_path(data_path, options.force)
-        # all or none; the step graph (the artifact) moves into place last
-        together = [out_path, data_path] if pre is None else [out_path, prefill_path, data_path]
-        with atomic_outputs(together + [p for p, _ in texts], options.force) as tmps:
-            tmp, tmp_data = tmps[0], tmps[len(together) - 1]
-            stats = write_model(model, ms.initializers, tmp, External(tmp_data, data_path.name))
-            if pre is not None:
-                pstats = write_model(pre[0], pre[1].initializers, tmps[1], shared=stats["external"])
-            write_siblings(texts, tmps[len(together):])
-        files = tuple(together)
-    else:
-        with atomic_outputs([out_path] + [p for p, _ in texts], options.force) as tmps:
-            stats = write_model(model, ms.initializers, tmps[0])
-            write_siblings(texts, tmps[1:])
-    files += tuple(p for p, _ in texts)
-    stats.pop("external", None)
-    stats.update(nodes=len(model.graph.node), weight_bytes=weight_bytes, external=bool(external),
-                 seconds=round(time.perf_counter() - t0, 3))
-    if comp is not None:
-        stats.update(quantize=comp.label(), quantize_format=options.quantize_format,
-                     compressed_nodes=sum(n.op_type in ("MatMulNBits", "DequantizeLinear") for n in model.graph.node))
-    if pre is not None:
-        stats.update(prefill_nodes=len(pre[0].graph.node), prefill_chunk=options.prefill_chunk,
-                     prefill_inline_bytes=pstats["inline_bytes"], prefill_shared_bytes=pstats["shared_bytes"])
+    data_path = out_path.with_name(out_path.name + DATA_SUFFIX)
+    # the step graph (the artifact) first: it moves into place last
+    files = (out_path,) if not external else (out_path, data_path) if pre is None else (out_path, prefill_path,
+                                                                                      data_path)
+
+    def write(tmps):
+        progress.note(f"writing {out_path.name}" + (f" and {data_path.name}" if external else ""))
+        stats = write_model(model, ms.initializers, tmps[0], External(tmps[-1], data_path.name) if external else None)
+        if pre is not None:
+            pstats = write_model(pre[0], pre[1].initializers, tmps[1], shared=stats["external"])
+            stats.update(prefill_nodes=len(pre[0].graph.node), prefill_chunk=options.prefill_chunk,
+                         prefill_inline_bytes=pstats["inline_bytes"], prefill_shared_bytes=pstats["shared_bytes"])
+        stats.pop("external", None)
+        stats.update(nodes=len(model.graph.node), weight_bytes=weight_bytes, external=bool(external),
+                     seconds=round(time.perf_counter() - t0, 3))
+        if comp is not None:
+            stats.update(quantize=comp.label(), quantize_format=options.quantize_format,
+                         compressed_nodes=sum(n.op_type in ("MatMulNBits", "DequantizeLinear")
+                                              for n in model.graph.node))
+        return stats
+
     io = contract_for(graph, options, out_path)
     kind = "onnx-prefill" if pre is not None else io["target"]
-    return Artifact(out_path, kind, judged_precision(io), io, files, stats)
+    return Build(files, io, kind, judged_precision(io), write)
 
 
-__all__ = ["OnnxOptions", "Artifact", "emit", "build", "contract_for", "state_output_name", "prefill_path_for",
+def emit(graph: Graph, options: OnnxOptions, out_path: str | Path) -> Artifact:
+    """Write the ONNX graph of ``graph`` to ``out_path`` (atomically; ``.data`` beside it if external): the
+    export pipeline of :class:`~xlstm_export.target.Target` over :func:`build_artifact`."""
+    from .target import TARGET
+
+    return TARGET.write(graph, options, out_path)
+
+
+__all__ = ["OnnxOptions", "Artifact", "emit", "build", "build_artifact", "contract_for", "state_output_name", "prefill_path_for",
            "TARGET_STEP", "TARGET_SCAN", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET", "FORMATS"]

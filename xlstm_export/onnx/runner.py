@@ -255,10 +255,10 @@ def _head_block(model, vocab: int) -> int:
 
 def _compressed_specs(graph: Graph, contract: dict, batch_size: int, block: int, comp, fmt: str) -> list:
     """(spec, scheme) of every weight ``comp`` compresses, as the step graph holds them (LM head blocks)."""
-    from ..lowering import policy_for
+    from .policy import policy_for
     from .quant import compressed_specs
 
-    return compressed_specs(graph, policy_for(TARGET_STEP, str(contract.get("precision"))), batch_size, block,
+    return compressed_specs(graph, policy_for(str(contract.get("precision"))), batch_size, block,
                             comp, fmt)
 
 

@@ -9,6 +9,7 @@ Weights are in ``dtype`` (fp32 default); cell math and states are always fp32.
 
 from __future__ import annotations
 
+import weakref
 from typing import List, Optional, Tuple
 
 import torch
@@ -19,9 +20,13 @@ from ..errors import UnsupportedError, first_line
 from ..frontends import load_weight
 from ..graphs import SLSTM_GATES, FFNSpec, Graph, MLSTMBlock, NormSpec, SLSTMBlock, WeightStore
 from . import kernels
-from ..compress import LINEAR_NAMES
 
 _KERNELS = ("chunkwise", "sequence")
+
+# nn.Linear -> the canonical prefix of its weight (``blocks.0.mlstm.q``): filled as the model is built; what
+# users of the reference model key per-Linear statistics by (GPTQ calibration, ``compress.calibrate``). Weak,
+# so it never keeps a model alive.
+LINEAR_NAMES: "weakref.WeakKeyDictionary[nn.Linear, str]" = weakref.WeakKeyDictionary()
 
 
 class _Weights:
@@ -51,7 +56,7 @@ class _Weights:
         lin.weight = self.param(f"{prefix}.weight")
         if bias:
             lin.bias = self.param(f"{prefix}.bias")
-        LINEAR_NAMES[lin] = prefix  # what calibration (compress.calibrate) keys its statistics by
+        LINEAR_NAMES[lin] = prefix
         return lin
 
 

@@ -1,174 +1,23 @@
-"""A checkpoint's tokenizer and generation files: read, checked, carried beside every artifact.
+"""A checkpoint's tokenizer and generation files, carried beside every artifact and read back from it.
 
-Read from the checkpoint folder (``TEXT_FILES``, those present): each must be a regular file of valid
-UTF-8 JSON, and ``tokenizer.json`` must load in ``tokenizers`` -- a malformed one is one ConfigError line
-(exit 2) before anything is written. Special ids come from ``generation_config.json``, else
-``config.json``, else the special tokens named in ``tokenizer_config.json`` / ``special_tokens_map.json``
-looked up in the tokenizer; every id must lie in the vocabulary.
+They are read from the checkpoint and checked by ``frontends/text.py`` (``read_text_bundle``) into
+``graph.text``.
 
-Where an artifact keeps them (the contract names them by file name only; the place is this rule, so the
-contract holds no path and does not depend on what the output is called):
-
-- a ``.mlpackage``: inside it, ``Data/com.xlstm-export/text/<name>``, registered as package items in
-  ``Manifest.json`` (coremltools and Core ML load a package with extra items; the Swift package reads them);
-- a single-file artifact: beside it, ``<artifact file name>.<name>`` (``model.onnx`` ->
-  ``model.onnx.tokenizer.json``, as ``model.onnx.data``); an ONNX prefill graph shares its step graph's.
+Where an artifact keeps them is its target's rule (``Target.text_paths``; the contract names them by file
+name only, so it holds no path and does not depend on what the output is called): by default beside a
+single-file artifact as ``<artifact file name>.<name>``; a package target may keep them inside (the export
+pipeline writes them with the artifact, in the same ``atomic_outputs``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import ArtifactError, ConfigError, first_line
-from ..graphs.text import TEXT_FILES, TOKENIZER_FILE, TextBundle
-
-MAX_TEXT_FILE_BYTES = 64 << 20  # a tokenizer.json of a 256k vocabulary is ~20 MB
-PACKAGE_AUTHOR = "com.xlstm-export"
-PACKAGE_TEXT_DIR = ("Data", PACKAGE_AUTHOR, "text")
-
-
-# -- reading a checkpoint's ------------------------------------------------------------------------
-def _json_object(path: Path, data: bytes) -> dict:
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} cannot be decoded); fix or remove the file") from None
-    except (ValueError, RecursionError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({first_line(e)}); fix or remove the file") from None
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(obj).__name__}; fix or remove the file")
-    return obj
-
-
-def load_tokenizer(data: bytes, where: str):
-    """``tokenizers.Tokenizer`` from the bytes of a tokenizer.json (ConfigError, one line, if it does not load)."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:  # pragma: no cover - a core dependency
-        raise ConfigError(f"{where}: reading a tokenizer needs the 'tokenizers' package (pip install tokenizers)") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{where}: not UTF-8 text (byte {e.start} cannot be decoded); not a tokenizer.json") from None
-    try:
-        return Tokenizer.from_str(text)
-    except Exception as e:  # tokenizers raises its own Exception type for every malformed file
-        raise ConfigError(f"{where}: not a tokenizer.json that the tokenizers library loads "
-                          f"({first_line(e)[:200]})") from None
-
-
-def _ids(value: Any, key: str, where: Path) -> List[int]:
-    """A config's id field (an int, a list of ints or null) as a list."""
-    vals = value if isinstance(value, list) else [value]
-    out = []
-    for v in vals:
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{where}: field {key!r} must be a token id (an integer) or a list of them, got {v!r}")
-        out.append(v)
-    return out
-
-
-def _token_name(value: Any) -> Optional[str]:
-    """A special token as tokenizer_config / special_tokens_map write it: a string or {"content": ...}."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return value["content"]
-    return None
-
-
-def read_text_bundle(d: Path, vocab_size: int) -> Optional[TextBundle]:
-    """The text files of checkpoint folder ``d`` (None when it has none), checked; see the module doc."""
-    from ..frontends import path_exists, read_bounded
-
-    files: List[Tuple[str, bytes]] = []
-    parsed: Dict[str, dict] = {}
-    tok = None
-    for name in TEXT_FILES:
-        p = d / name
-        if not path_exists(p, ConfigError):
-            continue
-        data = read_bounded(p, MAX_TEXT_FILE_BYTES, name)
-        if name == TOKENIZER_FILE:
-            tok = load_tokenizer(data, str(p))
-        else:
-            parsed[name] = _json_object(p, data)
-        files.append((name, data))
-    if not files:
-        return None
-    config: dict = {}
-    if path_exists(d / "config.json", ConfigError):
-        try:
-            config = _json_object(d / "config.json", read_bounded(d / "config.json", MAX_TEXT_FILE_BYTES, "config"))
-        except ConfigError:
-            config = {}  # the frontend reads config.json itself and has said what is wrong with it
-    gen = parsed.get("generation_config.json", {})
-    names = {**parsed.get("special_tokens_map.json", {}), **parsed.get("tokenizer_config.json", {})}
-
-    def special(key: str) -> List[int]:
-        for src, where in ((gen, d / "generation_config.json"), (config, d / "config.json")):
-            if src.get(f"{key}_token_id") is not None:
-                return _ids(src[f"{key}_token_id"], f"{key}_token_id", where)
-        token = _token_name(names.get(f"{key}_token"))
-        if token is not None and tok is not None:
-            i = tok.token_to_id(token)
-            return [i] if i is not None else []
-        return []
-
-    bos, eos, pad = special("bos"), special("eos"), special("pad")
-    for key, ids in (("bos", bos), ("eos", eos), ("pad", pad)):
-        bad = [i for i in ids if not 0 <= i < vocab_size]
-        if bad:
-            raise ConfigError(f"{d}: {key}_token_id {bad[0]} is outside the vocabulary [0, {vocab_size}) of the "
-                              f"checkpoint; fix generation_config.json / config.json")
-    if tok is not None and tok.get_vocab_size(with_added_tokens=True) > vocab_size:
-        raise ConfigError(f"{d / TOKENIZER_FILE}: the tokenizer has {tok.get_vocab_size(with_added_tokens=True)} "
-                          f"tokens, more than the model's vocabulary of {vocab_size}; not this model's tokenizer")
-    return TextBundle(tuple(files), bos[0] if bos else None, tuple(dict.fromkeys(eos)), pad[0] if pad else None)
-
-
-# -- where an artifact keeps them --------------------------------------------------------------------
-def artifact_text_paths(artifact: str | os.PathLike, names: Sequence[str]) -> Dict[str, Path]:
-    """Where the artifact at ``artifact`` keeps each text file (see the module doc)."""
-    p = Path(artifact)
-    if p.suffix.lower() == ".mlpackage":
-        return {n: p.joinpath(*PACKAGE_TEXT_DIR, n) for n in names}
-    name = p.name
-    if p.suffix.lower() == ".onnx" and name[: -len(p.suffix)].endswith(".prefill"):  # the step graph's files
-        name = name[: -len(".prefill" + p.suffix)] + p.suffix
-    return {n: p.with_name(f"{name}.{n}") for n in names}
-
-
-def sibling_outputs(graph, out_path: str | os.PathLike) -> List[Tuple[Path, bytes]]:
-    """(path, bytes) of the text files a single-file artifact at ``out_path`` writes beside itself."""
-    if graph.text is None:
-        return []
-    paths = artifact_text_paths(out_path, graph.text.names())
-    return [(paths[n], b) for n, b in graph.text.files]
-
-
-def write_siblings(texts: List[Tuple[Path, bytes]], tmps: Sequence[Path]) -> None:
-    """Write :func:`sibling_outputs` into their temporaries (``atomic_outputs`` moves them with the artifact)."""
-    for (_, data), tmp in zip(texts, tmps):
-        tmp.write_bytes(data)
-
-
-def write_into_package(graph, pkg: Path) -> List[str]:
-    """Write the text files into the package folder ``pkg`` (before its manifest); their item paths."""
-    if graph.text is None:
-        return []
-    folder = pkg.joinpath(*PACKAGE_TEXT_DIR)
-    folder.mkdir(parents=True)
-    for n, b in graph.text.files:
-        (folder / n).write_bytes(b)
-    return [f"{PACKAGE_AUTHOR}/text/{n}" for n, _ in graph.text.files]
-
+from ..errors import ArtifactError, ConfigError
+from ..graphs.text import MAX_TEXT_FILE_BYTES, TEXT_FILES, TOKENIZER_FILE
 
 # -- reading an artifact's ------------------------------------------------------------------------------
 class ArtifactText:
@@ -183,9 +32,11 @@ def _entry_error(where: str, what: str) -> ArtifactError:
     return ArtifactError(f"{where}: the contract's 'text' entry {what}; re-export the artifact with this tool")
 
 
-def artifact_text(artifact: str | os.PathLike, contract: dict, vocab_size: Optional[int]) -> Optional[ArtifactText]:
+def artifact_text(artifact: str | os.PathLike, contract: dict, vocab_size: Optional[int],
+                  paths_for: Callable[[Sequence[str]], Dict[str, Path]]) -> Optional[ArtifactText]:
     """Read and check the text files an artifact's contract names (untrusted input: every field is
-    checked, each file's size and sha256 must be the contract's). None when the contract has no entry."""
+    checked, each file's size and sha256 must be the contract's); ``paths_for(names)`` says where the
+    artifact keeps them (its target's ``text_paths``). None when the contract has no entry."""
     where = str(artifact)
     entry = contract.get("text")
     if entry is None:
@@ -209,8 +60,9 @@ def artifact_text(artifact: str | os.PathLike, contract: dict, vocab_size: Optio
             raise _entry_error(where, f"has {key} {str(v)[:60]}, not a token id of the vocabulary")
         ids[key] = [x for x in vals if x is not None]
     from ..frontends import read_bounded
+    from ..frontends.text import json_object, load_tokenizer
 
-    paths = artifact_text_paths(artifact, list(specs))
+    paths = paths_for(list(specs))
     data = {}
     for name, f in specs.items():
         p = paths[name]
@@ -236,12 +88,11 @@ def artifact_text(artifact: str | os.PathLike, contract: dict, vocab_size: Optio
     generation = {}
     if "generation_config.json" in data:
         try:
-            generation = _json_object(paths["generation_config.json"], data["generation_config.json"])
+            generation = json_object(paths["generation_config.json"], data["generation_config.json"])
         except ConfigError as e:
             raise ArtifactError(str(e)) from None
     return ArtifactText(tokenizer, (ids["bos_token_id"] or [None])[0], tuple(ids["eos_token_id"]),
                         (ids["pad_token_id"] or [None])[0], generation)
 
 
-__all__ = ["ArtifactText", "MAX_TEXT_FILE_BYTES", "PACKAGE_TEXT_DIR", "artifact_text", "artifact_text_paths",
-           "load_tokenizer", "read_text_bundle", "sibling_outputs", "write_into_package", "write_siblings"]
+__all__ = ["ArtifactText", "artifact_text"]

@@ -51,7 +51,6 @@ import re
 import shutil
 import signal
 import sys
-import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +65,9 @@ from .. import progress
 from ..errors import UnsupportedError
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps, io_contract
-from ..outputs import Artifact, atomic_output, atomic_outputs, check_output_path, room_at, scratch_for
-from ..text.files import sibling_outputs, write_siblings
-from ..targets import check_suffix
+from ..outputs import Artifact, room_at, scratch_for
+from ..quiet import quiet
+from ..target import Build
 from .names import PRECISIONS, TARGET
 
 
@@ -131,34 +130,36 @@ def script_model(graph: Graph, precision: str = "fp32"):
     from ..reference import build_model
 
     model = build_model(graph, device="cpu", dtype=precision)
-    with warnings.catch_warnings(), isolated_scripting():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still supported
+    with quiet(), isolated_scripting():  # torch.jit is deprecated (a warning), still supported
         return torch.jit.script(model)
 
 
-def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike) -> Artifact:
-    """Script the reference model of ``graph`` at ``options.precision`` and save it at ``out_path``
-    (atomically, no clobber without ``options.force``) with its I/O contract as an extra file; the saved
-    module has ``forward``, ``init_states``, ``forward_with_states`` and ``generate_greedy``."""
-    import torch
-
-    out_path = Path(out_path)
+def build(graph: Graph, options: TorchScriptOptions, out_path: Path) -> Build:
+    """The reference model of ``graph`` scripted at ``options.precision``, and the writer of its archive with
+    the I/O contract as an extra file; the saved module has ``forward``, ``init_states``,
+    ``forward_with_states`` and ``generate_greedy``."""
     check_options(options)
-    check_suffix(TARGET, out_path)
-    check_output_path(out_path, options.force)  # fail before the (slow) build
     contract = contract_for(graph, options)
     progress.note("torch.jit.script of the reference model")
-    scripted = script_model(graph, options.precision)
-    texts = sibling_outputs(graph, out_path)  # the tokenizer / generation files, beside the archive
-    with atomic_outputs([out_path] + [p for p, _ in texts], options.force) as tmps:
-        tmp = tmps[0]
-        raw = scratch_for(tmp) / "raw.pt"  # beside the output (its file system), not in TMPDIR
-        save_raw(scripted, raw, {IO_KEY: dumps(contract)})
-        del scripted  # the weights live on only in raw.pt now
-        records = canonical_archive(raw, tmp)
-        write_siblings(texts, tmps[1:])
-    remember_records(contract, records)  # what validating this contract's archives compares against
-    return Artifact(out_path, TARGET, options.precision, contract, (out_path, *(p for p, _ in texts)))
+    made = {"scripted": script_model(graph, options.precision)}
+
+    def write(tmps):
+        raw = scratch_for(tmps[0]) / "raw.pt"  # beside the output (its file system), not in TMPDIR
+        save_raw(made.pop("scripted"), raw, {IO_KEY: dumps(contract)})  # the weights live on only in raw.pt
+        made["records"] = canonical_archive(raw, tmps[0])
+
+    def done():
+        remember_records(contract, made["records"])  # what validating this contract's archives compares against
+
+    return Build((out_path,), contract, TARGET, options.precision, write, done=done)
+
+
+def emit(graph: Graph, options: TorchScriptOptions, out_path: str | os.PathLike) -> Artifact:
+    """Script the reference model of ``graph`` and save it at ``out_path`` (atomically, no clobber without
+    ``options.force``): the export pipeline of :class:`~xlstm_export.target.Target` over :func:`build`."""
+    from .target import TARGET as _TARGET
+
+    return _TARGET.write(graph, options, out_path)
 
 
 def save_raw(scripted, raw: Path, extra_files: dict) -> None:
@@ -177,13 +178,11 @@ def save_raw(scripted, raw: Path, extra_files: dict) -> None:
         if free < need:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the export needs about {need} bytes "
                                         f"there, {free} are free", str(raw))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with quiet():
             torch.jit.save(scripted, str(raw), _extra_files=extra_files)
         return
     r, w = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Python >= 3.12: fork of a threaded process
+    with quiet():  # Python >= 3.12 warns of a fork of a threaded process
         pid = os.fork()
     if pid == 0:  # the child: save, say why not, never return
         code = 1
@@ -191,11 +190,8 @@ def save_raw(scripted, raw: Path, extra_files: dict) -> None:
             os.close(r)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 2)  # std::terminate's message is not for the user
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with quiet():  # std::terminate's message is not for the user
                     torch.jit.save(scripted, str(raw), _extra_files=extra_files)
                 code = 0
             except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides

@@ -19,6 +19,7 @@ from ..contract import parse_contract
 from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY
+from ..quiet import quiet
 from ..runner import ArtifactRunner, TorchModuleRunner
 from .names import TARGET
 
@@ -52,7 +53,8 @@ class TorchScriptRunner(TorchModuleRunner, ArtifactRunner):
         path = self.path
         extra = {IO_KEY: ""}
         try:
-            module = torch.jit.load(str(path), map_location=self._device, _extra_files=extra)
+            with quiet():  # torch.jit is deprecated (a warning), still supported
+                module = torch.jit.load(str(path), map_location=self._device, _extra_files=extra)
         except (RuntimeError, ValueError, OSError) as e:
             raise ArtifactError(f"{path}: not a loadable TorchScript archive ({first_line(e)})") from None
         missing = [m for m in ("init_states", "forward_with_states") if not hasattr(module, m)]

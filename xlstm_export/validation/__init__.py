@@ -9,10 +9,11 @@ A target's runner is named where the target is registered (``xlstm_export/target
 Heavy libraries (torch, onnxruntime, coremltools) are imported only by the runners that need them.
 """
 
-from ..runner import Runner
 from .compare import compare, judge, localise, make_prompts, step_metrics, where_line
 from .registry import detect_kind, open_artifact
-from ..tolerances import Tolerance, tolerance_for, tolerances
+from ..runner import Runner
+from ..tolerances import Tolerance
+from .tolerance import tolerance_for, tolerances
 from .validate import ValidationResult, run_validation, validate_artifact
 
 __all__ = [

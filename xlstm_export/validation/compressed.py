@@ -61,11 +61,11 @@ def compressed_graph(graph: Graph, comp) -> Graph:
     """``graph`` with every weight ``comp`` compresses replaced by its dequantized value, as our quantizer
     makes it: the reference model of a compressed artifact without exporting one (measurements of the
     policy and per-layer sensitivity; an artifact computes the same to its base precision's rounding)."""
-    from ..lowering import policy_for
+    from ..lowering import FULL_PRECISION
     from ..lowering.quant import compressed_weights_of, quantize, split_sources
 
     dense, made = {}, {}
-    for spec, scheme, owner in compressed_weights_of(graph, policy_for("coreml", "fp32"), comp):
+    for spec, scheme, owner in compressed_weights_of(graph, FULL_PRECISION, comp):
         if owner.key not in made:
             made[owner.key] = quantize(graph, owner, scheme, comp).dequantize()
         dense.update(split_sources(graph, spec, made[owner.key]))

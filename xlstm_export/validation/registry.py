@@ -26,6 +26,19 @@ def detect_kind(path: str | os.PathLike) -> str:
     return target_for_path(path).name
 
 
+def checked_target(path: str | os.PathLike):
+    """The target of the artifact at ``path``, once the artifact exists and every file a runner would open
+    from it is a regular file (ArtifactError otherwise)."""
+    from ..targets import target_for_path
+
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"{p}: no such artifact (a file or a package folder)")
+    target = target_for_path(p)
+    check_regular_files(p, target.files_of(p))
+    return target
+
+
 def open_artifact(path: str | os.PathLike, graph: Graph, trust_artifact: bool = False, **opts) -> Runner:
     """A runner over the artifact at ``path``, checked against ``graph`` (ArtifactError, exit 2, if the
     file is missing, of an unknown kind, or exported from another model).
@@ -35,13 +48,8 @@ def open_artifact(path: str | os.PathLike, graph: Graph, trust_artifact: bool = 
     record before ``torch.jit.load`` runs its code; the tensors' dtypes and shapes of the others).
     ``trust_artifact=True`` (``validate --trust-artifact``) skips that: the artifact is then loaded and
     judged as it describes itself."""
-    from ..targets import target_for_path
-
     p = Path(path)
-    if not p.exists():
-        raise ArtifactError(f"{p}: no such artifact (file or .mlpackage directory)")
-    target = target_for_path(p)
-    check_regular_files(p)
+    target = checked_target(p)
     if trust_artifact:
         opts = {**opts, "trust_artifact": True}
     return target.open_runner(p, graph, **opts)
@@ -62,23 +70,11 @@ def _not_regular(q: Path) -> str | None:
     return None if stat.S_ISREG(mode) else file_kind(mode)
 
 
-def check_regular_files(p: Path) -> None:
-    """Every file a runner would open from artifact ``p`` is a regular file: ``p`` itself (a package: each
-    file under it) and its known siblings (an ONNX graph's ``.data`` file, its prefill / step graph). A
-    FIFO would hang the runtime that opens it, a device such as ``/dev/zero`` feed it without end."""
-    files: list[Path] = []
-    if p.is_dir() and p.suffix.lower() == ".mlpackage":
-        for root, _dirs, names in os.walk(p):
-            files.extend(Path(root) / n for n in names)
-            if len(files) > 10_000:
-                raise ArtifactError(f"{p}: holds more than 10000 files; not a package this tool wrote")
-    else:
-        files.append(p)
-        if p.suffix.lower() == ".onnx":
-            stem = p.name[:-len(p.suffix)]
-            base = stem[:-len(".prefill")] if stem.endswith(".prefill") else stem
-            for graph in (p.with_name(base + p.suffix), p.with_name(base + ".prefill" + p.suffix)):
-                files += [graph, graph.with_name(graph.name + ".data")]
+def check_regular_files(p: Path, files) -> None:
+    """Every file a runner would open from artifact ``p`` (``files``: its target's ``files_of(p)``: the file
+    itself, each file under a package folder, the companions it names by convention) is a regular file. A
+    FIFO would hang the runtime that opens it, a device such as ``/dev/zero`` feed it without end; an absent
+    companion is the runner's to report."""
     for q in files:
         what = _not_regular(q)
         if what is not None and (q == p or what != "a directory"):  # a sibling directory is not opened

@@ -16,11 +16,22 @@ from pathlib import Path
 from typing import Any, List
 
 from ..errors import OutputError
-from ..outputs import atomic_outputs, foreign_reason
+from ..outputs import atomic_outputs, foreign_reason, head
 from .compare import fmt, where_line
 
 REPORT_FORMAT = "xlstm-export-validation/1"
 FILES = ("report.json", "report.md", "report.html")
+# how each file of ours begins (what --force may replace)
+_MARKS = {"report.json": b'"format": "xlstm-export-validation/', "report.md": b"# Validation ",
+          "report.html": b"<title>Validation "}
+
+
+def ours(path: Path, is_dir: bool) -> str | None:
+    """None if ``path`` is a report file this tool wrote (the recogniser of ``outputs.atomic_outputs``)."""
+    if is_dir:
+        return "a directory"
+    mark = _MARKS.get(path.name)
+    return None if mark is None or mark in head(path, 4096) else f"not a {path.name} written by xlstm-export"
 
 
 def _jsonable(x: Any) -> Any:
@@ -82,7 +93,7 @@ def check_report_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
         if taken and not force:
             raise OutputError(f"{out}: already holds a report ({', '.join(taken)}); pass --force to replace it")
         for n in taken:
-            why = foreign_reason(out / n)
+            why = foreign_reason(out / n, ours)
             if why is not None:
                 raise OutputError(f"{out / n}: exists and is not a report of xlstm-export ({why}); --force "
                                   f"replaces only those: remove it or choose another report folder")
@@ -113,7 +124,7 @@ def write_report(report: dict, out_dir: str | os.PathLike, force: bool = False) 
                     raise OutputError(f"{_short(out)}: cannot create the report folder: {d} is a file") from None
             except OSError as e:  # no permission, read-only file system...
                 raise OutputError(f"{_short(out)}: cannot create the report folder: {e.strerror or e}") from None
-        with atomic_outputs([out / n for n in FILES], force) as tmps:
+        with atomic_outputs([out / n for n in FILES], force, ours) as tmps:
             for name, tmp in zip(FILES, tmps):
                 tmp.write_text(texts[name], encoding="utf-8")
         ok = True

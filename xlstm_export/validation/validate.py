@@ -22,7 +22,7 @@ from .compare import fmt, compare, judge, localise, make_prompts, where_line
 from .registry import open_artifact
 from .report import REPORT_FORMAT, check_report_dir, write_report
 from ..runner import Runner
-from ..tolerances import tolerance_for
+from .tolerance import tolerance_for
 from .compressed import base_precision, is_compressed, judge_weights, scheme_of, weight_errors, with_weights
 
 DEFAULT_STEPS = 10
