@@ -118,7 +118,7 @@ def verify(runner: OnnxRunner, graph: Graph) -> None:
     from .emit import MAX_OPSET, MIN_OPSET, OnnxOptions, build, check_options
 
     where, c, plan, model = str(runner.path), runner.contract, runner.prefill, runner.proto
-    precision = declared_precision(c, where, TARGET_STEP, ("fp32", "fp16"), kinds=(TARGET_STEP, TARGET_SCAN))
+    precision = declared_precision(c, where, TARGET_STEP, ("fp32", "fp16"), kinds=(TARGET_SCAN,))
     comp, fmt = _declared_compression(c, where)
     opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
