@@ -233,7 +233,7 @@ def test_bad_validation_settings_and_prompt_files_are_config_errors(tiny, tmp_pa
 def test_tampered_contract_is_an_artifact_error(tiny):
     from xlstm_export.graphs.io import dumps
     from xlstm_export.torchscript import TorchScriptOptions, contract_for
-    from xlstm_export.validation.contract import parse_contract, state_slots
+    from xlstm_export.contract import parse_contract, state_slots
 
     graph = tiny[0]
     good = contract_for(graph, TorchScriptOptions())

@@ -24,7 +24,7 @@ from xlstm_export.coreml.runner import CoreMLRunner, read_contract
 from xlstm_export.errors import ArtifactError, OutputError, UnsupportedError
 from xlstm_export.frontends import load_checkpoint
 from xlstm_export.reference import build_model
-from xlstm_export.validation.contract import check_contract
+from xlstm_export.contract import check_contract
 from xlstm_export.validation import tolerance_for
 from xlstm_export.validation.compare import max_rel as _rel
 

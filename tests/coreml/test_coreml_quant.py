@@ -10,7 +10,8 @@ import pytest
 
 from fixtures import load_graph
 from xlstm_export.coreml.emit import CoreMLOptions, emit
-from xlstm_export.coreml.runner import CoreMLRunner, open_runner
+from xlstm_export.coreml.runner import CoreMLRunner
+from xlstm_export.coreml.verify import open_runner
 from xlstm_export.errors import ArtifactError, UnsupportedError
 from xlstm_export.coreml.policy import policy_for
 from xlstm_export.lowering.inventory import weight_specs

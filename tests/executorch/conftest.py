@@ -54,7 +54,7 @@ def et_programs(et_graph, tmp_path_factory):
         k = key(name, opts)
         if k in cache:
             return cache[k][1].path
-        from xlstm_export.executorch.runner import open_runner
+        from xlstm_export.executorch.verify import open_runner
         from xlstm_export.outputs import Artifact
 
         graph = et_graph(name)

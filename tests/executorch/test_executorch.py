@@ -71,10 +71,10 @@ def test_prefill_method_leaves_the_states_the_step_leaves(programs):
     graph, art = programs("hybrid", prefill_chunk=T)
     runner = ExecuTorchRunner(art.path, graph)
     ids = np.random.default_rng(4).integers(0, graph.config.vocab_size, (1, T))
-    pre_logits, pre_states = runner._call(runner._prefill, ids, runner.init_states())
+    pre_logits, pre_states = runner._call_prefill(ids, runner.init_states())
     states, logits = runner.init_states(), []
     for t in range(T):
-        lg, states = runner._call(runner._forward, ids[:, t:t + 1], states)
+        lg, states = runner._call(ids[:, t:t + 1], states)
         logits.append(lg)
     assert np.abs(pre_logits - np.concatenate(logits, 1)).max() <= 1e-4 * np.abs(pre_logits).max()
     for a, b in zip(pre_states, states):
@@ -145,7 +145,7 @@ def test_a_contract_claiming_another_precision_is_refused_unless_trusted(program
     """The declared precision picks the tolerance: an XNNPACK (fp32) program claiming fp16 is refused."""
     import shutil
 
-    from xlstm_export.executorch.runner import open_runner
+    from xlstm_export.executorch.verify import open_runner
 
     graph, art = programs("hf", prefill_chunk=T)
     data = art.path.read_bytes()

@@ -22,7 +22,8 @@ import xlstm_export as xe  # noqa: E402
 from xlstm_export.errors import ArtifactError, UnsupportedError  # noqa: E402
 from xlstm_export.executorch.emit import ExecuTorchOptions, contract_for  # noqa: E402
 from xlstm_export.executorch.quantize import DEFAULT_KEEP, candidates, quantize_model  # noqa: E402
-from xlstm_export.executorch.runner import ExecuTorchRunner, open_runner  # noqa: E402
+from xlstm_export.executorch.runner import ExecuTorchRunner  # noqa: E402
+from xlstm_export.executorch.verify import open_runner  # noqa: E402
 from xlstm_export.tolerances import FP16, FP32, INT8  # noqa: E402
 from xlstm_export.validation import tolerance_for  # noqa: E402
 from xlstm_export.validation import validate_artifact  # noqa: E402

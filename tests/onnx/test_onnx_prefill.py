@@ -68,7 +68,7 @@ def test_prefill_states_equal_the_step_graphs(exported):
     graph, art = exported("hybrid")
     runner = OnnxRunner(art.path, graph)
     ids = np.random.default_rng(3).integers(0, graph.config.vocab_size, (1, T))
-    pre_logits, pre_states = runner._call(ids, runner.init_states(), runner.prefill_session)
+    pre_logits, pre_states = runner._call_prefill(ids, runner.init_states())
     states, logits = runner.init_states(), []
     for t in range(T):
         lg, states = runner._call(ids[:, t:t + 1], states)

@@ -29,7 +29,7 @@ from xlstm_export.lowering.inventory import weight_specs
 from xlstm_export.lowering.quant import Compression, quantize, weight_use
 from xlstm_export.onnx.emit import OnnxOptions, emit
 from xlstm_export.onnx.builder import pack_nibbles, unpack_nibbles
-from xlstm_export.onnx.runner import open_runner
+from xlstm_export.onnx.verify import open_runner
 from xlstm_export.reference import build_model
 from xlstm_export.validation import tolerance_for
 from xlstm_export.validation.compare import max_rel as rel

@@ -65,7 +65,7 @@ class NpzTarget(Target):
         return read(Path(path))[0]
 
     def open_runner(self, path: Path, graph, trust_artifact: bool = False, **opts):
-        from xlstm_export.validation.contract import check_contract
+        from xlstm_export.contract import check_contract
         from xlstm_export.validation.reference_runner import ReferenceRunner
 
         contract, arrays = read(Path(path))

@@ -42,17 +42,15 @@ from ..lowering import LOW_SCALE, PrecisionPolicy, check_prefill_chunk, core_ml_
 from .policy import policy_for
 from ..lowering.inventory import weight_specs
 from ..lowering.quant import Compression, check_blocks
-from ..validation.contract import judged_precision
+from ..contract import judged_precision
 from ..quiet import quiet
 from ..outputs import WRITE_ERRNOS, Artifact, normalise_modes, room_at, scratch_for
 from ..target import Build
 from .target import swift_path_for
 from .swift import shape_str
 from .backend import MILOps, stored_states
+from .names import COMPUTE_UNITS, PREFILL_FUNCTION, TARGET
 
-TARGET = "coreml"
-PREFILL_FUNCTION = "prefill"
-COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
 SPEC_PATH = ("Data", "com.apple.CoreML", "model.mlmodel")
 WEIGHTS_PATH = ("Data", "com.apple.CoreML", "weights")
 # 16 bytes of a fixed namespace for the manifest's content-derived UUIDs

@@ -7,9 +7,10 @@ and runs its MIL program op by op with coremltools' numpy op semantics.
 The package's ``main`` function is a single decode step (``max_tokens_per_call = 1``): ``run`` feeds a
 prompt one token per call. A package exported with ``--prefill-chunk T`` also has a ``prefill`` function
 of T tokens over the same states (kind ``coreml-prefill``): ``run`` then feeds a prompt as prefill calls
-and the remainder as step calls, as an app does. States cross the :class:`~xlstm_export.validation.runner.Runner` interface as float32 numpy arrays
-in contract order (the package stores them fp16, so they are rounded on the way in); the I/O contract in
-the package's metadata maps each canonical state name to its Core ML state name.
+and the remainder as step calls, as an app does. States cross the :class:`~xlstm_export.runner.Runner`
+interface as float32 numpy arrays in contract order (the package stores them fp16, so they are rounded on
+the way in); the I/O contract in the package's metadata maps each canonical state name to its Core ML
+state name. Whether the package is what xlstm-export writes for its declaration is ``verify.py``'s question.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ._ct import ct as _ct
+from ..contract import IO_KEY, parse_contract
 from ..errors import ArtifactError, UnsupportedError, first_line
 from ..graphs import Graph
-from ..validation.contract import (IO_KEY, check_contract, check_run_args, contract_batch_size, judged_precision, parse_contract,
-                                   state_slots)
-from ..validation.runner import PrefillCalls, PrefillPlan, prefill_plan
+from ..runner import ArtifactRunner
 from .executor import open_package
+from .names import COMPUTE_UNITS, MAIN_FUNCTION, TARGET
 
 BACKENDS = ("auto", "coreml", "executor")
-COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
 
 
 def read_contract(path: Path) -> Tuple[dict, object]:
@@ -59,9 +59,14 @@ def coreml_runtime_available() -> bool:
     return True
 
 
-class CoreMLRunner(PrefillCalls):
-    kind = "coreml"
-    max_tokens_per_call: Optional[int] = 1
+class CoreMLRunner(ArtifactRunner):
+    """The Runner protocol (``xlstm_export/runner.py``) over a ``.mlpackage``: states live in the runtime
+    (an ``MLState``, or the executor's) between the calls of one ``run``."""
+
+    kind = TARGET
+    noun = "package"
+    batch_error = (UnsupportedError, "{where}: the package was exported for batch size {have} (Core ML states "
+                                     "have a fixed shape); got batch size {asked}")
 
     def compressed_weights(self, graph: Graph) -> Dict[str, np.ndarray]:
         """The dense weights of the package's compressed weights (:func:`compressed_weights`)."""
@@ -69,29 +74,26 @@ class CoreMLRunner(PrefillCalls):
 
     def __init__(self, path: str | Path, graph: Optional[Graph] = None, batch_size: Optional[int] = None,
                  backend: str = "auto", compute_units: Optional[str] = None):
-        self.path = Path(path)
-        where = str(self.path)
         if backend not in BACKENDS:
             raise UnsupportedError(f"coreml runner: backend must be one of {BACKENDS}, got {backend!r}")
         if compute_units is not None and compute_units not in COMPUTE_UNITS:
             raise UnsupportedError(f"coreml runner: compute units must be one of {COMPUTE_UNITS}, "
                                    f"got {compute_units!r}")
-        self.contract, spec = read_contract(self.path)
-        self.spec = spec
-        if graph is not None:
-            check_contract(self.contract, graph, where)
-            slots = state_slots(self.contract, graph, where)
-            self.state_names = [s.name for s in slots]
-            self.core_ml_names = [str(s.input) for s in slots]
-            self.state_shapes = [tuple(s.shape) for s in slots]
-        else:
-            self.state_names = [s["name"] for s in self.contract["states"]]
-            self.core_ml_names = [str(s["input"]) for s in self.contract["states"]]
-            self.state_shapes = [tuple(s["shape"]) for s in self.contract["states"]]
+        self.backend, self.compute_units = backend, compute_units
+        super().__init__(path, graph, batch_size)
+
+    def _open(self) -> dict:
+        contract, self.spec = read_contract(self.path)
+        return contract
+
+    def _start(self) -> None:
+        where, spec = self.where, self.spec
+        self.state_names = [s.name for s in self.slots]
+        self.core_ml_names = [str(s.input) for s in self.slots]
         # low parts of split states (stabilizer m stored as fp16 high + fp16 low): contract name -> Core ML name
         self.low_parts = {s["part_of"]: str(s["input"]) for s in self.contract.get("extra_states", [])}
         self.low_scale = {s["part_of"]: float(s.get("scale", 1.0)) for s in self.contract.get("extra_states", [])}
-        main = function_description(spec, "main")
+        main = function_description(spec, MAIN_FUNCTION)
         if main is None:
             raise ArtifactError(f"{where}: the package has no 'main' function (has "
                                 f"{[f.name for f in spec.description.functions]})")
@@ -108,24 +110,13 @@ class CoreMLRunner(PrefillCalls):
         if "input_ids" not in io[0] or "logits" not in io[1]:
             raise ArtifactError(f"{where}: the package must have input 'input_ids' and output 'logits', has "
                                 f"inputs {io[0]} and outputs {io[1]}")
-        self.batch_size = contract_batch_size(self.contract, where)
-        if batch_size is not None and int(batch_size) != self.batch_size:
-            raise UnsupportedError(f"{where}: the package was exported for batch size {self.batch_size} (Core ML "
-                                   f"states have a fixed shape); got batch size {batch_size}")
-        self.precision = judged_precision(self.contract)
-        logits = next((o for o in self.contract["outputs"] if o["name"] == "logits"), None)
-        v = logits["shape"][-1] if logits is not None and logits["shape"] else None
-        if not isinstance(v, int) or v <= 0:
-            raise ArtifactError(f"{where}: the contract must declare output 'logits' of shape (B, 1, V), got "
-                                f"{logits!r}")
-        self.vocab_size = v
-        self.prefill: Optional[PrefillPlan] = prefill_plan(self.contract, where)
         if self.prefill is not None:
             self._check_prefill(spec, declared)
+        backend = self.backend
         if backend == "auto":
             backend = "coreml" if coreml_runtime_available() else "executor"
         self.backend = backend
-        units = compute_units or spec.description.metadata.userDefined.get("xlstm_export.compute_units", "all")
+        units = self.compute_units or spec.description.metadata.userDefined.get("xlstm_export.compute_units", "all")
         if backend == "coreml":
             ct = _ct()
 
@@ -155,7 +146,7 @@ class CoreMLRunner(PrefillCalls):
                         f"runtime, which needs macOS)")
 
     def _check_prefill(self, spec, declared: set) -> None:
-        plan, where = self.prefill, str(self.path)
+        plan, where = self.prefill, self.where
         fn = function_description(spec, plan.where)
         ids = next((f for f in fn.input if f.name == "input_ids"), None) if fn is not None else None
         shape = list(ids.type.multiArrayType.shape) if ids is not None else None
@@ -163,23 +154,22 @@ class CoreMLRunner(PrefillCalls):
             raise ArtifactError(f"{where}: the contract names a prefill function {plan.where!r} of {plan.chunk} tokens; "
                                 f"the package has no such function with input_ids {[self.batch_size, plan.chunk]} "
                                 f"and the step's states")
-        self.kind = "coreml-prefill"
-        self.max_tokens_per_call = None
 
-    def init_states(self) -> List[np.ndarray]:
-        return [np.zeros(s, dtype=np.float32) for s in self.state_shapes]
-
-    def run(self, input_ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
-        ids = check_run_args(str(self.path), self.batch_size, input_ids, states, self.state_shapes, self.vocab_size)
+    # -- the call hooks: states stay in the executor / MLState between the calls of one run ----------
+    def _enter(self, states: List[np.ndarray]) -> List[np.ndarray]:
         self._load_states(states)
-        if self.prefill is not None:  # states stay in the executor / MLState between the calls
-            logits, _ = self.prefill.run(ids, [], self.vocab_size, lambda x, st: (self._call(x, True), st),
-                                         lambda x, st: (self._call(x, False), st))
-        else:
-            logits = np.concatenate([self._call(ids[:, t:t + 1], False) for t in range(ids.shape[1])], axis=1)
-        return logits, self._read_states()
+        return []
 
-    def _call(self, ids: np.ndarray, prefill: bool) -> np.ndarray:
+    def _call(self, ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        return self._logits(ids, False), states
+
+    def _call_prefill(self, ids: np.ndarray, states: List[np.ndarray]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        return self._logits(ids, True), states
+
+    def _leave(self, states: List[np.ndarray]) -> List[np.ndarray]:
+        return self._read_states()
+
+    def _logits(self, ids: np.ndarray, prefill: bool) -> np.ndarray:
         """One prediction of ``main`` (one token) or ``prefill`` (a chunk): logits (B, n, V) float32."""
         n = 1 if not prefill or self.prefill.last_logits_only else ids.shape[1]
         out = self._predict({"input_ids": ids.astype(np.int32)}, prefill)
@@ -211,7 +201,7 @@ class CoreMLRunner(PrefillCalls):
 
     def _predict(self, feed, prefill: bool = False) -> np.ndarray:
         if self.backend == "executor":
-            return self._executor.predict(feed, self.prefill.where if prefill else "main")["logits"]
+            return self._executor.predict(feed, self.prefill.where if prefill else MAIN_FUNCTION)["logits"]
         model = self._prefill_model if prefill else self._model
         return np.asarray(model.predict(feed, state=self._state)["logits"])
 
@@ -228,30 +218,13 @@ class CoreMLRunner(PrefillCalls):
         return out
 
 
-def _feature(f) -> Tuple[str, Optional[List[int]]]:
-    """(data type name, shape) of a multi-array input/output or a state of a function description."""
-    from coremltools.proto import FeatureTypes_pb2 as ft
-
-    which = f.type.WhichOneof("Type")
-    arr = f.type.multiArrayType if which == "multiArrayType" else (
-        f.type.stateType.arrayType if which == "stateType" else None)
-    if arr is None:
-        return str(which), None
-    try:
-        name = ft.ArrayFeatureType.ArrayDataType.Name(arr.dataType)
-    except ValueError:
-        name = str(arr.dataType)
-    return name, [int(d) for d in arr.shape]
-
-
 def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.ndarray]:
     """Canonical weight name -> the dense float32 weight the package computes with, for each weight its
     contract declares compressed: coremltools' own decompression of the package's constexpr ops (data
     read from weight.bin; nothing of the program runs)."""
     from ..lowering import core_ml_name
+    from ..lowering.quant import Compression, compressed_weights_of, split_sources
     from .policy import policy_for
-    from ..lowering.quant import Compression, compressed_weights_of
-    from ..validation.compressed import split_sources
     from .executor import load_program
 
     q = runner.contract.get("quantize")
@@ -260,7 +233,7 @@ def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.nda
     comp = Compression.from_json(q)
     policy = policy_for(str(runner.contract.get("precision")))
     prog = runner._executor.prog if getattr(runner, "_executor", None) is not None else load_program(runner.path)[0]
-    ops = {op.name: op for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_")}
+    ops = {op.name: op for op in prog.functions[MAIN_FUNCTION].operations if op.op_type.startswith("constexpr_")}
     out: Dict[str, np.ndarray] = {}
     for spec, _, owner in compressed_weights_of(graph, policy, comp, runner.batch_size):
         op = ops.get(core_ml_name(owner.key))
@@ -274,99 +247,8 @@ def compressed_weights(runner: "CoreMLRunner", graph: Graph) -> Dict[str, np.nda
     return out
 
 
-def verify(runner: CoreMLRunner, graph: Graph) -> None:
-    """Raise ArtifactError unless the package is what xlstm-export writes for the options its contract
-    declares (precision, batch size, prefill chunk): the contract itself, each function's inputs, outputs
-    and states, and the dtype and shape of every weight and constant the lowering makes
-    (``lowering.inventory``; not their values, which validation measures). The declared precision picks
-    the tolerance, so it must be the precision of the actual tensors."""
-    from ..lowering import core_ml_name
-    from .policy import policy_for
-    from ..lowering.inventory import constants
-    from ..validation.contract import TRUST_HINT, check_contract_is, declared_precision
-    from .backend import stored_states
-    from .emit import PREFILL_FUNCTION, CoreMLOptions, contract_for
-    from .executor import _np_dtype, load_program
-    from ..lowering.quant import Compression, compressed_weights_of
-
-    where, plan, B = str(runner.path), runner.prefill, runner.batch_size
-    precision = declared_precision(runner.contract, where, "coreml", ("fp16", "fp32"))
-    last = bool(plan.last_logits_only) if plan else False
-    compression = None
-    if runner.contract.get("quantize") is not None:
-        try:
-            compression = Compression.from_json(runner.contract["quantize"])
-        except UnsupportedError as e:
-            raise ArtifactError(f"{where}: its contract's {first_line(e)} ({TRUST_HINT})") from None
-    options = CoreMLOptions(batch_size=B, precision=precision, prefill_chunk=plan.chunk if plan else None,
-                            last_logits_only=last, compression=compression)
-    what = f"its declaration (coreml {precision}, batch {B}" + (f", prefill chunk {plan.chunk})" if plan else ")")
-    check_contract_is(runner.contract, contract_for(graph, options), where, what)
-
-    def refuse(why: str) -> None:
-        raise ArtifactError(f"{where}: not the package xlstm-export writes for {what}: {why}; its tolerance is "
-                            f"chosen by that declaration (re-export it, or {TRUST_HINT})")
-
-    policy = policy_for(precision)
-    V = graph.config.vocab_size
-    states = {cm: ("FLOAT16", list(shape)) for _, cm, shape, _ in stored_states(graph, B, policy)}
-    for fname, T in (("main", 1), (PREFILL_FUNCTION, plan.chunk if plan else None)):
-        if T is None:
-            continue
-        fn = function_description(runner.spec, fname)
-        want = {"input": {"input_ids": ("INT32", [B, T])},
-                "output": {"logits": ("FLOAT32", [B, 1 if fname != "main" and last else T, V])},
-                "state": states}
-        for kind, expected in want.items():
-            got = {f.name: _feature(f) for f in getattr(fn, kind)} if fn is not None else {}
-            if got != expected:
-                bad = next((n for n in sorted(set(got) | set(expected)) if got.get(n) != expected.get(n)), None)
-                refuse(f"function {fname!r} {kind} {bad!r} is {got.get(bad, 'missing')}, xlstm-export writes "
-                       f"{expected.get(bad, 'none')}")
-    prog = runner._executor.prog if getattr(runner, "_executor", None) is not None else load_program(runner.path)[0]
-    found, compressed = {}, {}
-    for func in prog.functions.values():
-        for op in func.operations:
-            val = op.outputs[0].val if op.op_type == "const" else None
-            if isinstance(val, np.ndarray):
-                found.setdefault(op.name, (str(val.dtype), tuple(val.shape)))
-            elif op.op_type.startswith("constexpr_"):
-                out = op.outputs[0]
-                found.setdefault(op.name, (str(np.dtype(_np_dtype(out))), tuple(int(d) for d in out.shape)))
-                compressed[op.name] = op.op_type
-    if compression is not None:  # the weights the declared compression compresses, and only those
-        want = {core_ml_name(owner.key): ("constexpr_lut_to_dense" if sch.is_lut else "constexpr_blockwise_shift_scale")
-                for _, sch, owner in compressed_weights_of(graph, policy, compression, B)}
-        if want != compressed:
-            bad = next(n for n in sorted(set(want) | set(compressed)) if want.get(n) != compressed.get(n))
-            refuse(f"weight {bad!r} is {compressed.get(bad, 'not compressed')}, xlstm-export writes "
-                   f"{want.get(bad, 'it uncompressed')}")
-    elif compressed:
-        refuse(f"weight {sorted(compressed)[0]!r} is compressed ({compressed[sorted(compressed)[0]]}), but its "
-               f"contract declares no quantization")
-    names = {"fp16": "float16", "fp32": "float32"}
-    for key, (dtype, shape) in sorted(constants(graph, policy, B, options.prefill_chunk, last).items()):
-        name = core_ml_name(key)
-        if name not in found:
-            refuse(f"it lacks the constant {name!r}")
-        if found[name] != (names[dtype], shape):
-            refuse(f"constant {name!r} is {found[name][0]} {list(found[name][1])}, xlstm-export writes "
-                   f"{names[dtype]} {list(shape)}")
-
-
-def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, **opts) -> CoreMLRunner:
-    """The validation registry's factory for ``.mlpackage`` artifacts: checked against ``graph``'s contract
-    and, unless ``trust_artifact``, checked to be what xlstm-export writes for what it declares
-    (:func:`verify`)."""
-    runner = CoreMLRunner(path, graph, **opts)
-    runner.trusted = bool(trust_artifact)
-    if not trust_artifact:
-        verify(runner, graph)
-    return runner
-
-
-__all__ = ["BACKENDS", "CoreMLRunner", "compressed_weights", "coreml_runtime_available", "function_description", "open_runner",
-           "read_contract", "verify"]
+__all__ = ["BACKENDS", "CoreMLRunner", "compressed_weights", "contract_of", "coreml_runtime_available",
+           "function_description", "read_contract"]
 
 
 def contract_of(path: Path) -> dict:

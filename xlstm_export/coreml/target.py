@@ -110,6 +110,6 @@ TARGET = CoreMLTarget(
      kind(f"{NAME}-prefill", NAME, {"fp16": FP16, "fp32": FP32}, ("step", "prefill"), "fp16",
           "model.prefill.mlpackage", prefill_chunk=DEMO_PREFILL_CHUNK)),
     "xlstm_export.coreml.emit:CoreMLOptions", builder="xlstm_export.coreml.emit:build",
-    runner="xlstm_export.coreml.runner:open_runner", contract_reader="xlstm_export.coreml.runner:contract_of",
+    runner="xlstm_export.coreml.verify:open_runner", contract_reader="xlstm_export.coreml.runner:contract_of",
     requires=("coremltools",), extra="coreml", quant_schemes=QUANT_SCHEMES,
     policies="xlstm_export.coreml.policy:POLICIES")

@@ -49,13 +49,8 @@ from ..outputs import Artifact
 from ..target import Build
 from .fuse import fuse_shared_input_linears
 from .passes import xnnpack_friendly_pass
+from .names import BACKENDS, CONTRACT_METHOD, PRECISION, PREFILL_METHOD, STEP_METHOD, TARGET, import_executorch
 from .quantize import check_scheme, int8_part, parse_keep, plan, quantize_model
-
-TARGET = "executorch"
-BACKENDS = ("xnnpack", "coreml")
-PRECISION = {"xnnpack": "fp32", "coreml": "fp16"}  # what each backend computes in
-from .target import CONTRACT_METHOD  # noqa: E402  (the constant method holding the I/O contract)
-PREFILL_METHOD = "prefill"
 
 
 @dataclass(frozen=True)
@@ -122,14 +117,6 @@ def _step_module(model):
     return Step()
 
 
-def import_executorch():
-    """``executorch.exir``, imported with the import-time notes of torchao / torch's pytree / coremltools
-    (logged as warnings, not about this tool) held back."""
-    with quiet():
-        import executorch.exir as exir
-    return exir
-
-
 def export_program(graph: Graph, options: ExecuTorchOptions):
     """The lowered ExecuTorch program (``ExecutorchProgramManager``) of ``graph``."""
     import torch
@@ -157,7 +144,7 @@ def export_program(graph: Graph, options: ExecuTorchOptions):
         step = _step_module(model)
         progress.note("torch.export of the decode step")
         with quiet():  # torch.export's notes and deprecations
-            methods["forward"] = export(step, (torch.zeros(B, 1, dtype=torch.long), *states), strict=False)
+            methods[STEP_METHOD] = export(step, (torch.zeros(B, 1, dtype=torch.long), *states), strict=False)
         if options.prefill_chunk is not None:
             T = options.prefill_chunk
             model.set_kernel("chunkwise", T)
@@ -204,7 +191,7 @@ def build(graph: Graph, options: ExecuTorchOptions, out_path: Path) -> Build:
         raise OutputError(f"{out_path}: ExecuTorch produced an empty program")
     stats = {"bytes": len(data), "weight_bytes": graph.weight_bytes, "backend": options.backend,
              "quantized_weights": len(contract.get("quantization", {}).get("weights", [])),
-             "methods": sorted(["forward", CONTRACT_METHOD] + ([PREFILL_METHOD] if options.prefill_chunk else []))}
+             "methods": sorted([STEP_METHOD, CONTRACT_METHOD] + ([PREFILL_METHOD] if options.prefill_chunk else []))}
     kind = TARGET if options.prefill_chunk is None else f"{TARGET}-prefill"
 
     def write(tmps):

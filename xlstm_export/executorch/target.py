@@ -76,5 +76,5 @@ TARGET = ExecuTorchTarget(
      kind(f"{NAME}-prefill", NAME, TOLERANCES, (), "fp32", "model.prefill.pte", prefill_chunk=DEMO_PREFILL_CHUNK,
           sweep=False)),
     "xlstm_export.executorch.emit:ExecuTorchOptions", builder="xlstm_export.executorch.emit:build",
-    runner="xlstm_export.executorch.runner:open_runner", contract_reader="xlstm_export.executorch.runner:contract_of",
+    runner="xlstm_export.executorch.verify:open_runner", contract_reader="xlstm_export.executorch.runner:contract_of",
     requires=("executorch",), extra="executorch")

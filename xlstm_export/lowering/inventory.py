@@ -7,7 +7,7 @@ The lowerings run over :class:`Inventory`, an ops backend whose values are dtype
 "fp32"): ``weight`` and ``constant`` record what they are asked for and no weight is loaded. What a
 graph backend stores under a key is ``prepare_weight(spec, policy.dtype(spec.role))`` (shape
 ``spec.shape``), so this table is what an artifact's constants are when it was written with that
-policy; validation compares an artifact's actual tensors with it (``coreml/runner.verify``) before
+policy; validation compares an artifact's actual tensors with it (``coreml/verify.py``) before
 judging the artifact by the tolerance its declared precision names.
 """
 

@@ -34,7 +34,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..errors import UnsupportedError
+from ..errors import ArtifactError, UnsupportedError
 from ..graphs import Graph
 from .weights import WeightSpec, prepare_weight
 
@@ -453,5 +453,20 @@ def hessian_for(comp: Compression, spec: WeightSpec) -> Optional[np.ndarray]:
     return None
 
 
+def split_sources(graph: Graph, spec, arr: np.ndarray) -> Dict[str, np.ndarray]:
+    """The canonical tensors of a prepared 2-D weight: itself as stored, or its sources stacked by rows
+    (``build="rows"``: the fused input/forget gate projection)."""
+    if spec.build == "as_stored":
+        return {spec.sources[0]: arr.reshape(graph.weights[spec.sources[0]].shape)}
+    if spec.build != "rows":
+        raise ArtifactError(f"compressed weight {spec.key}: layout {spec.build!r} is not compressed by xlstm-export")
+    out, start = {}, 0
+    for name in spec.sources:
+        shape = tuple(graph.weights[name].shape)
+        out[name] = arr[start:start + shape[0]].reshape(shape)
+        start += shape[0]
+    return out
+
+
 __all__ = ["BITS", "Compression", "compressed_weights_of", "METHODS", "POLICY", "QuantizedWeight", "SCHEMES", "Scheme", "check_blocks",
-           "gptq", "kmeans_rows", "quantize", "rtn", "weight_use"]
+           "gptq", "kmeans_rows", "quantize", "rtn", "split_sources", "weight_use"]

@@ -5,4 +5,4 @@ Importing this package is cheap: its modules load when first used.
 
 from .._lazy import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {'Artifact': 'emit', 'OnnxOptions': 'emit', 'OnnxRunner': 'runner', 'open_runner': 'runner'})
+__getattr__, __all__ = lazy_exports(__name__, {'Artifact': 'emit', 'OnnxOptions': 'emit', 'OnnxRunner': 'runner', 'open_runner': 'verify'})

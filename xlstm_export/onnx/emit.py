@@ -67,21 +67,19 @@ from .policy import policy_for
 from ..lowering.inventory import weight_specs
 from ..lowering.precision import STATE_ROLES
 from ..lowering.quant import Compression, check_blocks
-from ..validation.contract import judged_precision
+from ..contract import judged_precision
 from ..outputs import Artifact
 from ..target import Build
 from .target import DATA_SUFFIX, prefill_path_for
 from .backend import ELEM, OnnxOps
 from .builder import COREML_OPS, DTYPE_NAME, I64, BuildError, GraphBuilder, ModelState
+from .names import COREML_MAX_DIM, TARGET_SCAN, TARGET_STEP
 from .quant import FORMATS, QuantCache, check_compression, opset_for
 from .writer import External, write_model
 
-TARGET_STEP = "onnx"
-TARGET_SCAN = "onnx-scan"
 MIN_OPSET, MAX_OPSET = 17, 26  # 17: LayerNormalization (GELU needs 20); 26: what ORT 1.31 loads
 DEFAULT_OPSET = 20
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights from which the data goes to a side file
-COREML_MAX_DIM = 16384
 
 
 @dataclass(frozen=True)

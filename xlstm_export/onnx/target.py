@@ -117,6 +117,6 @@ TARGET = OnnxTarget(
      kind(f"{NAME}-prefill", NAME, {"fp32": FP32, "fp16": FP16}, ("step", "prefill"), "fp32", "model.onnx",
           prefill_chunk=DEMO_PREFILL_CHUNK)),
     "xlstm_export.onnx.emit:OnnxOptions", builder="xlstm_export.onnx.emit:build_artifact",
-    runner="xlstm_export.onnx.runner:open_runner", contract_reader="xlstm_export.onnx.runner:contract_of",
+    runner="xlstm_export.onnx.verify:open_runner", contract_reader="xlstm_export.onnx.runner:contract_of",
     requires=("onnx", "onnxruntime"), extra="onnx", quant_schemes=QUANT_SCHEMES,
     policies="xlstm_export.onnx.policy:POLICIES")

@@ -68,9 +68,7 @@ from ..graphs.io import IO_KEY, dumps, io_contract
 from ..outputs import Artifact, room_at, scratch_for
 from ..quiet import quiet
 from ..target import Build
-
-TARGET = "torchscript"
-PRECISIONS = ("fp32", "fp16", "bf16")
+from .names import PRECISIONS, TARGET
 
 
 @dataclass(frozen=True)

@@ -38,5 +38,5 @@ TARGET = TorchScriptTarget(
             min=1)),
     (kind(NAME, NAME, {"fp32": FP32, "fp16": FP16, "bf16": BF16}, (), "fp32", "model.pt"),),
     "xlstm_export.torchscript.emit:TorchScriptOptions", builder="xlstm_export.torchscript.emit:build",
-    runner="xlstm_export.torchscript.runner:TorchScriptRunner", contract_reader="xlstm_export.torchscript.trust:read_contract",
+    runner="xlstm_export.torchscript.trust:open_runner", contract_reader="xlstm_export.torchscript.trust:read_contract",
     runs_code=True)

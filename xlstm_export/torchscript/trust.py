@@ -29,14 +29,16 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from .. import __version__
+from ..contract import check_contract, contract_batch_size, declared_precision, parse_contract
 from ..errors import ArtifactError, first_line
 from ..graphs import Graph
 from ..graphs.io import IO_KEY, dumps
-from ..validation.contract import check_contract, contract_batch_size, declared_precision, parse_contract
-from .emit import (DATA_RECORD, PRECISIONS, WRITER_RECORDS, Digest, TorchScriptOptions, canonical_records,
-                   contract_for, record_digest, remember_records, remembered_records, script_model)
+from ..runner import ABSENT, Holding, first_difference as _first_difference
+from .emit import (DATA_RECORD, WRITER_RECORDS, Digest, TorchScriptOptions, canonical_records, contract_for,
+                   record_digest, remember_records, remembered_records, script_model)
+from .names import CONTRACT_RECORD, PRECISIONS, TARGET
+from .runner import TorchScriptRunner
 
-CONTRACT_RECORD = f"extra/{IO_KEY}"
 MAX_CONTRACT_BYTES = 16 << 20  # a contract is a few KB per block; more is not one
 HOW = ("loading a TorchScript archive runs its code, so validation loads only archives it can check; "
        "re-export it with this xlstm-export, or pass --trust-artifact if you trust where it came from")
@@ -94,28 +96,25 @@ def expected_records(graph: Graph, contract: dict, where: str = "the contract") 
 
 
 def first_difference(reader, names: list, expected: Dict[str, Digest]) -> Optional[str]:
-    """What first tells the archive apart from ``expected`` (None if nothing does). Sizes are compared
-    before any record is read, so a huge planted record is never loaded."""
+    """What first tells the archive apart from ``expected`` (None if nothing does): the records it holds,
+    then their sizes, then their bytes (``runner.Holding``). Sizes are compared before any record is read,
+    so a huge planted record is never loaded."""
     if len(names) != len(set(names)):
         dup = sorted({n for n in names if names.count(n) > 1})
         return f"it holds record {dup[0]!r} more than once"
-    extra = sorted(set(names) - set(expected))
-    if extra:
-        return f"it holds record {extra[0]!r}, which xlstm-export does not write"
-    missing = sorted(set(expected) - set(names))
-    if missing:
-        return f"it lacks record {missing[0]!r}"
-    ordered = sorted(names, key=lambda n: (bool(DATA_RECORD.match(n)), n))  # code and pickles first
-    for name in ordered:
-        size, digest = expected[name]
-        got = reader.get_record_size(name)
-        if got != size:
-            return f"record {name!r} has {got} bytes, xlstm-export writes {size}"
-    for name in ordered:
-        size, digest = expected[name]
-        if digest is not None and record_digest(name, reader.get_record(name))[1] != digest:
-            return f"record {name!r} differs from what xlstm-export writes"
-    return None
+    ordered = lambda ns: sorted(ns, key=lambda n: (bool(DATA_RECORD.match(n)), n))  # code and pickles first
+
+    def holdings():
+        yield Holding(dict.fromkeys(names, True), dict.fromkeys(expected, True), lambda n, x, y, others: (
+            f"it holds record {n!r}, which xlstm-export does not write" if y is ABSENT else
+            f"it lacks record {n!r}"), first=("extra", "missing"))
+        yield Holding({n: reader.get_record_size(n) for n in names}, {n: size for n, (size, _) in expected.items()},
+                      lambda n, x, y, others: f"record {n!r} has {x} bytes, xlstm-export writes {y}", order=ordered)
+        want = {n: digest for n, (_, digest) in expected.items() if digest is not None}
+        yield Holding({n: record_digest(n, reader.get_record(n))[1] for n in ordered(want)}, want,
+                      lambda n, x, y, others: f"record {n!r} differs from what xlstm-export writes", order=ordered)
+
+    return _first_difference(holdings())
 
 
 def check_archive(path: Path, graph: Graph) -> dict:
@@ -127,7 +126,7 @@ def check_archive(path: Path, graph: Graph) -> dict:
     reader = open_reader(path)
     contract = read_contract(path, reader)
     check_contract(contract, graph, where)  # "exported from a different model" comes first
-    declared_precision(contract, where, "torchscript", PRECISIONS)  # target and precision pick the tolerance
+    declared_precision(contract, where, TARGET, PRECISIONS)  # target and precision pick the tolerance
     try:
         names = list(reader.get_all_records())
         why = first_difference(reader, names, expected_records(graph, contract, where))
@@ -140,4 +139,19 @@ def check_archive(path: Path, graph: Graph) -> dict:
     return contract
 
 
-__all__ = ["check_archive", "expected_records", "first_difference", "read_contract", "CONTRACT_RECORD"]
+def open_runner(path: str | Path, graph: Graph, trust_artifact: bool = False, batch_size: Optional[int] = None,
+                device: str = "cpu") -> TorchScriptRunner:
+    """The registry's factory for TorchScript archives: unless ``trust_artifact``, the archive is checked
+    (:func:`check_archive`) before ``torch.jit.load`` runs any of its code; then the runner checks its
+    contract against ``graph``'s."""
+    from ..reference import resolve_device
+
+    device = resolve_device(device)  # UnsupportedError for a device torch lacks, before reading anything
+    if not trust_artifact:
+        check_archive(Path(path), graph)
+    runner = TorchScriptRunner(path, graph, batch_size, device, checked=True)
+    runner.trusted = bool(trust_artifact)
+    return runner
+
+
+__all__ = ["check_archive", "expected_records", "first_difference", "open_runner", "read_contract", "CONTRACT_RECORD"]

@@ -10,15 +10,14 @@ Heavy libraries (torch, onnxruntime, coremltools) are imported only by the runne
 """
 
 from .compare import compare, judge, localise, make_prompts, step_metrics, where_line
-from .contract import check_contract, parse_contract, state_slots
 from .registry import detect_kind, open_artifact
-from .runner import Runner
+from ..runner import Runner
 from ..tolerances import Tolerance
 from .tolerance import tolerance_for, tolerances
 from .validate import ValidationResult, run_validation, validate_artifact
 
 __all__ = [
-    "compare", "judge", "localise", "make_prompts", "step_metrics", "where_line", "check_contract",
-    "parse_contract", "state_slots", "detect_kind", "open_artifact", "Runner",
+    "compare", "judge", "localise", "make_prompts", "step_metrics", "where_line", "detect_kind", "open_artifact",
+    "Runner",
     "tolerances", "Tolerance", "tolerance_for", "ValidationResult", "run_validation", "validate_artifact",
 ]

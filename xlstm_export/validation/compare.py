@@ -29,7 +29,7 @@ import numpy as np
 from .. import progress
 from ..errors import ConfigError
 from ..graphs import Graph
-from .runner import Runner
+from ..runner import Runner
 from ..tolerances import Tolerance
 
 STEP_METRICS = ("max_abs", "max_rel", "psnr", "cosine", "argmax_agreement")

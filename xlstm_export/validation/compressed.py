@@ -62,7 +62,7 @@ def compressed_graph(graph: Graph, comp) -> Graph:
     makes it: the reference model of a compressed artifact without exporting one (measurements of the
     policy and per-layer sensitivity; an artifact computes the same to its base precision's rounding)."""
     from ..lowering import FULL_PRECISION
-    from ..lowering.quant import compressed_weights_of, quantize
+    from ..lowering.quant import compressed_weights_of, quantize, split_sources
 
     dense, made = {}, {}
     for spec, scheme, owner in compressed_weights_of(graph, FULL_PRECISION, comp):
@@ -70,21 +70,6 @@ def compressed_graph(graph: Graph, comp) -> Graph:
             made[owner.key] = quantize(graph, owner, scheme, comp).dequantize()
         dense.update(split_sources(graph, spec, made[owner.key]))
     return with_weights(graph, dense)
-
-
-def split_sources(graph: Graph, spec, arr: np.ndarray) -> Dict[str, np.ndarray]:
-    """The canonical tensors of a prepared 2-D weight: itself as stored, or its sources stacked by rows
-    (``build="rows"``: the fused input/forget gate projection)."""
-    if spec.build == "as_stored":
-        return {spec.sources[0]: arr.reshape(graph.weights[spec.sources[0]].shape)}
-    if spec.build != "rows":
-        raise ArtifactError(f"compressed weight {spec.key}: layout {spec.build!r} is not compressed by xlstm-export")
-    out, start = {}, 0
-    for name in spec.sources:
-        shape = tuple(graph.weights[name].shape)
-        out[name] = arr[start:start + shape[0]].reshape(shape)
-        start += shape[0]
-    return out
 
 
 def weight_errors(graph: Graph, dense: Dict[str, np.ndarray]) -> Dict[str, float]:
@@ -113,5 +98,5 @@ def judge_weights(errors: Dict[str, float], scheme: str) -> Tuple[dict, list]:
     return section, fails
 
 
-__all__ = ["WEIGHT_RMS", "base_precision", "compressed_graph", "split_sources", "is_compressed", "judge_weights", "scheme_of", "weight_errors",
+__all__ = ["WEIGHT_RMS", "base_precision", "compressed_graph", "is_compressed", "judge_weights", "scheme_of", "weight_errors",
            "with_weights"]

@@ -6,7 +6,7 @@
 Validation imports no target package: ``xlstm_export.targets`` names each target's runner factory
 (``(path, graph, **opts) -> Runner``), imported when an artifact of that target is opened. Every
 factory reads the artifact's ``xlstm_export.io`` contract and calls
-``validation.contract.check_contract(contract, graph, where)`` before running anything.
+``contract.check_contract(contract, graph, where)`` before running anything.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import ArtifactError
 from ..graphs import Graph
-from .runner import Runner
+from ..runner import Runner
 
 
 def detect_kind(path: str | os.PathLike) -> str:

@@ -21,7 +21,7 @@ from ..graphs import Graph
 from .compare import fmt, compare, judge, localise, make_prompts, where_line
 from .registry import open_artifact
 from .report import REPORT_FORMAT, check_report_dir, write_report
-from .runner import Runner
+from ..runner import Runner
 from .tolerance import tolerance_for
 from .compressed import base_precision, is_compressed, judge_weights, scheme_of, weight_errors, with_weights
 

@@ -1,9 +1,11 @@
-"""Reading an artifact's ``xlstm_export.io`` contract back and checking it against a checkpoint's graph.
+"""An artifact's ``xlstm_export.io`` contract read back as data, and checked against a checkpoint's graph.
 
-Every runner calls :func:`parse_contract` on the JSON it finds in its artifact (TorchScript extra file,
-ONNX ``metadata_props``, Core ML user metadata), then :func:`check_contract` with the graph of the
-checkpoint it is validated against, and maps states through :func:`state_slots`. A mismatch is an
-:class:`~xlstm_export.errors.ArtifactError` (exit 2): the artifact was not exported from this checkpoint.
+Every runner (``runner.ArtifactRunner``) calls :func:`parse_contract` on the JSON it finds in its
+artifact (TorchScript extra file, ONNX ``metadata_props``, Core ML user metadata), then
+:func:`check_contract` with the graph of the checkpoint it is validated against, and maps states through
+:func:`state_slots`. A mismatch is an :class:`~xlstm_export.errors.ArtifactError` (exit 2): the artifact
+was not exported from this checkpoint. Emitters, runners, verification and validation read the contract
+through this module; it imports only ``graphs`` and ``errors`` (and numpy).
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import ArtifactError, UnsupportedError
-from ..graphs import Graph
-from ..graphs.io import IO_FORMAT, IO_KEY
+from .errors import ArtifactError, UnsupportedError
+from .graphs import Graph
+from .graphs.io import IO_FORMAT, IO_KEY
 
-__all__ = ["IO_KEY", "StateSlot", "parse_contract", "check_contract", "state_slots", "profile_diff",
-           "contract_batch_size", "check_run_args", "declared_precision", "judged_precision", "check_contract_is", "TRUST_HINT"]
+__all__ = ["IO_KEY", "StateSlot", "PrefillPlan", "parse_contract", "check_contract", "state_slots", "profile_diff",
+           "contract_batch_size", "contract_vocab_size", "check_run_args", "declared_precision", "judged_precision",
+           "check_contract_is", "prefill_plan", "TRUST_HINT"]
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,13 @@ def contract_batch_size(contract: dict, where: str) -> int:
     return int(b) if isinstance(b, int) and not isinstance(b, bool) and b > 0 else 1
 
 
+def contract_vocab_size(contract: dict) -> Optional[int]:
+    """The vocabulary size the artifact's ``logits`` output declares (its last axis); None if it declares none."""
+    logits = next((o for o in contract["outputs"] if o["name"] == "logits"), None)
+    v = logits["shape"][-1] if logits is not None and logits["shape"] else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
 def check_run_args(where: str, batch_size: int, input_ids: Any, states: Sequence[Any],
                    state_shapes: Optional[Sequence[tuple]] = None, vocab_size: Optional[int] = None) -> np.ndarray:
     """What every runner's ``run`` checks first, so a bad call is the same UnsupportedError in every target:
@@ -231,3 +241,44 @@ def check_run_args(where: str, batch_size: int, input_ids: Any, states: Sequence
             if got != tuple(shape):
                 raise UnsupportedError(f"{where}: state {i} must have shape {tuple(shape)}, got {got}")
     return ids.astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True)
+class PrefillPlan:
+    """How an artifact with a prefill graph/function takes a prompt: ``floor(L / chunk)`` prefill calls of
+    ``chunk`` tokens, then ``L mod chunk`` step calls (the step path). Read from the contract's
+    ``"prefill"`` entry (:func:`prefill_plan`). Runners with one expose ``prefill`` (this plan),
+    ``calls(L)`` and ``logit_positions(L)``; the comparison reports figures per call of the prompt."""
+
+    chunk: int
+    last_logits_only: bool
+    where: str  # the companion file (ONNX) or function (Core ML, ExecuTorch)
+
+    def calls(self, length: int) -> List[Tuple[int, int, str]]:
+        """``(start, stop, via)`` of each call for a prompt of ``length`` tokens; via "prefill" | "step"."""
+        full = length // self.chunk * self.chunk
+        out = [(s, s + self.chunk, "prefill") for s in range(0, full, self.chunk)]
+        return out + [(t, t + 1, "step") for t in range(full, length)]
+
+    def logit_positions(self, length: int) -> np.ndarray:
+        """Positions whose logits the artifact returns (all, unless the prefill returns only its last)."""
+        if not self.last_logits_only:
+            return np.arange(length)
+        return np.array([stop - 1 if via == "prefill" else start for start, stop, via in self.calls(length)],
+                        dtype=np.int64)
+
+
+def prefill_plan(contract: dict, where: str) -> Optional[PrefillPlan]:
+    """The contract's ``"prefill"`` entry, checked (artifacts are untrusted input): None when absent."""
+    p = contract.get("prefill")
+    if p is None:
+        return None
+    chunk = p.get("chunk") if isinstance(p, dict) else None
+    last = p.get("last_logits_only", False) if isinstance(p, dict) else None
+    target = (p.get("path") or p.get("function")) if isinstance(p, dict) else None
+    if (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or not isinstance(last, bool)
+            or not isinstance(target, str) or not target or "/" in target or "\\" in target
+            or target in (".", "..")):
+        raise ArtifactError(f"{where}: the contract's 'prefill' entry must be {{'chunk': positive int, "
+                            f"'last_logits_only': bool, 'path' or 'function': a plain name}}, got {str(p)[:120]}")
+    return PrefillPlan(chunk, last, target)
