@@ -155,11 +155,11 @@ def open_for_generation(artifact: str | os.PathLike, *, checkpoint: Optional[Che
             raise ArtifactError(f"{p}: loading a {target.name} artifact runs its code; pass --checkpoint PATH (the "
                                 f"artifact is then checked record by record against what xlstm-export writes for it) "
                                 f"or --trust-artifact if you trust where it came from")
-        graph = target.contract_graph(p)
+        graph = None  # the artifact's contract describes it (the runner opens it once and checks the contract)
         trusted = True  # nothing to judge: the runtime interprets the artifact; its contract is checked on open
     runner = target.open_runner(p, graph, trust_artifact=trusted)
-    text = artifact_text(p, runner.contract, getattr(runner, "vocab_size", None) or graph.config.vocab_size,
-                         lambda names: target.text_paths(p, names))
+    vocab = getattr(runner, "vocab_size", None) or (graph.config.vocab_size if graph is not None else None)
+    text = artifact_text(p, runner.contract, vocab, lambda names: target.text_paths(p, names))
     return runner, text
 
 

@@ -69,6 +69,8 @@ class NpzTarget(Target):
         from xlstm_export.validation.reference_runner import ReferenceRunner
 
         contract, arrays = read(Path(path))
+        if graph is None:  # ``run`` without a checkpoint: the artifact's own contract profile
+            graph = self.contract_graph(path)
         check_contract(contract, graph, str(path))
         weights = WeightStore({n: constant(n, a, source=f"{path}:{n}") for n, a in arrays.items()})
         runner = ReferenceRunner(replace(graph, weights=weights), batch_size=opts.get("batch_size") or 1)
