@@ -98,8 +98,9 @@ def _digest(folder: Path) -> str:
 
 
 def export_key(name: str, kind: str, options: dict) -> tuple:
-    """The cache key: the fixture, the target and its options (the kind's fixed ones merged in; None and the
-    CLI's defaults dropped; a precision equal to the kind's default one dropped)."""
+    """The cache key: the fixture, the target, the file name the kind writes (the Swift package and a package's
+    module names follow it) and the options (the kind's fixed ones merged in; None and the CLI's defaults
+    dropped; a precision equal to the kind's default one dropped)."""
     from xlstm_export.targets import KINDS, TARGETS
 
     k = KINDS[kind]
@@ -108,7 +109,7 @@ def export_key(name: str, kind: str, options: dict) -> tuple:
     defaults.setdefault("precision", KINDS[k.target].demo_precision)
     opts = {**options, **k.fixed}
     opts = {o: v for o, v in opts.items() if v is not None and not (o in defaults and defaults[o] == v)}
-    return name, k.target, tuple(sorted(opts.items(), key=lambda kv: kv[0]))
+    return name, k.target, k.filename, tuple(sorted(opts.items(), key=lambda kv: kv[0]))
 
 
 @pytest.fixture(scope="session")

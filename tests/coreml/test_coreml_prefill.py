@@ -12,6 +12,7 @@ from xlstm_export.coreml.emit import WEIGHTS_PATH, CoreMLOptions, emit
 from xlstm_export.coreml.executor import ProgramExecutor
 from xlstm_export.coreml.runner import CoreMLRunner, function_description, read_contract
 from xlstm_export.errors import UnsupportedError
+from xlstm_export.targets import KINDS
 from xlstm_export.tolerances import tolerance_for
 from xlstm_export.validation import validate_artifact
 from xlstm_export.validation.compare import max_rel
@@ -24,8 +25,10 @@ FORMATS = ["hf", "large", "hybrid", "hybrid_pt", "profile"]  # profile: our JSON
 
 @pytest.fixture(scope="module")
 def packages(graph_of, exports):
-    """``packages(name, **options) -> (graph, Artifact)``: the session's export with the prefill function (T)."""
-    return lambda name, **opts: (graph_of(name), exports(name, "coreml", **{"prefill_chunk": T, **opts}))
+    """``packages(name, **options) -> (graph, Artifact)``: the session's export with the prefill function (T), the
+    ``coreml-prefill`` kind (as the parity matrix and the reliability tests ask for it)."""
+    assert KINDS["coreml-prefill"].fixed == {"prefill_chunk": T}
+    return lambda name, **opts: (graph_of(name), exports(name, "coreml-prefill", **opts))
 
 
 @pytest.mark.parametrize("name", FORMATS)
