@@ -10,7 +10,7 @@ and one export cache shared by every test module.
   defaults are the same export as options left out (that is what the CLI passes).
   A cached artifact is READ-ONLY: a test that modifies, moves or deletes one works on a private copy
   (``fixtures.copy_of(art, folder)``).
-  Every hit checks the cached files are untouched (sizes and mtimes), and the session's end checks their bytes.
+  Every hit, and the session's end, checks that the cached files are untouched (names and bytes).
 """
 
 from __future__ import annotations
@@ -82,16 +82,12 @@ def graph_of(checkpoint_factory, tmp_path_factory):
     return get
 
 
-def _stamp(folder: Path) -> dict:
-    """(size, mtime) of every file and folder under ``folder``: what a hit checks is unchanged."""
-    return {str(p.relative_to(folder)): (p.is_dir(), 0 if p.is_dir() else p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
-
-
 def _digest(folder: Path) -> str:
+    """The names and bytes of everything under ``folder``: what every hit checks is unchanged. (Not mtimes:
+    coremltools rewrites a package's Manifest.json, same bytes, whenever it opens the package.)"""
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
-        h.update(str(p.relative_to(folder)).encode())
+        h.update(str(p.relative_to(folder)).encode() + (b"/" if p.is_dir() else b"\0"))
         if p.is_file():
             h.update(p.read_bytes())
     return h.hexdigest()
@@ -119,11 +115,11 @@ def exports(graph_of, tmp_path_factory):
     from xlstm_export.targets import KINDS
 
     root = tmp_path_factory.mktemp("exports")
-    cache: dict = {}  # key -> (Artifact, folder, stamp, digest)
+    cache: dict = {}  # key -> (Artifact, folder, digest)
 
     def _check(key) -> None:
-        art, folder, stamp, _ = cache[key]
-        if _stamp(folder) != stamp:
+        art, folder, digest = cache[key]
+        if _digest(folder) != digest:
             raise AssertionError(f"a test modified the cached artifact {art.path} ({key}): tests must work on "
                                  f"fixtures.copy_of(artifact, tmp_path)")
 
@@ -133,7 +129,7 @@ def exports(graph_of, tmp_path_factory):
             folder = root / f"{len(cache):03d}-{name}-{kind}"
             folder.mkdir()
             art = KINDS[kind].emit(graph_of(name), folder / KINDS[kind].filename, **options)
-            cache[key] = (art, folder, _stamp(folder), _digest(folder))
+            cache[key] = (art, folder, _digest(folder))
         _check(key)
         return cache[key][0]
 
@@ -154,10 +150,10 @@ def exports(graph_of, tmp_path_factory):
         contract = TARGETS[KINDS[kind].target].open_runner(new, graph_of(name)).contract
         art = Artifact(new, kind, contract["precision"], contract, (new,),
                        {"bytes": bytes_on_disk(new)})
-        cache[key] = (art, folder, _stamp(folder), _digest(folder))
+        cache[key] = (art, folder, _digest(folder))
         return None
 
     get.adopt = adopt
     yield get
-    changed = [str(art.path) for art, folder, _, digest in cache.values() if _digest(folder) != digest]
+    changed = [str(art.path) for art, folder, digest in cache.values() if _digest(folder) != digest]
     assert not changed, f"tests modified cached artifacts: {changed}"
