@@ -332,3 +332,27 @@ def load_graph(checkpoint_factory, name: str, root: Path):
     if not d.exists():
         save_profile_checkpoint(load_checkpoint(checkpoint_factory("hybrid")), d)
     return load_checkpoint(d)
+
+
+def artifact_moved(art, src: Path, dst: Path):
+    """``art`` (an ``Artifact``) with its paths under folder ``src`` moved to folder ``dst``."""
+    import dataclasses
+
+    def move(p):
+        return dst / Path(p).relative_to(src)
+
+    return dataclasses.replace(art, path=move(art.path), files=tuple(move(p) for p in art.files))
+
+
+def copy_of(art, folder: Path):
+    """A private copy of a cached artifact (``conftest.exports``) for a test that modifies, moves or deletes it:
+    everything in the artifact's folder (the artifact, its external data, Swift package, text files) copied into
+    ``folder`` (created); returns the Artifact of the copy."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    src = Path(art.path).parent
+    for p in src.iterdir():
+        (shutil.copytree if p.is_dir() else shutil.copy2)(p, folder / p.name)
+    return artifact_moved(art, src, folder)

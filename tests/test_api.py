@@ -277,8 +277,8 @@ def test_reports_are_not_clobbered_without_force(tmp_path):
         xe.validate(art.path, str(EXAMPLE), report=report)
 
 
-def test_every_verdict_names_its_runtime(tmp_path):
-    pkg = xe.export(str(EXAMPLE), "coreml", tmp_path / "m.mlpackage", swift=False)
+def test_every_verdict_names_its_runtime(exports, tmp_path):
+    pkg = exports("hybrid-copy", "coreml")  # the session's export of EXAMPLE (shared with tests/coreml)
     res = xe.validate(pkg.path, str(EXAMPLE), steps=1, report=tmp_path / "r")
     runtime = res.report["artifact"]["runtime"]
     assert "package executor" in runtime and "not the Core ML runtime" in runtime and "coremltools" in runtime

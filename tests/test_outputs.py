@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fixtures import copy_of
 
 from xlstm_export.cli import main
 
@@ -103,26 +104,26 @@ RACES = {"torchscript": ["model.pt"], "coreml": ["model.mlpackage", "model-swift
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cmd", list(RACES))
-def test_two_exports_racing_to_one_new_path_exactly_one_wins(checkpoint_factory, tmp_path, cmd):
+def test_two_exports_racing_to_one_new_path_exactly_one_wins(checkpoint_factory, exports, tmp_path, cmd):
     """Two exports of different models (batch 1 and batch 2) to one new path: exactly one exits 0, the other
     exits 2 saying "already exists", and every file there is the winner's, complete (the bytes the same
-    export makes alone; exports are byte-reproducible)."""
+    export makes alone: the session's export of those options; exports are byte-reproducible across processes,
+    test_reliability.py)."""
     ck = checkpoint_factory("hybrid")
     name = FILENAME[cmd.split()[0]]
     go = tmp_path / "go"
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    procs, refs = [], []
+    procs = []
     for i in range(2):
         opts = ("--no-validate", "--batch-size", str(i + 1))
         procs.append(subprocess.Popen(
             [sys.executable, "-c", RACE, *export_args(cmd, ck, out_dir / name, *opts)], cwd=tmp_path,
             env=env(XLSTM_TEST_READY=tmp_path / f"ready{i}", XLSTM_TEST_GO=go), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True))
-        (tmp_path / f"ref{i}").mkdir()
-        refs.append(subprocess.Popen([sys.executable, "-m", "xlstm_export",
-                                      *export_args(cmd, ck, tmp_path / f"ref{i}" / name, *opts)],
-                                     cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    words = cmd.split()  # "onnx --prefill-chunk 4": the onnx export with prefill_chunk=4
+    extra = {w[2:].replace("-", "_"): int(v) for w, v in zip(words[1::2], words[2::2])}
+    refs = [exports("hybrid", words[0], batch_size=i + 1, **extra) for i in range(2)]  # while the racers start
     t0 = time.time()
     while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
@@ -130,17 +131,16 @@ def test_two_exports_racing_to_one_new_path_exactly_one_wins(checkpoint_factory,
         time.sleep(0.01)
     go.write_text("go")
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
-    for r in refs:
-        _, err = r.communicate(timeout=300)
-        assert r.returncode == 0, err
     codes = [rc for _, _, rc in results]
     assert sorted(codes) == [0, 2], [(rc, err[-1500:]) for _, err, rc in results]
     winner = codes.index(0)
     lines = error_lines(results[1 - winner][1])
     assert len(lines) == 1 and "already exists" in lines[0], results[1 - winner][1]
     assert listing(out_dir) == sorted(RACES[cmd])  # nothing else: no temporaries, no part of the loser
+    assert refs[winner].path.name == name and sorted(p.name for p in refs[winner].path.parent.iterdir()) == \
+        sorted(RACES[cmd])
     for f in RACES[cmd]:
-        assert tree_bytes(out_dir / f) == tree_bytes(tmp_path / f"ref{winner}" / f), \
+        assert tree_bytes(out_dir / f) == tree_bytes(refs[winner].path.parent / f), \
             f"{f} is not the winner's complete artifact"
 
 
@@ -219,9 +219,9 @@ def test_force_never_replaces_what_this_tool_did_not_write(checkpoint_factory, t
     assert listing(tmp_path) == [name]
 
 
-def test_force_replaces_our_own_artifacts_and_symlinks_only_as_links(checkpoint_factory, tmp_path):
+def test_force_replaces_our_own_artifacts_and_symlinks_only_as_links(checkpoint_factory, exports, tmp_path):
     ck = checkpoint_factory("hybrid")
-    assert invoke(export_args("coreml", ck, tmp_path / "model.mlpackage", "--no-validate")).exit_code == 0
+    copy_of(exports("hybrid", "coreml"), tmp_path)  # an earlier export of ours: model.mlpackage, model-swift
     first = tree_bytes(tmp_path / "model.mlpackage")
     (tmp_path / "model.mlpackage" / "extra-file").write_text("old")  # still recognisably ours
     res = invoke(export_args("coreml", ck, tmp_path / "model.mlpackage", "--no-validate", "--force"))
@@ -229,8 +229,7 @@ def test_force_replaces_our_own_artifacts_and_symlinks_only_as_links(checkpoint_
     assert tree_bytes(tmp_path / "model.mlpackage") == first
     # a link to our artifact: the link is replaced, the artifact it points to is left as it was
     real = tmp_path / "keep"
-    real.mkdir()
-    assert invoke(export_args("torchscript", ck, real / "model.pt", "--no-validate")).exit_code == 0
+    copy_of(exports("hybrid", "torchscript"), real)
     kept = (real / "model.pt").read_bytes()
     (tmp_path / "model.pt").symlink_to(real / "model.pt")
     assert invoke(export_args("torchscript", ck, tmp_path / "model.pt", "--no-validate", "--force")).exit_code == 0
@@ -248,14 +247,14 @@ def test_force_never_replaces_a_folder_at_a_report_files_place(tmp_path, exporte
 
 
 @pytest.fixture(scope="module")
-def exported_pt(tmp_path_factory, checkpoint_factory) -> Path:
-    """A TorchScript export of the hybrid fixture; its checkpoint copied beside it (``../ck``)."""
+def exported_pt(tmp_path_factory, checkpoint_factory, exports) -> Path:
+    """A private copy of the session's TorchScript export of the hybrid fixture (this module's tests write beside
+    it); its checkpoint copied beside it (``../ck``)."""
     root = tmp_path_factory.mktemp("exported")
     shutil.copytree(checkpoint_factory("hybrid"), root / "ck")
-    (root / "art").mkdir()
-    res = invoke(export_args("torchscript", root / "ck", root / "art" / "model.pt", "--no-validate"))
-    assert res.exit_code == 0, res.output
-    return root / "art" / "model.pt"
+    art = copy_of(exports("hybrid", "torchscript"), root / "art")
+    assert art.path == root / "art" / "model.pt"
+    return art.path
 
 
 # -- 3. planted siblings ------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ from xlstm_export.targets import TARGETS, swept_kinds
 # ExecuTorch program's tensors sit inside its backend payload: tests/executorch checks its contract)
 KINDS = {n: k for n, k in swept_kinds().items() if k.target != "executorch"}
 
-from test_reliability import assert_one_error_line, kind_words
+from fixtures import copy_of
+from test_reliability import assert_one_error_line
 
 CKPT = "hf"  # the fixture every artifact here is exported from
 
@@ -60,26 +61,11 @@ def assert_refused(res, art: Path, *needles: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint_factory, tmp_path_factory):
-    """``exported(kind, precision)``: a fresh copy of the artifact of that kind (files in their own folder)."""
-    ckpt = checkpoint_factory(CKPT)
-    root = tmp_path_factory.mktemp("trust")
-    made: dict = {}
-
+def exported(exports):
+    """``exported(kind, precision, dest) -> Path``: a fresh copy, in folder ``dest``, of the session's export of that
+    kind (what ``xlstm-export <kind words> --precision P`` writes: the same registry call)."""
     def get(kind: str, precision: str, dest: Path) -> Path:
-        key = (kind, precision)
-        if key not in made:
-            d = root / f"{kind}-{precision}"
-            d.mkdir()
-            k = KINDS[kind]
-            res = invoke(*kind_words(k), "--checkpoint", ckpt, "-o", d / k.filename, "--precision", precision,
-                         "--no-validate")
-            assert res.exit_code == 0, res.output
-            made[key] = d
-        dest.mkdir(parents=True, exist_ok=True)
-        for p in made[key].iterdir():
-            (shutil.copytree if p.is_dir() else shutil.copy2)(p, dest / p.name)
-        return dest / KINDS[kind].filename
+        return copy_of(exports(CKPT, kind, precision=precision), dest).path
 
     return get
 

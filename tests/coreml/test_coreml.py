@@ -1,6 +1,6 @@
 """Core ML target: packages of upstream-made fixtures, read back from disk and executed op by op.
 
-Each package is built once per module. Parity runs the SAVED package (``CoreMLRunner`` -> executor over the
+Each package is built once per session (``exports`` in tests/conftest.py, shared with the other modules). Parity runs the SAVED package (``CoreMLRunner`` -> executor over the
 program coremltools reads back from disk) against the fp32 reference: a prompt fed one token per call,
 then greedy decode steps, states carried across calls.
 """
@@ -36,18 +36,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
-def packages(checkpoint_factory, tmp_path_factory):
-    """name -> (graph, package path, Artifact), each exported once (fp16, batch 1)."""
-    root = tmp_path_factory.mktemp("coreml")
-    built = {}
-
+def packages(graph_of, exports):
+    """name -> (graph, package path, Artifact): the session's export (fp16, batch 1, with its Swift package)."""
     def get(name: str):
-        if name not in built:
-            graph = load_checkpoint(checkpoint_factory(name))
-            path = root / f"{name}.mlpackage"
-            art = emit(graph, CoreMLOptions(precision="fp16"), path)
-            built[name] = (graph, path, art)
-        return built[name]
+        art = exports(name, "coreml", precision="fp16")
+        return graph_of(name), art.path, art
 
     return get
 
@@ -165,18 +158,11 @@ OTHER_FORMATS = ("hf_sharded", "hf_fused", "hf_tied", "large_bias", "hybrid_mlst
 
 
 @pytest.mark.parametrize("name", OTHER_FORMATS)
-def test_every_checkpoint_format_exports(checkpoint_factory, tmp_path, name):
+def test_every_checkpoint_format_exports(graph_of, exports, name):
     """Every format the frontends read (and its variants: shards, fused gates, tied/bias/no out-norm,
     .pt, cuda sLSTM layout, our profile) gives a package that loads back and matches the reference."""
-    if name == "profile":
-        from xlstm_export.frontends.profile import save_profile_checkpoint
-
-        ckpt = save_profile_checkpoint(load_checkpoint(checkpoint_factory("hybrid")), tmp_path / "profile")
-    else:
-        ckpt = checkpoint_factory(name)
-    graph = load_checkpoint(ckpt)
-    path = tmp_path / "m.mlpackage"
-    emit(graph, CoreMLOptions(swift=False), path)
+    graph = graph_of(name)
+    path = exports(name, "coreml").path
     runner = CoreMLRunner(path, graph, backend="executor")
     prompt = np.random.default_rng(4).integers(0, graph.config.vocab_size, size=(1, 6))
     rels, agree, _, _ = _compare(graph, runner, prompt, 3)
@@ -305,17 +291,15 @@ def _task_batch(ckpt: Path, n_tokens: int, count: int):
 
 
 @pytest.mark.parametrize("example", ["hf-recall", "hybrid-copy"])
-def test_trained_example_greedy_agreement_over_64_tokens(example, tmp_path):
+def test_trained_example_greedy_agreement_over_64_tokens(example, graph_of, exports):
     """The trained examples, on held-out task sequences of 64 tokens fed one token per call: at every position
     the task scores, the package's greedy pick is the reference's (and the right answer); at every other
     position too, except where the reference's own top two are within the fp16 tie margin."""
     ckpt = EXAMPLES / example
     if not (ckpt / "train_log.json").exists():
         pytest.skip(f"{ckpt} is not trained yet (examples/train_examples.py)")
-    graph = load_checkpoint(ckpt)
-    path = tmp_path / f"{example}.mlpackage"
-    emit(graph, CoreMLOptions(precision="fp16", swift=False), path)
-    runner = CoreMLRunner(path, graph, backend="executor")
+    graph = graph_of(example)
+    runner = CoreMLRunner(exports(example, "coreml", precision="fp16").path, graph, backend="executor")
     ids, targets = _task_batch(ckpt, 64, 4)
     with torch.no_grad():
         ref = build_model(graph)(torch.from_numpy(ids)).numpy()  # (4, 64, V)

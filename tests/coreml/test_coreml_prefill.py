@@ -12,8 +12,7 @@ from xlstm_export.coreml.emit import WEIGHTS_PATH, CoreMLOptions, emit
 from xlstm_export.coreml.executor import ProgramExecutor
 from xlstm_export.coreml.runner import CoreMLRunner, function_description, read_contract
 from xlstm_export.errors import UnsupportedError
-from xlstm_export.frontends import load_checkpoint
-from fixtures import load_graph
+from xlstm_export.targets import KINDS
 from xlstm_export.validation import tolerance_for
 from xlstm_export.validation import validate_artifact
 from xlstm_export.validation.compare import max_rel
@@ -25,19 +24,11 @@ FORMATS = ["hf", "large", "hybrid", "hybrid_pt", "profile"]  # profile: our JSON
 
 
 @pytest.fixture(scope="module")
-def packages(checkpoint_factory, tmp_path_factory):
-    root = tmp_path_factory.mktemp("coreml_prefill")
-    cache = {}
-
-    def get(name: str, **opts):
-        key = (name, tuple(sorted(opts.items())))
-        if key not in cache:
-            graph = load_graph(checkpoint_factory, name, root)
-            path = root / f"{name}-{len(cache)}.mlpackage"
-            cache[key] = (graph, emit(graph, CoreMLOptions(**{"prefill_chunk": T, **opts}), path))
-        return cache[key]
-
-    return get
+def packages(graph_of, exports):
+    """``packages(name, **options) -> (graph, Artifact)``: the session's export with the prefill function (T), the
+    ``coreml-prefill`` kind (as the parity matrix and the reliability tests ask for it)."""
+    assert KINDS["coreml-prefill"].fixed == {"prefill_chunk": T}
+    return lambda name, **opts: (graph_of(name), exports(name, "coreml-prefill", **opts))
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -64,7 +55,7 @@ def test_fp32_prefill_function(packages):
     assert res.passed and res.report["summary"]["max_rel"] <= FP32, res.summary_line()
 
 
-def test_one_package_two_functions_weights_once(packages, checkpoint_factory, tmp_path):
+def test_one_package_two_functions_weights_once(packages, exports):
     graph, art = packages("hf")
     contract, spec = read_contract(art.path)
     assert spec.description.defaultFunctionName == "main"
@@ -75,7 +66,7 @@ def test_one_package_two_functions_weights_once(packages, checkpoint_factory, tm
     assert list(ids.type.multiArrayType.shape) == [1, T]
     assert contract["prefill"] == {"function": "prefill", "chunk": T, "last_logits_only": False}
     # weight.bin holds each weight once: as large as a step-only package's
-    alone = emit(graph, CoreMLOptions(swift=False), tmp_path / "step.mlpackage")
+    alone = exports("hf", "coreml")
     both = art.path.joinpath(*WEIGHTS_PATH, "weight.bin").stat().st_size
     one = alone.path.joinpath(*WEIGHTS_PATH, "weight.bin").stat().st_size
     print(f"\n[hf] weight.bin: step-only {one} B, step + prefill {both} B")
@@ -114,9 +105,8 @@ def test_last_logits_only_package(packages):
         assert needle in swift, needle
 
 
-def test_step_only_swift_package_has_no_prefill(checkpoint_factory, tmp_path):
-    graph = load_checkpoint(checkpoint_factory("hf"))
-    art = emit(graph, CoreMLOptions(), tmp_path / "m.mlpackage")
+def test_step_only_swift_package_has_no_prefill(exports):
+    art = exports("hf", "coreml")
     swift = next((art.files[1] / "Sources").rglob("*.swift")).read_text()
     assert "static let prefillChunk = 0" in swift and "functionName" not in swift and "func prefill(" not in swift
 
@@ -125,8 +115,8 @@ def test_step_only_swift_package_has_no_prefill(checkpoint_factory, tmp_path):
                                          ({"prefill_chunk": 2000}, "exceeds 1024"),
                                          ({"prefill_chunk": 64}, "context_length 32"),
                                          ({"last_logits_only": True}, "add --prefill-chunk")])
-def test_bad_prefill_options_are_refused_before_writing(checkpoint_factory, tmp_path, opts, match):
-    graph = load_checkpoint(checkpoint_factory("hybrid"))
+def test_bad_prefill_options_are_refused_before_writing(graph_of, tmp_path, opts, match):
+    graph = graph_of("hybrid")
     with pytest.raises(UnsupportedError, match=match):
         emit(graph, CoreMLOptions(**opts), tmp_path / "m.mlpackage")
     assert list(tmp_path.iterdir()) == []

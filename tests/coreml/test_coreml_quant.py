@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures import load_graph
 from xlstm_export.coreml.emit import CoreMLOptions, emit
 from xlstm_export.coreml.runner import CoreMLRunner
 from xlstm_export.coreml.verify import open_runner
@@ -21,19 +20,9 @@ from xlstm_export.validation.compressed import WEIGHT_RMS
 
 
 @pytest.fixture(scope="module")
-def packages(checkpoint_factory, tmp_path_factory):
-    root = tmp_path_factory.mktemp("coreml_quant")
-    cache = {}
-
-    def get(name: str, comp: Compression, **opts):
-        key = (name, comp, tuple(sorted(opts.items())))
-        if key not in cache:
-            graph = load_graph(checkpoint_factory, name, root)
-            path = root / f"{name}-{len(cache)}.mlpackage"
-            cache[key] = (graph, emit(graph, CoreMLOptions(compression=comp, swift=False, **opts), path))
-        return cache[key]
-
-    return get
+def packages(graph_of, exports):
+    """``packages(name, compression, **options) -> (graph, Artifact)``: the session's export (no Swift package)."""
+    return lambda name, comp, **opts: (graph_of(name), exports(name, "coreml", compression=comp, swift=False, **opts))
 
 
 # int8 is covered by every int4 package too (the policy stores the embedding and the LM head int8)
@@ -113,8 +102,8 @@ def test_a_contract_claiming_other_compression_is_refused(packages, tmp_path):
     (Compression("int4", block_size=48), {}, "does not divide the input dim"),
     (Compression("int4", method="gptq"), {}, "needs calibration"),
 ])
-def test_bad_options_one_line(checkpoint_factory, tmp_path, comp, opts, match):
-    graph = load_graph(checkpoint_factory, "hf", tmp_path)
+def test_bad_options_one_line(graph_of, tmp_path, comp, opts, match):
+    graph = graph_of("hf")
     with pytest.raises(UnsupportedError, match=match) as e:
         emit(graph, CoreMLOptions(compression=comp, **opts), tmp_path / "m.mlpackage")
     assert "\n" not in str(e.value)

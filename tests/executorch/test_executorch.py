@@ -1,6 +1,7 @@
 """The ExecuTorch target: ``.pte`` programs lowered to XNNPACK, executed here by ``executorch.runtime``, on every
 checkpoint format; the prefill method; the Core ML delegate (built here, run only on macOS); bad options.
-Each export spends 20-60 s in XNNPACK lowering, so every program is exported once per session (conftest.py).
+Each export spends 20-60 s in XNNPACK lowering, so every program is exported once per session and shared with
+the other modules (``exports`` in tests/conftest.py).
 The CLI export (quiet, one line per result) is tested on a quantized program in test_executorch_quantize.py."""
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from xlstm_export.executorch.runner import ExecuTorchRunner  # noqa: E402
 from xlstm_export.validation import tolerance_for  # noqa: E402
 from xlstm_export.validation import validate_artifact  # noqa: E402
 
-from fixtures import load_graph  # noqa: E402
 
 T = 4  # the prefill chunk: prompts of 1, 3, 4, 17 tokens cover prefill-only, step-only and mixed calls;
 # small, because the prefill method's lowering (the unrolled sLSTM above all) is most of an export's time
@@ -28,14 +28,18 @@ FP32 = tolerance_for("executorch", "fp32").max_rel  # 1e-4
 # every checkpoint format -> (the program validated against it, its prefill chunk). profile is the hybrid
 # fixture saved in our profile format (one graph, checked below): a program is a function of the graph, so it
 # is exported once (the session cache, conftest.py) and validated against each format's graph. (hybrid_pt is
-# another model: tied weights.)
-FORMATS = {"hf": ("hf", T), "large": ("large", None), "hybrid": ("hybrid", T), "hybrid_pt": ("hybrid_pt", None),
+# another model: tied weights.) The prefill method is validated on the hybrid program (mLSTM chunkwise and
+# sLSTM prefill, hybrid and profile rows); the hf program is the step alone, the one the parity matrix
+# validates too (tests/lowering/test_parity_matrix.py: one export for both).
+FORMATS = {"hf": ("hf", None), "large": ("large", None), "hybrid": ("hybrid", T), "hybrid_pt": ("hybrid_pt", None),
            "profile": ("hybrid", T)}
 
 
 @pytest.fixture(scope="module")
-def programs(et_programs):
-    return lambda name, prefill_chunk=None, **opts: et_programs(name, prefill_chunk=prefill_chunk, **opts)
+def programs(graph_of, exports):
+    """``programs(name, prefill_chunk=None, **options) -> (graph, Artifact)``: from the session's export cache."""
+    return lambda name, prefill_chunk=None, **opts: (graph_of(name), exports(name, "executorch",
+                                                                              prefill_chunk=prefill_chunk, **opts))
 
 
 def _same_graph(a, b) -> bool:
@@ -46,12 +50,12 @@ def _same_graph(a, b) -> bool:
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
-def test_pte_matches_the_reference_on_every_format(programs, et_graph, name):
+def test_pte_matches_the_reference_on_every_format(programs, graph_of, name):
     source, chunk = FORMATS[name]
     _, art = programs(source, prefill_chunk=chunk)
-    graph = et_graph(name)
+    graph = graph_of(name)
     if source != name:
-        assert _same_graph(graph, et_graph(source))  # what makes the shared program this format's program
+        assert _same_graph(graph, graph_of(source))  # what makes the shared program this format's program
     res = validate_artifact(art.path, graph, steps=4, num_prompts=2, prompt_len=6)
     r = res.report
     print(f"\n[{name} executorch xnnpack fp32{' + prefill %d' % chunk if chunk else ''}] max rel "
@@ -81,25 +85,25 @@ def test_prefill_method_leaves_the_states_the_step_leaves(programs):
         assert np.abs(a - b).max() <= 1e-4 * max(np.abs(b).max(), 1e-6)
 
 
-def test_the_contract_travels_inside_the_program(programs, checkpoint_factory):
-    graph, art = programs("hf", prefill_chunk=T)
+def test_the_contract_travels_inside_the_program(programs, graph_of):
+    graph, art = programs("hybrid", prefill_chunk=T)
     runner = ExecuTorchRunner(art.path, graph)
     assert runner.contract["prefill"] == {"function": "prefill", "chunk": T, "last_logits_only": False}
     assert runner.contract["backend"] == "xnnpack" and runner.runtime.startswith("ExecuTorch ")
-    other = load_graph(checkpoint_factory, "hybrid", art.path.parent)
+    other = graph_of("hf")
     with pytest.raises(ArtifactError, match="different model"):
         ExecuTorchRunner(art.path, other)
 
 
-def test_not_a_program_is_an_artifact_error(tmp_path, checkpoint_factory):
-    graph = load_graph(checkpoint_factory, "hf", tmp_path)
+def test_not_a_program_is_an_artifact_error(tmp_path, graph_of):
+    graph = graph_of("hf")
     bad = tmp_path / "x.pte"
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(ArtifactError, match="cannot load it"):
         ExecuTorchRunner(bad, graph)
 
 
-def test_coreml_delegate_builds_here_and_runs_only_on_macos(checkpoint_factory, tmp_path):
+def test_coreml_delegate_builds_here_and_runs_only_on_macos(checkpoint_factory, graph_of, tmp_path):
     ck = checkpoint_factory("hybrid_mlstm_only")
     out = tmp_path / "m.pte"
     res = subprocess.run([sys.executable, "-m", "xlstm_export", "executorch", "--checkpoint", str(ck), "-o", str(out),
@@ -110,7 +114,7 @@ def test_coreml_delegate_builds_here_and_runs_only_on_macos(checkpoint_factory, 
     res = subprocess.run([sys.executable, "-m", "xlstm_export", "validate", str(out), "--checkpoint", str(ck)],
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip().endswith("validate it there"), res.stderr
-    graph = load_graph(checkpoint_factory, "hybrid_mlstm_only", tmp_path)
+    graph = graph_of("hybrid_mlstm_only")
     with pytest.raises(RuntimeUnavailable):
         ExecuTorchRunner(out, graph)
 
@@ -119,8 +123,8 @@ def test_coreml_delegate_builds_here_and_runs_only_on_macos(checkpoint_factory, 
                                          ({"precision": "fp16"}, "xnnpack backend computes in fp32"),
                                          ({"batch_size": 0}, "positive integer"),
                                          ({"prefill_chunk": 64}, "context_length 32")])
-def test_bad_options_are_refused_before_writing(checkpoint_factory, tmp_path, opts, match):
-    graph = load_graph(checkpoint_factory, "hybrid", tmp_path)
+def test_bad_options_are_refused_before_writing(graph_of, tmp_path, opts, match):
+    graph = graph_of("hybrid")
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(UnsupportedError, match=match):
@@ -147,7 +151,7 @@ def test_a_contract_claiming_another_precision_is_refused_unless_trusted(program
 
     from xlstm_export.executorch.verify import open_runner
 
-    graph, art = programs("hf", prefill_chunk=T)
+    graph, art = programs("hf")
     data = art.path.read_bytes()
     assert data.count(b'"precision":"fp32"') == 1
     lie = tmp_path / "lie.pte"
@@ -165,14 +169,14 @@ def test_the_step_runs_in_one_xnnpack_partition(programs):
     the embedding lookup outside it (was 18 calls around 34 portable ops, then 5 around log1p/full/sum)."""
     from xlstm_export.executorch.passes import delegation
 
-    _, art = programs("hf", prefill_chunk=T)
+    _, art = programs("hf")
     d = delegation(art.path.read_bytes())
     print(f"\n[hf step] {d}")
     assert d == {"delegate_calls": 1, "portable_ops": {"aten::embedding.out": 1}}
 
 
 @pytest.mark.parametrize("name, groups", [("hf", 4), ("hybrid", 5), ("large", 4)])
-def test_fused_linears_compute_the_reference(et_graph, name, groups):
+def test_fused_linears_compute_the_reference(graph_of, name, groups):
     """fuse.py (applied to fp32 XNNPACK programs before torch.export): each group of linear layers that read
     one tensor becomes one op on stacked rows, and the model's logits stay the reference's to fp32 rounding
     (the same dot products; measured <= 1e-6 of max |logit|)."""
@@ -181,7 +185,7 @@ def test_fused_linears_compute_the_reference(et_graph, name, groups):
     from xlstm_export.executorch.fuse import Stacked, fuse_shared_input_linears
     from xlstm_export.reference import build_model
 
-    graph = et_graph(name)
+    graph = graph_of(name)
     ref, fused = build_model(graph, device="cpu").eval(), build_model(graph, device="cpu").eval()
     assert fuse_shared_input_linears(fused) == groups
     assert sum(isinstance(m, Stacked) for m in fused.modules()) == groups

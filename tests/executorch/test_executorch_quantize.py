@@ -3,9 +3,9 @@ validation against the quantized module they were exported from (and that it fai
 otherwise), task accuracy on the bundled trained examples, which weights stay fp32, bad options, and the
 contract check. (Quality on text, perplexity and top-1 against the full-precision reference: test_pylm_text.py.)
 
-Programs come from the session cache (conftest.py): hf-recall 8da8w and 8da4w, hybrid-copy 8da8w (the
-step; quantized prefill methods are the same quantized layers, and lowering the hybrid prefill costs ~60 s),
-and one CLI export (a fresh process) that the other hf-recall 8da8w tests then use."""
+Programs come from the session's export cache (``exports`` in tests/conftest.py): hf-recall 8da8w and 8da4w,
+hybrid-copy 8da8w (the step; quantized prefill methods are the same quantized layers, and lowering the hybrid
+prefill costs ~60 s), and one CLI export (a fresh process) that the other hf-recall 8da8w tests then use."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ T = 4  # prefill chunk (as in test_executorch.py)
 ACCURACY_SLACK = 0.02  # the demo's: a program's task accuracy may trail the reference's by at most this
 
 
+@pytest.fixture(scope="module")
+def programs(graph_of, exports):
+    """``programs(name, **options) -> (graph, Artifact)``; ``programs.adopt(name, path, **options)``."""
+    def get(name: str, **opts):
+        return graph_of(name), exports(name, "executorch", **opts)
+
+    get.adopt = lambda name, path, **opts: exports.adopt(name, "executorch", path, **opts)
+    return get
+
+
 def test_quantized_programs_are_judged_by_int8_rounding_against_their_module():
     for kind in ("executorch", "executorch-prefill"):
         assert tolerance_for(kind, "8da8w") is INT8 and tolerance_for(kind, "8da4w") is INT8
@@ -43,7 +53,7 @@ def test_quantized_programs_are_judged_by_int8_rounding_against_their_module():
         tolerance_for("onnx", "8da4w")
 
 
-def test_cli_quantized_export_is_quiet_and_passes(et_programs, tmp_path_factory):
+def test_cli_quantized_export_is_quiet_and_passes(programs, tmp_path_factory):
     """The CLI prints two lines (the artifact, the verdict under the int8 tolerance) and nothing on stderr. Its
     program then serves the other 8da8w tests (one export fewer); one exported earlier in this session must
     be the same bytes (reproducible across processes)."""
@@ -54,12 +64,12 @@ def test_cli_quantized_export_is_quiet_and_passes(et_programs, tmp_path_factory)
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("wrote ") and "(executorch, 8da8w," in lines[0]
     assert lines[1].startswith("validation PASS: executorch 8da8w on ExecuTorch"), lines[1]
-    earlier = et_programs.adopt("hf-recall", out, quantize="8da8w")
+    earlier = programs.adopt("hf-recall", out, quantize="8da8w")
     if earlier is not None:
         assert out.read_bytes() == earlier.read_bytes()
 
 
-def test_quantization_is_deterministic(et_graph):
+def test_quantization_is_deterministic(graph_of):
     """Two quantizations of the same weights are bit-identical (HQQ scales included): with lowering's own
     determinism (the reliability sweep's reproducibility test), what makes quantized programs byte-reproducible."""
     import torch
@@ -67,7 +77,7 @@ def test_quantization_is_deterministic(et_graph):
     from xlstm_export.executorch.quantize import plan
     from xlstm_export.reference import build_model
 
-    graph = et_graph("hf")
+    graph = graph_of("hf")
     names = plan(graph, "8da4w", 32, None)
     qs, threads = [], torch.get_num_threads()
     try:
@@ -83,11 +93,11 @@ def test_quantization_is_deterministic(et_graph):
 
 
 @pytest.mark.parametrize("scheme", ["8da8w", "8da4w"])
-def test_quantized_program_passes_against_the_module_it_was_exported_from(et_programs, scheme):
+def test_quantized_program_passes_against_the_module_it_was_exported_from(programs, scheme):
     """validate judges a quantized program against the eager module holding the same quantized weights and
     quantizing activations the same way (by the int8 entry: int8 activation rounding is what differs), and
     says so in the report's compression section; measured 4.4e-6 (8da4w) and 2.4e-3 (8da8w) of max |logit|."""
-    graph, art = et_programs("hf-recall", quantize=scheme)
+    graph, art = programs("hf-recall", quantize=scheme)
     res = validate_artifact(art.path, graph, steps=6, num_prompts=3, prompt_len=8)
     r = res.report
     print(f"\n[hf-recall executorch {scheme}] {res.summary_line()}, {art.stats['bytes']} B")
@@ -98,13 +108,13 @@ def test_quantized_program_passes_against_the_module_it_was_exported_from(et_pro
     assert r["reference"]["runtime"] == r["compression"]["reference"]
 
 
-def test_a_program_of_other_weights_fails_validation(et_programs):
+def test_a_program_of_other_weights_fails_validation(programs):
     """The judgement can fail: the program against a checkpoint whose FFN up projection of block 0 is
     negated (same names and shapes, so its contract checks) is far outside the int8 entry."""
     from xlstm_export.frontends import load_weight
     from xlstm_export.validation.compressed import with_weights
 
-    graph, art = et_programs("hf-recall", quantize="8da8w")
+    graph, art = programs("hf-recall", quantize="8da8w")
     name = "blocks.0.ffn.up.weight"
     other = with_weights(graph, {name: -load_weight(graph.weights[name]).astype(np.float32)})
     res = validate_artifact(art.path, other, steps=2, num_prompts=1, prompt_len=8)
@@ -121,7 +131,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("name, scheme, chunk, bound", [("hybrid-copy", "8da8w", None, 1e-3)])
-def test_program_computes_the_quantized_module(et_programs, name, scheme, chunk, bound):
+def test_program_computes_the_quantized_module(programs, name, scheme, chunk, bound):
     """The lowering is faithful on the hybrid (sLSTM, conv) example: the .pte agrees with the eager module
     holding the same quantized weights (measured 5.7e-7 of max |logit|) over a full forward, and differs from
     the fp32 reference by the quantization (>= 10x the bound)."""
@@ -129,7 +139,7 @@ def test_program_computes_the_quantized_module(et_programs, name, scheme, chunk,
 
     from xlstm_export.reference import build_model
 
-    graph, art = et_programs(name, quantize=scheme, prefill_chunk=chunk)
+    graph, art = programs(name, quantize=scheme, prefill_chunk=chunk)
     runner = ExecuTorchRunner(art.path, graph)
     model = runner.quantized_reference(graph).module  # what validation judges it against
     ref = build_model(graph, device="cpu")
@@ -144,11 +154,11 @@ def test_program_computes_the_quantized_module(et_programs, name, scheme, chunk,
 
 
 @pytest.mark.parametrize("name, scheme, chunk", [("hf-recall", "8da4w", None), ("hybrid-copy", "8da8w", None)])
-def test_quantized_programs_keep_the_task_accuracy(et_programs, name, scheme, chunk):
+def test_quantized_programs_keep_the_task_accuracy(programs, name, scheme, chunk):
     import tasks  # examples/tasks.py and demo.py
     from demo import artifact_accuracy, example_task, reference_accuracy
 
-    graph, art = et_programs(name, quantize=scheme, prefill_chunk=chunk)
+    graph, art = programs(name, quantize=scheme, prefill_chunk=chunk)
     info = example_task(EXAMPLES[name])
     ids, targets = tasks.generate(info["task"], 64, info["eval_seed"])
     want = reference_accuracy(graph, ids, targets)
@@ -157,9 +167,9 @@ def test_quantized_programs_keep_the_task_accuracy(et_programs, name, scheme, ch
     assert want >= 0.9 and got >= want - ACCURACY_SLACK
 
 
-def test_default_keeps_the_gate_projections_and_the_head_fp32(et_graph):
+def test_default_keeps_the_gate_projections_and_the_head_fp32(graph_of):
     for name in ("hf", "hybrid"):
-        graph = et_graph(name)
+        graph = graph_of(name)
         chosen = contract_for(graph, ExecuTorchOptions(quantize="8da4w"))["quantization"]
         every = contract_for(graph, ExecuTorchOptions(quantize="8da4w", keep="none"))["quantization"]
         gates = {n for n in candidates(graph) if ".igate." in n or ".fgate." in n}
@@ -188,11 +198,11 @@ def test_default_keeps_the_gate_projections_and_the_head_fp32(et_graph):
     ({"quantize": "int4"}, "must be one of none, 8da8w, 8da4w"),
     ({"quantize": "8da4w", "precision": "fp32"}, "makes an 8da4w program"),
 ])
-def test_bad_quantize_options_are_refused_before_writing(et_graph, tmp_path, opts, match):
+def test_bad_quantize_options_are_refused_before_writing(graph_of, tmp_path, opts, match):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(UnsupportedError, match=match):
-        xe.export(et_graph("hf"), "executorch", out / "m.pte", **opts)
+        xe.export(graph_of("hf"), "executorch", out / "m.pte", **opts)
     assert list(out.iterdir()) == []
 
 
@@ -207,8 +217,8 @@ def test_bad_quantize_option_on_the_cli_is_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize("old, new", [(b'"precision":"8da8w"', b'"precision":"8da4w"'),
                                       (b'"group_size":null', b'"group_size":1024'),
                                       (b'"keep":["*.igate.*","*.fgate.*","lm_head.*"]', b'"keep":["*.igate.*","*.fgate.*","*.ogate.*"]')])
-def test_a_quantized_contract_that_is_not_ours_is_refused_unless_trusted(et_programs, tmp_path, old, new):
-    graph, art = et_programs("hf-recall", quantize="8da8w")
+def test_a_quantized_contract_that_is_not_ours_is_refused_unless_trusted(programs, tmp_path, old, new):
+    graph, art = programs("hf-recall", quantize="8da8w")
     data = art.path.read_bytes()
     assert data.count(old) == 1
     lie = tmp_path / "lie.pte"

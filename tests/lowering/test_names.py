@@ -10,12 +10,8 @@ import re
 import onnx
 import pytest
 
-from xlstm_export.coreml import CoreMLOptions
-from xlstm_export.coreml.emit import emit as coreml_emit
-from xlstm_export.frontends import load_checkpoint
 from xlstm_export.lowering import core_ml_name, is_marked
-from xlstm_export.onnx import OnnxOptions
-from xlstm_export.onnx.emit import emit as onnx_emit
+from xlstm_export.targets import KINDS
 
 OURS = re.compile(r"^(blocks_\d+_|embedding|out_norm|lm_head|logits)")  # coremltools names its own ops cast_3, ...
 
@@ -40,14 +36,13 @@ def coreml_names(path, function: str = "main") -> set:
 
 @pytest.mark.parametrize("mode", ["step", "prefill"])
 @pytest.mark.parametrize("fixture", ["hf", "hybrid"])
-def test_onnx_and_coreml_name_the_same_computations(checkpoint_factory, tmp_path, fixture, mode):
+def test_onnx_and_coreml_name_the_same_computations(exports, fixture, mode):
     """The decode step (ONNX step graph vs Core ML ``main``) and the prefill chunk (``model.prefill.onnx`` vs
-    the ``prefill`` function)."""
-    graph = load_checkpoint(checkpoint_factory(fixture))
+    the ``prefill`` function). The packages are the session's (tests/coreml's, the ``coreml-prefill`` kind's)."""
     chunk = 8 if mode == "prefill" else None
-    art = onnx_emit(graph, OnnxOptions(precision="fp16", prefill_chunk=chunk), tmp_path / "m.onnx")
-    cm_path = coreml_emit(graph, CoreMLOptions(precision="fp16", swift=False, prefill_chunk=chunk),
-                          tmp_path / "m.mlpackage").path
+    art = exports(fixture, "onnx", precision="fp16", prefill_chunk=chunk)
+    assert KINDS["coreml-prefill"].fixed == {"prefill_chunk": 8}
+    cm_path = exports(fixture, "coreml-prefill" if chunk else "coreml", precision="fp16").path
     m = onnx.load(str(art.files[1] if chunk else art.path), load_external_data=False)
     on = {core_ml_name(n.name) for n in m.graph.node if not is_marked(n.name)}
     cm = coreml_names(cm_path, "prefill" if chunk else "main")

@@ -1,7 +1,7 @@
 """The ONNX emitter: step and Scan graphs against our reference and upstream, fp16, the Core ML EP
 partition (ORT's own usability checker), the LM head split, external data, the file itself, the CLI.
 
-Every graph is exported once per module. Figures are printed with -s.
+Every graph is exported once per session (``exports`` in tests/conftest.py). Figures are printed with -s.
 """
 
 from __future__ import annotations
@@ -36,35 +36,15 @@ FP16_TOL = tolerance_for("onnx", "fp16").max_rel  # 3e-2
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("onnx")
+def graphs(graph_of):
+    return graph_of
 
 
 @pytest.fixture(scope="module")
-def graphs(checkpoint_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = load_checkpoint(checkpoint_factory(name))
-        return cache[name]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def exported(graphs, root):
-    """``exported(name, scan=False, precision="fp32", **options) -> Artifact``, built once."""
-    cache = {}
-
-    def get(name, scan=False, precision="fp32", **kw):
-        key = (name, scan, precision, tuple(sorted(kw.items())))
-        if key not in cache:
-            path = root / f"{name}-{'scan' if scan else 'step'}-{precision}-{len(cache)}.onnx"
-            cache[key] = emit(graphs(name), OnnxOptions(scan=scan, batch_size=B, precision=precision, **kw), path)
-        return cache[key]
-
-    return get
+def exported(exports):
+    """``exported(name, scan=False, precision="fp32", **options) -> Artifact``: batch B, from the session cache."""
+    return lambda name, scan=False, precision="fp32", **kw: exports(name, "onnx-scan" if scan else "onnx",
+                                                                    batch_size=B, precision=precision, **kw)
 
 
 @pytest.fixture(scope="module")

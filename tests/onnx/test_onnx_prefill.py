@@ -9,8 +9,6 @@ import onnx
 import pytest
 
 from xlstm_export.errors import ArtifactError, UnsupportedError
-from xlstm_export.frontends import load_checkpoint
-from fixtures import load_graph
 from xlstm_export.onnx import OnnxOptions, OnnxRunner
 from xlstm_export.onnx.emit import emit
 from xlstm_export.onnx.emit import prefill_path_for
@@ -28,20 +26,9 @@ FORMATS = ["hf", "large", "large_bias", "hybrid", "hybrid_pt", "profile"]  # pro
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint_factory, tmp_path_factory):
-    root = tmp_path_factory.mktemp("onnx_prefill")
-    cache = {}
-
-    def get(name: str, **opts):
-        key = (name, tuple(sorted(opts.items())))
-        if key not in cache:
-            graph = load_graph(checkpoint_factory, name, root)
-            d = root / f"{name}-{len(cache)}"
-            d.mkdir()
-            cache[key] = (graph, emit(graph, OnnxOptions(prefill_chunk=T, **opts), d / "model.onnx"))
-        return cache[key]
-
-    return get
+def exported(graph_of, exports):
+    """``exported(name, **options) -> (graph, Artifact)``: with the prefill graph (T), from the session cache."""
+    return lambda name, **opts: (graph_of(name), exports(name, "onnx", **{"prefill_chunk": T, **opts}))
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -137,15 +124,15 @@ def test_fp16_prefill(exported):
 @pytest.mark.parametrize("chunk, match", [(0, "positive integer"), (-3, "positive integer"), (2.5, "positive integer"),
                                           (True, "positive integer"), (5000, "exceeds 1024"),
                                           (33, "context_length 32")])
-def test_bad_chunks_are_refused_before_writing(checkpoint_factory, tmp_path, chunk, match):
-    graph = load_checkpoint(checkpoint_factory("hybrid"))  # context_length 32
+def test_bad_chunks_are_refused_before_writing(graph_of, tmp_path, chunk, match):
+    graph = graph_of("hybrid")  # context_length 32
     with pytest.raises(UnsupportedError, match=match):
         emit(graph, OnnxOptions(prefill_chunk=chunk), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_prefill_with_scan_or_last_only_without_chunk_is_refused(checkpoint_factory, tmp_path):
-    graph = load_checkpoint(checkpoint_factory("hf"))
+def test_prefill_with_scan_or_last_only_without_chunk_is_refused(graph_of, tmp_path):
+    graph = graph_of("hf")
     with pytest.raises(UnsupportedError, match="choose one"):
         emit(graph, OnnxOptions(prefill_chunk=4, scan=True), tmp_path / "m.onnx")
     with pytest.raises(UnsupportedError, match="add --prefill-chunk"):

@@ -44,22 +44,17 @@ IDS = [f"{f}-{s}{'' if sym else '-asym'}" for f, s, sym in CASES]
 
 
 @pytest.fixture(scope="module")
-def graph(checkpoint_factory):
-    return load_checkpoint(checkpoint_factory("hf"))
+def graph(graph_of):
+    return graph_of("hf")
 
 
 @pytest.fixture(scope="module")
-def exported(graph, tmp_path_factory):
-    """``exported(fmt, scheme, symmetric, **options) -> (Artifact, Compression)``, built once."""
-    root, cache = tmp_path_factory.mktemp("onnx-quant"), {}
-
+def exported(exports):
+    """``exported(fmt, scheme, symmetric, **options) -> (Artifact, Compression)``: from the session cache."""
     def get(fmt, scheme, symmetric, **kw):
-        key = (fmt, scheme, symmetric, tuple(sorted(kw.items())))
-        if key not in cache:
-            comp = Compression(scheme, 32, symmetric)
-            opts = dict(batch_size=B, lm_head_block=HEAD_BLOCK, compression=comp, quantize_format=fmt)
-            cache[key] = (emit(graph, OnnxOptions(**{**opts, **kw}), root / f"m{len(cache)}.onnx"), comp)
-        return cache[key]
+        comp = Compression(scheme, 32, symmetric)
+        opts = dict(batch_size=B, lm_head_block=HEAD_BLOCK, compression=comp, quantize_format=fmt)
+        return exports("hf", "onnx", **{**opts, **kw}), comp
 
     return get
 

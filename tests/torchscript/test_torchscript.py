@@ -99,14 +99,13 @@ def upstream_full(model, seq: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def child_results(checkpoint_factory, upstream_factory, tmp_path_factory):
-    """Export every fixture once, run them all in one torch-only subprocess, return (results, upstream)."""
+def child_results(graph_of, exports, upstream_factory, tmp_path_factory):
+    """Every fixture's export (the session's), run all in one torch-only subprocess, return (results, upstream)."""
     d = tmp_path_factory.mktemp("torchscript")
     cases, upstream = {}, {}
     for i, name in enumerate(FIXTURES):
-        path = checkpoint_factory(name)
-        graph = load_checkpoint(path)
-        art = emit(graph, TorchScriptOptions(), d / f"{name}.pt")
+        graph = graph_of(name)
+        art = exports(name, "torchscript")
         prompt = torch.randint(0, graph.config.vocab_size, (2, PROMPT_LEN), generator=torch.Generator().manual_seed(i))
         model = upstream_factory(name)
         dec_logits, tokens = upstream_decode(name, model, prompt, STEPS)
@@ -160,10 +159,9 @@ def test_io_contract_extra_file(child_results, name):
     assert results[name]["num_states"] == len(c["states"])
 
 
-def test_is_scripted_not_traced(child_results, tmp_path):
+def test_is_scripted_not_traced(exports):
     """The archive carries the model's code (loops over blocks and steps), not a traced graph."""
-    _, upstream = child_results
-    out = emit(upstream["hybrid"]["graph"], TorchScriptOptions(), tmp_path / "m.pt")
+    out = exports("hybrid", "torchscript")
     names = zipfile.ZipFile(out.path).namelist()
     code = b"".join(zipfile.ZipFile(out.path).read(n) for n in names if n.endswith(".py"))
     for method in (b"def forward_with_states", b"def init_states", b"def generate_greedy"):
@@ -189,9 +187,8 @@ def test_reproducible_across_processes_hash_seeds_and_folders(checkpoint_factory
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_reduced_precision_weights_fp32_states(checkpoint_factory, tmp_path, precision):
-    graph = load_checkpoint(checkpoint_factory("hf"))
-    art = emit(graph, TorchScriptOptions(precision=precision), tmp_path / "m.pt")
+def test_reduced_precision_weights_fp32_states(exports, precision):
+    art = exports("hf", "torchscript", precision=precision)
     m = torch.jit.load(str(art.path))
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     assert m.embedding.dtype == dtype

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 
 from xlstm_export.cli import main
 from xlstm_export.errors import ArtifactError, ParityError, UnsupportedError
-from xlstm_export.frontends import load_checkpoint
 from xlstm_export.graphs.io import IO_KEY
 from xlstm_export.torchscript.emit import TorchScriptOptions, emit
 from xlstm_export.validation import (
@@ -27,15 +26,11 @@ from xlstm_export.validation.reference_runner import ReferenceRunner
 
 
 @pytest.fixture(scope="module")
-def artifacts(checkpoint_factory, tmp_path_factory):
-    """TorchScript artifacts of two fixtures (built once) and their graphs."""
-    d = tmp_path_factory.mktemp("validation")
-    out = {}
-    for name in ("hf", "hybrid"):
-        ckpt = checkpoint_factory(name)
-        graph = load_checkpoint(ckpt)
-        out[name] = (ckpt, graph, emit(graph, TorchScriptOptions(), d / f"{name}.pt").path)
-    return out
+def artifacts(checkpoint_factory, graph_of, exports):
+    """name -> (checkpoint, graph, TorchScript artifact path) of two fixtures (the session's exports: read-only,
+    so a validation of one names its report folder)."""
+    return {name: (checkpoint_factory(name), graph_of(name), exports(name, "torchscript").path)
+            for name in ("hf", "hybrid")}
 
 
 def invoke(*args):
@@ -232,7 +227,7 @@ def test_validate_exit_2_on_bad_input(artifacts, tmp_path):
     assert res.exit_code == 2 and "no such artifact" in res.output
     res = invoke("validate", art_hf, "--checkpoint", ckpt_hy)  # an artifact of another checkpoint
     assert res.exit_code == 2 and "different model" in res.output and "profile.family" in res.output
-    assert not (art_hf.parent / "hf.pt.report").exists()  # nothing judged, nothing written
+    assert not Path(str(art_hf) + ".report").exists()  # nothing judged, nothing written
     (tmp_path / "x.bin").write_bytes(b"0")
     res = invoke("validate", tmp_path / "x.bin", "--checkpoint", ckpt_hf)
     assert res.exit_code == 2 and "unknown artifact kind" in res.output
