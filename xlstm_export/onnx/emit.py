@@ -51,7 +51,9 @@ Files: ``model.onnx``, plus ``model.onnx.data`` when the weights reach ``externa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -156,12 +158,41 @@ def contract_for(graph: Graph, options: OnnxOptions, out_path: Optional[Path] = 
     return io
 
 
+# The last graphs built (the lowering run once per export): an export followed by its validation in the same
+# process verifies the written files against these instead of lowering again. Only uncompressed graphs of the
+# package's own policies (their options compare by value); keyed by the Graph object itself (held weakly).
+_RECENT: "OrderedDict[tuple, tuple]" = OrderedDict()
+_RECENT_SIZE = 2
+
+
+def _recent_key(graph: Graph, options: OnnxOptions, prefill: bool, out_path: Optional[Path]) -> Optional[tuple]:
+    if options.compression is not None or options.policy is not None:
+        return None
+    return (id(graph), replace(options, force=False), prefill, out_path.name if out_path is not None else None)
+
+
 def build(graph: Graph, options: OnnxOptions, prefill: bool = False,
           out_path: Optional[Path] = None, quant_cache: Optional[QuantCache] = None
           ) -> Tuple[onnx.ModelProto, ModelState]:
     """The ModelProto (no initializer data) and its lazy initializers: the step or Scan graph, or with
     ``prefill`` the prefill graph of ``options.prefill_chunk`` tokens. ``quant_cache``: shared by the
-    graphs written together (each compressed weight quantized once)."""
+    graphs written together (each compressed weight quantized once). The same graph and options built last
+    (an export, then its verification) are not lowered again: the built graph is returned as it was."""
+    key = _recent_key(graph, options, prefill, out_path)
+    hit = _RECENT.get(key) if key is not None else None
+    if hit is not None and hit[0]() is graph:
+        _RECENT.move_to_end(key)
+        return hit[1], hit[2]
+    model, ms = _build(graph, options, prefill, out_path, quant_cache)
+    if key is not None:
+        _RECENT[key] = (weakref.ref(graph), model, ms)
+        while len(_RECENT) > _RECENT_SIZE:
+            _RECENT.popitem(last=False)
+    return model, ms
+
+
+def _build(graph: Graph, options: OnnxOptions, prefill: bool, out_path: Optional[Path],
+           quant_cache: Optional[QuantCache]) -> Tuple[onnx.ModelProto, ModelState]:
     policy = check_options(options)
     B, E, V = options.batch_size, graph.config.embedding_dim, graph.config.vocab_size
     contract = graph.state_contract(B)
