@@ -524,8 +524,8 @@ from pathlib import Path
 import xlstm_export.outputs as outputs
 _orig = outputs.atomic_outputs
 @contextlib.contextmanager
-def held(out_paths, force=False):
-    with _orig(out_paths, force) as tmps:
+def held(out_paths, force=False, ours=outputs.nothing_is_ours):
+    with _orig(out_paths, force, ours) as tmps:
         yield tmps
         Path(os.environ["XLSTM_TEST_HELD"]).write_text(str(tmps[0]))
         time.sleep(600)

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ArtifactError, UnsupportedError
-from .outputs import Artifact, atomic_outputs, check_output_path, plain_file
+from . import outputs
+from .outputs import Artifact, check_output_path, plain_file
 from .tolerances import Tolerance
 
 
@@ -248,7 +249,7 @@ class Target:
             check_output_path(p, force, self.foreign_reason)  # fail before the build
         build = self.build(graph, options, out)
         files = list(build.files)
-        with atomic_outputs(files + [p for p, _ in texts], force, self.foreign_reason) as tmps:
+        with outputs.atomic_outputs(files + [p for p, _ in texts], force, self.foreign_reason) as tmps:
             stats = build.write(tmps[:len(files)])
             for (_, data), tmp in zip(texts, tmps[len(files):]):
                 tmp.write_bytes(data)

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..graphs.io import IO_KEY
 from ..outputs import head
 from ..target import DEMO_PREFILL_CHUNK, Option, Target, kind, prefill_options, quant_options
 from ..tolerances import FP16, FP32
@@ -39,6 +38,8 @@ def _is_our_package(p: Path) -> Optional[str]:
         ok = False
     if not ok:
         return "its Manifest.json is not a Core ML package manifest"
+    from ..graphs.io import IO_KEY  # (here: importing graphs loads numpy, which --help need not)
+
     if IO_KEY.encode() not in head(spec, 16 << 20):
         return "a Core ML package without xlstm-export's metadata"
     return None

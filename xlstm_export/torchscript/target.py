@@ -7,7 +7,6 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from ..graphs.io import IO_KEY
 from ..target import Option, Target, kind
 from ..tolerances import BF16, FP16, FP32
 
@@ -17,6 +16,8 @@ SUFFIXES = (".pt", ".ts")
 
 class TorchScriptTarget(Target):
     def recognise(self, path: Path, is_dir: bool) -> Optional[str]:
+        from ..graphs.io import IO_KEY  # (here: importing graphs loads numpy, which --help need not)
+
         if is_dir:
             return "a directory"
         try:
