@@ -201,27 +201,31 @@ def test_emitted_swift_package_evaluates_and_parses(exports, kind, tmp_path):
     """The package an export writes: tools 6.0 manifest, iOS 18 / macOS 15, swift-transformers' Tokenizers
     product only, module XLSTMModel, README, the core files; dump-package and swiftc -parse accept it."""
     art = exports("hf", kind)
+    mod = module_name(art.path.name)
+    assert mod == {"coreml": "XLSTMModel", "coreml-prefill": "XLSTMModelPrefill"}[kind]
     folder = tmp_path / "model-swift"
     shutil.copytree(art.files[1], folder)
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == sorted(
-        ["Package.swift", "README.md", "Sources/XLSTMModel/XLSTMModel.swift",
-         *(f"Sources/XLSTMModel/Core/{n}" for n in core_sources())])
+        ["Package.swift", "README.md", f"Sources/{mod}/{mod}.swift", *(f"Sources/{mod}/Core/{n}" for n in core_sources())])
     assert (folder / "Package.swift").read_text().splitlines()[0] == "// swift-tools-version: 6.0"
     manifest, sources = _check_package(folder)
-    assert manifest["name"] == "XLSTMModel" and manifest["toolsVersion"]["_version"].startswith("6.0")
+    assert manifest["name"] == mod and manifest["toolsVersion"]["_version"].startswith("6.0")
     assert {(p["platformName"], p["version"]) for p in manifest["platforms"]} == {("ios", "18.0"), ("macos", "15.0")}
     (target,) = manifest["targets"]
-    assert target["name"] == "XLSTMModel"
+    assert target["name"] == mod
     deps = [d["product"][:2] for d in target["dependencies"]]
     assert deps == [["Tokenizers", "swift-transformers"]], deps
     assert len(sources) == 1 + len(core_sources())
-    adapter = (folder / "Sources/XLSTMModel/XLSTMModel.swift").read_text()
+    for rel in core_sources():
+        assert (folder / "Sources" / mod / "Core" / rel).read_text() == core_sources()[rel]
+    adapter = (folder / f"Sources/{mod}/{mod}.swift").read_text()
     for needle in ["#if canImport(CoreML)", "withUnsafeShapedBufferPointer", "MLShapedArray<Int32>(scalars:",
                    "Generation.run(", "TextStreamer", "AsyncThrowingStream", "task.cancel()", "withMultiArray(for: name)"]:
         assert needle in adapter, needle
+    assert ("func prefill(" in adapter) == (kind == "coreml-prefill")
     assert ".floatValue" not in adapter and "NSNumber" not in adapter  # no per-element reads
     readme = (folder / "README.md").read_text()
-    for needle in ["Add Local", "import XLSTMModel", "stream(prompt:", "snapshot(of:", "restore("]:
+    for needle in ["Add Local", f"import {mod}", "stream(prompt:", "snapshot(of:", "restore("]:
         assert needle in readme, needle
 
 
