@@ -49,8 +49,12 @@ class Sampling:
 
 
 def _exp(x: np.ndarray) -> np.ndarray:
-    """exp elementwise through ``math.exp`` (libm, as Swift's ``exp``; numpy's own SIMD exp may differ by an ulp)."""
-    return np.fromiter((math.exp(v) for v in x.tolist()), dtype=np.float64, count=x.size)
+    """exp elementwise through ``math.exp`` (libm, as Swift's ``exp``; numpy's own SIMD exp may differ by an ulp);
+    exp(-inf) = 0 without a call."""
+    out = np.zeros(x.shape, dtype=np.float64)
+    live = np.flatnonzero(x != -np.inf)
+    out[live] = np.fromiter((math.exp(v) for v in x[live].tolist()), dtype=np.float64, count=live.size)
+    return out
 
 
 def pick(logits: np.ndarray, sampling: Sampling, rng: Optional[SplitMix64] = None) -> int:
