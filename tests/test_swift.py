@@ -292,3 +292,28 @@ def test_core_sources_are_package_data():
     text = (REPO / "pyproject.toml").read_text()
     assert re.search(r'\[tool\.setuptools\.package-data\]\n"xlstm_export\.swift" = \["Core/\*\.swift"\]', text)
     assert sorted(core_sources()) == sorted(p.name for p in CORE_DIR.glob("*.swift")) and len(core_sources()) >= 5
+
+
+def test_core_ml_adapter_typechecks_against_the_documented_apis(tmp_path):
+    """The Core ML adapter (which needs Apple's SDK to build) type-checked on Linux against stand-ins of Core ML,
+    CryptoKit and Tokenizers declaring the signatures it calls, as Apple and swift-transformers document them
+    (tests/swift/Stubs): its calls, types, closures and the TokenStepper conformance, with and without prefill,
+    in the package's language mode (5) and in Swift 6."""
+    _swift()
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for src in sorted((SWIFT_TESTS / "Stubs").glob("*.swift")):
+        res = _run(["swiftc", "-emit-module", "-parse-as-library", "-module-name", src.stem, src,
+                    "-emit-module-path", stubs / f"{src.stem}.swiftmodule"], tmp_path, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    for prefill in (None, 4):
+        folder = tmp_path / f"pkg-{prefill}"
+        for rel, text in swift_package_files(_contract(prefill), "model.mlpackage").items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text, encoding="utf-8")
+        sources = sorted(str(p) for p in (folder / "Sources").rglob("*.swift"))
+        assert "#if canImport(CoreML)" in (folder / "Sources/XLSTMModel/XLSTMModel.swift").read_text()
+        for mode in ("5", "6"):
+            res = _run(["swiftc", "-typecheck", "-swift-version", mode, "-I", stubs, "-module-name", "XLSTMModel",
+                        *sources], tmp_path, timeout=300)
+            assert res.returncode == 0 and "error" not in res.stderr, (prefill, mode, res.stderr[-3000:])

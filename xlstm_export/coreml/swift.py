@@ -12,8 +12,9 @@ package's file name, feature and state names) enters the generated text escaped:
 (:func:`swift_string`), as printable ASCII in a ``//`` comment (:func:`swift_comment`), or as an identifier
 of letters and digits (:func:`module_name`); so no name, whatever it holds, becomes Swift code. The adapter
 sits behind ``#if canImport(CoreML)``; ``tests/test_swift.py`` evaluates the manifest with
-``swift package dump-package``, parses every file with ``swiftc -parse`` and tests the core with XCTest.
-The Core ML calls themselves compile only on Apple platforms.
+``swift package dump-package``, parses every file with ``swiftc -parse``, tests the core with XCTest and
+type-checks the adapter against stand-ins of the Core ML / Tokenizers APIs it calls (``tests/swift/Stubs``).
+The Core ML calls themselves build and run only on Apple platforms.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ UNITS = {"all": ".all", "cpu_and_gpu": ".cpuAndGPU", "cpu_only": ".cpuOnly", "cp
 # type names of the package: a module named like one of them would shadow it
 RESERVED = {"XLSTMGenerator", "XLSTMError", "GenerationOptions", "GenerationResult", "SamplingOptions", "Sampler",
             "SplitMix64", "PrefillPlan", "TextStreamer", "StateSnapshot", "Generation", "StopReason",
-            "TokenStepper", "CoreMLStepper"}
+            "TokenStepper", "CoreMLStepper", "XLSTMContext"}
 
 
 def shape_str(shape) -> str:
@@ -231,7 +232,7 @@ public actor XLSTMGenerator {{
     }}
 
     /// A new, empty context (all state buffers zero).
-    public func newContext() -> MLState {{ model.makeState() }}
+    public func newContext() -> XLSTMContext {{ XLSTMContext(model.makeState()) }}
 
     /// `tokens` as the int32 input ({B}, n): every sequence gets the same tokens.
     static func input<C: Collection>(_ tokens: C) throws -> MLDictionaryFeatureProvider where C.Element == Int {{
@@ -260,21 +261,21 @@ public actor XLSTMGenerator {{
     /// (a fresh one when nil). The context then holds the prompt and every new token but the last, which
     /// was picked and not fed: a follow-up on the same context starts with it. Honours Task cancellation
     /// (throws CancellationError).
-    public func generate(promptIds: [Int], options: GenerationOptions = GenerationOptions(), context: MLState? = nil,
+    public func generate(promptIds: [Int], options: GenerationOptions = GenerationOptions(), context: XLSTMContext? = nil,
                          onToken: (@Sendable (Int) -> Void)? = nil) async throws -> GenerationResult {{
         try await run(promptIds, options: options, context: context) {{ onToken?($0) }}
     }}
 
-    func run(_ promptIds: [Int], options: GenerationOptions, context: MLState?,
+    func run(_ promptIds: [Int], options: GenerationOptions, context: XLSTMContext?,
              onToken: (Int) throws -> Void) async throws -> GenerationResult {{
-        var stepper = CoreMLStepper(model: model, prefillModel: prefillModel, state: context ?? newContext())
+        var stepper = CoreMLStepper(model: model, prefillModel: prefillModel, state: (context ?? newContext()).state)
         return try await Generation.run(promptIds, model: &stepper, options: options, eosTokenIds: Self.eosTokenIds,
                                         onToken: onToken)
     }}
 
     /// Text in, text out with the package's tokenizer; `onText` gets each new piece of text as it is
     /// decoded (incrementally: TextStreamer decodes only the tokens since the last piece).
-    public func generate(prompt: String, options: GenerationOptions = GenerationOptions(), context: MLState? = nil,
+    public func generate(prompt: String, options: GenerationOptions = GenerationOptions(), context: XLSTMContext? = nil,
                          onText: (@Sendable (String) -> Void)? = nil) async throws -> String {{
         guard let tokenizer else {{ throw XLSTMError.noTokenizer(Self.packageName) }}
         let eos = Self.eosTokenIds
@@ -296,12 +297,14 @@ public actor XLSTMGenerator {{
     }}
 
     /// The new text piece by piece; cancelling the consuming task (or dropping the stream) stops generation.
-    public nonisolated func stream(prompt: String, options: GenerationOptions = GenerationOptions())
-        -> AsyncThrowingStream<String, Error> {{
+    public nonisolated func stream(prompt: String, options: GenerationOptions = GenerationOptions(),
+                                   context: XLSTMContext? = nil) -> AsyncThrowingStream<String, Error> {{
         AsyncThrowingStream {{ continuation in
             let task = Task {{
                 do {{
-                    _ = try await self.generate(prompt: prompt, options: options) {{ continuation.yield($0) }}
+                    _ = try await self.generate(prompt: prompt, options: options, context: context) {{
+                        continuation.yield($0)
+                    }}
                     continuation.finish()
                 }} catch {{
                     continuation.finish(throwing: error)
@@ -312,9 +315,9 @@ public actor XLSTMGenerator {{
     }}
 
     /// Every state buffer of `context`, to save (`snapshot.serialized()`) and restore later.
-    public func snapshot(of context: MLState) -> StateSnapshot {{
+    public func snapshot(of context: XLSTMContext) -> StateSnapshot {{
         StateSnapshot(entries: Self.stateNames.map {{ name in
-            context.withMultiArray(for: name) {{ array in
+            context.state.withMultiArray(for: name) {{ array in
                 StateSnapshot.Entry(name: name, shape: array.shape.map {{ $0.intValue }},
                                     bytes: array.withUnsafeBytes {{ Array($0) }})
             }}
@@ -322,10 +325,10 @@ public actor XLSTMGenerator {{
     }}
 
     /// Writes `snapshot` (taken from this model) into `context`.
-    public func restore(_ snapshot: StateSnapshot, into context: MLState) throws {{
+    public func restore(_ snapshot: StateSnapshot, into context: XLSTMContext) throws {{
         for name in Self.stateNames {{
             guard let entry = snapshot.entry(named: name) else {{ throw XLSTMError.stateMismatch(name) }}
-            try context.withMultiArray(for: name) {{ array in
+            try context.state.withMultiArray(for: name) {{ array in
                 try array.withUnsafeMutableBytes {{ buffer, _ in
                     guard buffer.count == entry.bytes.count else {{ throw XLSTMError.stateMismatch(name) }}
                     buffer.copyBytes(from: entry.bytes)
@@ -333,6 +336,13 @@ public actor XLSTMGenerator {{
             }}
         }}
     }}
+}}
+
+/// A conversation's recurrent state (the model's MLState). Core ML runs the predictions on one MLState one at
+/// a time: use a context in one generate / stream / snapshot / restore call at a time.
+public final class XLSTMContext: @unchecked Sendable {{
+    let state: MLState
+    init(_ state: MLState) {{ self.state = state }}
 }}
 
 /// The package's two functions as the core's TokenStepper, over one MLState.
@@ -412,7 +422,8 @@ _ = try await generator.generate(promptIds: [result.tokens[result.tokens.count -
 On Linux (xlstm-export's tests): this manifest is evaluated with `swift package dump-package`, every file
 passes `swiftc -parse`, and the generation core in `Sources/{mod}/Core/` is compiled and tested against
 golden vectors from xlstm-export's Python (the same tokens for the same logits and seed, the prefill plan,
-streamed text). The Core ML calls in `Sources/{mod}/{mod}.swift` compile only on Apple platforms.
+streamed text); the adapter `Sources/{mod}/{mod}.swift` is type-checked against stand-ins of the Core ML and
+Tokenizers APIs it calls. Building and running it (the Core ML calls) needs a Mac.
 """
 
 
