@@ -89,7 +89,19 @@ class _ByteTokenizer:
         return b"".join(STREAM_TABLE[i] for i in ids).decode("utf-8", "replace")
 
 
-def golden() -> dict:
+def _snapshot_states():
+    """fp16 states given as raw bit patterns (NaN payloads, -0, infinities, subnormals: any bit pattern must
+    survive), one float32 state and a non-ASCII name."""
+    bits = np.random.default_rng(5).integers(0, 2**16, size=(1, 2, 4, 4), dtype=np.uint16)
+    bits.reshape(-1)[:5] = [0x7E01, 0x8000, 0x7C00, 0x0001, 0xFC00]
+    return [("blocks_0_mlstm_c", bits.view(np.float16)),
+            ("blocks_0_mlstm_c_lo", np.random.default_rng(6).standard_normal((1, 2, 4, 4)).astype(np.float16)),
+            ("blocks_1_slstm_state_\u00e9", np.random.default_rng(7).standard_normal((4, 1, 8)).astype(np.float32))]
+
+
+def golden(folder: Path = None) -> dict:
+    from xlstm_export.swift.snapshot import write_snapshot
+
     rngs = []
     for seed in (0, 1, 42, 2**64 - 1, 0x9E3779B97F4A7C15):
         a, b = SplitMix64(seed), SplitMix64(seed)
@@ -103,7 +115,20 @@ def golden() -> dict:
     stream = TextStream(_ByteTokenizer())
     pieces = [stream.push(t) for t in STREAM_TOKENS]
     flush = stream.flush()
-    return {"rng": rngs, "sampling": _sampling_cases(), "plans": plans,
+    states = _snapshot_states()
+    snap = None
+    if folder is not None:
+        (folder / "state.bin").write_bytes(write_snapshot(states))
+        snap = {"path": str(folder / "state.bin"),
+                "entries": [{"name": n, "shape": list(a.shape), "hex": a.tobytes().hex()} for n, a in states]}
+    # a (2, 3, 4) fp16 array stored with padded strides (16, 5, 1) elements: its C-order bytes
+    a = np.random.default_rng(8).standard_normal((2, 3, 4)).astype(np.float16)
+    buf = np.full(2 * 16, np.float16(-7.0), dtype=np.float16)
+    for i, j, k in np.ndindex(a.shape):
+        buf[i * 16 + j * 5 + k] = a[i, j, k]
+    strided = {"shape": [2, 3, 4], "strides": [16, 5, 1], "elementSize": 2, "buffer": buf.tobytes().hex(),
+               "contiguous": a.tobytes().hex()}
+    return {"rng": rngs, "sampling": _sampling_cases(), "plans": plans, "snapshot": snap, "strided": strided,
             "stream": {"table": [list(b) for b in STREAM_TABLE], "tokens": STREAM_TOKENS, "pieces": pieces,
                        "flush": flush, "text": "".join(pieces) + flush}}
 
@@ -114,6 +139,22 @@ def test_python_splitmix64_known_outputs_and_unit_conversion():
     u = SplitMix64(0).next_unit()
     assert u == (0xE220A8397B1DCDAF >> 11) / 2**53 and 0 <= u < 1
     assert SplitMix64(-1).state == 2**64 - 1
+
+
+def test_python_snapshot_round_trip_and_errors(tmp_path):
+    from xlstm_export.errors import ArtifactError
+    from xlstm_export.swift.snapshot import read_snapshot, write_snapshot
+
+    states = _snapshot_states()
+    data = write_snapshot(states)
+    back = read_snapshot(data)
+    assert [(n, s) for n, s, _ in back] == [(n, a.shape) for n, a in states]
+    assert all(b == a.tobytes() for (_, _, b), (_, a) in zip(back, states))  # bit for bit, NaN payloads included
+    assert read_snapshot(write_snapshot([("s", np.zeros((), np.float32))])) == [("s", (), bytes(4))]
+    with pytest.raises(ArtifactError, match="truncated"):
+        read_snapshot(data[:-3], "x.bin")
+    with pytest.raises(ArtifactError, match="not a state snapshot"):
+        read_snapshot(b"NOPE" + data[4:], "x.bin")
 
 
 def test_python_stream_sample_is_multibyte_and_held_back():
@@ -142,7 +183,7 @@ def core_package(tmp_path_factory):
     assert core == core_sources() and len(core) >= 5  # the emitted core is the package data, byte for byte
     for name, text in core.items():
         (lib / name).write_text(text, encoding="utf-8")
-    (pkg / "golden.json").write_text(json.dumps(golden()), encoding="utf-8")
+    (pkg / "golden.json").write_text(json.dumps(golden(pkg)), encoding="utf-8")
     scratch = root / "scratch"
     t0 = time.perf_counter()
     res = _run([swift, "build", "--build-tests", "--scratch-path", scratch], pkg)
@@ -166,7 +207,8 @@ def test_swift_core_tests_pass_against_python_golden_vectors(core_package):
     print(f"swift: build {build_s:.1f} s, test {test_s:.1f} s, {executed} XCTest tests")
     assert executed >= MIN_SWIFT_TESTS and skipped == 0 and failures == 0, out[-3000:]
     for name in ("testSampledTokensMatchPython", "testGreedyTokensMatchPython", "testPrefillPlansMatchPython",
-                 "testStreamingMatchesPython", "testSplitMix64MatchesPython"):
+                 "testStreamingMatchesPython", "testSplitMix64MatchesPython", "testStateFileWrittenByPythonReadsBitExact",
+                 "testStridedGatherAndScatterMatchPythonCOrder"):
         assert f"'CoreTests.{name}' passed" in out, name
     assert build_s + test_s < 300, (build_s, test_s)  # ~15 s on the 2-core CI machine
 

@@ -314,26 +314,43 @@ public actor XLSTMGenerator {{
         }}
     }}
 
-    /// Every state buffer of `context`, to save (`snapshot.serialized()`) and restore later.
-    public func snapshot(of context: XLSTMContext) -> StateSnapshot {{
-        StateSnapshot(entries: Self.stateNames.map {{ name in
-            context.state.withMultiArray(for: name) {{ array in
-                StateSnapshot.Entry(name: name, shape: array.shape.map {{ $0.intValue }},
-                                    bytes: array.withUnsafeBytes {{ Array($0) }})
+    /// Every state buffer of `context` (its elements in C order), to save (`snapshot.serialized()`) and restore.
+    public func snapshot(of context: XLSTMContext) throws -> StateSnapshot {{
+        StateSnapshot(entries: try Self.stateNames.map {{ name in
+            try context.state.withMultiArray(for: name) {{ array in
+                guard let size = Self.elementSize(array.dataType) else {{ throw XLSTMError.stateMismatch(name) }}
+                let shape = array.shape.map {{ $0.intValue }}, strides = array.strides.map {{ $0.intValue }}
+                let bytes = array.withUnsafeBytes {{
+                    StateSnapshot.gather($0, shape: shape, strides: strides, elementSize: size)
+                }}
+                return StateSnapshot.Entry(name: name, shape: shape, bytes: bytes)
             }}
         }})
     }}
 
-    /// Writes `snapshot` (taken from this model) into `context`.
+    /// Writes `snapshot` (taken from this model, or written by xlstm-export's Python) into `context`.
     public func restore(_ snapshot: StateSnapshot, into context: XLSTMContext) throws {{
         for name in Self.stateNames {{
             guard let entry = snapshot.entry(named: name) else {{ throw XLSTMError.stateMismatch(name) }}
             try context.state.withMultiArray(for: name) {{ array in
-                try array.withUnsafeMutableBytes {{ buffer, _ in
-                    guard buffer.count == entry.bytes.count else {{ throw XLSTMError.stateMismatch(name) }}
-                    buffer.copyBytes(from: entry.bytes)
+                let shape = array.shape.map {{ $0.intValue }}
+                guard let size = Self.elementSize(array.dataType), shape == entry.shape else {{
+                    throw XLSTMError.stateMismatch(name)
+                }}
+                try array.withUnsafeMutableBytes {{ buffer, strides in
+                    guard StateSnapshot.scatter(entry.bytes, into: buffer, shape: shape, strides: strides,
+                                                elementSize: size) else {{ throw XLSTMError.stateMismatch(name) }}
                 }}
             }}
+        }}
+    }}
+
+    static func elementSize(_ type: MLMultiArrayDataType) -> Int? {{
+        switch type {{
+        case .float16: return 2
+        case .float32, .int32: return 4
+        case .double: return 8
+        default: return nil
         }}
     }}
 }}
@@ -408,7 +425,7 @@ Cancelling the task that runs `generate` or iterates `stream` stops generation b
 ```swift
 let context = await generator.newContext()
 let result = try await generator.generate(promptIds: ids, context: context)
-let saved = await generator.snapshot(of: context)        // every state buffer
+let saved = try await generator.snapshot(of: context)    // every state buffer
 try Data(saved.serialized()).write(to: fileURL)
 // later
 let restored = await generator.newContext()

@@ -5,7 +5,10 @@
 //   count                                u32
 //   per state: name length u32, name (UTF-8), rank u32, dims u64 x rank, byte count u64, bytes
 //
-// The Core ML adapter fills it from an MLState (`withMultiArray(for:)`) and writes it back the same way.
+// Bytes are the buffer's elements in C order (row-major, contiguous, little-endian), whatever strides the
+// runtime's buffer has: `StateSnapshot.gather` / `scatter` copy between a strided buffer and that order.
+// Python writes and reads the same format (xlstm_export/swift/snapshot.py). The Core ML adapter fills it from
+// an MLState (`withMultiArray(for:)`) and writes it back the same way.
 
 public enum StateSnapshotError: Error, Equatable {
     case notASnapshot
@@ -31,6 +34,54 @@ public struct StateSnapshot: Sendable, Equatable {
     public init(entries: [Entry]) { self.entries = entries }
 
     public func entry(named name: String) -> Entry? { entries.first { $0.name == name } }
+
+    /// The elements of a strided buffer (`strides` in elements) in C order, `elementSize` bytes each.
+    public static func gather(_ raw: UnsafeRawBufferPointer, shape: [Int], strides: [Int], elementSize: Int) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(shape.reduce(1, *) * elementSize)
+        forEachOffset(shape: shape, strides: strides) { offset in
+            out.append(contentsOf: raw[(offset * elementSize)..<((offset + 1) * elementSize)])
+        }
+        return out
+    }
+
+    /// Writes C-ordered `bytes` into a strided buffer (the inverse of `gather`); false when the sizes differ.
+    @discardableResult
+    public static func scatter(_ bytes: [UInt8], into raw: UnsafeMutableRawBufferPointer, shape: [Int], strides: [Int],
+                               elementSize: Int) -> Bool {
+        guard bytes.count == shape.reduce(1, *) * elementSize else { return false }
+        var at = 0
+        var fits = true
+        forEachOffset(shape: shape, strides: strides) { offset in
+            let start = offset * elementSize
+            guard start >= 0, start + elementSize <= raw.count else {
+                fits = false
+                return
+            }
+            for b in 0..<elementSize { raw[start + b] = bytes[at + b] }
+            at += elementSize
+        }
+        return fits
+    }
+
+    /// Calls `body` with the element offset of every index in C order.
+    static func forEachOffset(shape: [Int], strides: [Int], _ body: (Int) -> Void) {
+        guard shape.count == strides.count, !shape.contains(where: { $0 <= 0 }) else { return }
+        var index = [Int](repeating: 0, count: shape.count)
+        while true {
+            var offset = 0
+            for d in 0..<shape.count { offset += index[d] * strides[d] }
+            body(offset)
+            var d = shape.count - 1
+            while d >= 0 {
+                index[d] += 1
+                if index[d] < shape[d] { break }
+                index[d] = 0
+                d -= 1
+            }
+            if d < 0 { return }
+        }
+    }
 
     public func serialized() -> [UInt8] {
         var out = Self.magic

@@ -34,7 +34,25 @@ struct Golden: Decodable {
         let flush: String
         let text: String
     }
+    struct Snapshot: Decodable {
+        struct Entry: Decodable {
+            let name: String
+            let shape: [Int]
+            let hex: String
+        }
+        let path: String
+        let entries: [Entry]
+    }
+    struct Strided: Decodable {
+        let shape: [Int]
+        let strides: [Int]
+        let elementSize: Int
+        let buffer: String
+        let contiguous: String
+    }
     let rng: [RNG]
+    let snapshot: Snapshot
+    let strided: Strided
     let sampling: [Sampling]
     let plans: [Plan]
     let stream: Stream
@@ -51,6 +69,15 @@ struct Golden: Decodable {
         }
         return g
     }
+}
+
+func bytes(hex: String) -> [UInt8] {
+    var out: [UInt8] = []
+    var it = hex.utf8.makeIterator()
+    while let a = it.next(), let b = it.next() {
+        out.append(UInt8(String(decoding: [a, b], as: UTF8.self), radix: 16) ?? 0)
+    }
+    return out
 }
 
 /// A model that returns a fixed logits sequence, one row per call, and records its calls.
@@ -243,6 +270,39 @@ final class CoreTests: XCTestCase {
         let (calls, error) = await task.value
         XCTAssert(error is CancellationError, "\(String(describing: error))")
         XCTAssertEqual(calls, 4)
+    }
+
+    func testStateFileWrittenByPythonReadsBitExact() throws {
+        let g = try Golden.load().snapshot
+        let file = try XCTUnwrap(FileManager.default.contents(atPath: g.path))
+        let snap = try StateSnapshot(serialized: [UInt8](file))
+        XCTAssertEqual(snap.entries.map { $0.name }, g.entries.map { $0.name })
+        XCTAssertEqual(snap.entries.map { $0.shape }, g.entries.map { $0.shape })
+        XCTAssertEqual(snap.entries.map { $0.bytes }, g.entries.map { bytes(hex: $0.hex) })
+        XCTAssertEqual(snap.serialized(), [UInt8](file), "written back byte for byte")
+    }
+
+    func testStridedGatherAndScatterMatchPythonCOrder() throws {
+        let g = try Golden.load().strided
+        let buffer = bytes(hex: g.buffer), contiguous = bytes(hex: g.contiguous)
+        let gathered = buffer.withUnsafeBytes {
+            StateSnapshot.gather($0, shape: g.shape, strides: g.strides, elementSize: g.elementSize)
+        }
+        XCTAssertEqual(gathered, contiguous)
+        var target = [UInt8](repeating: 0xAB, count: buffer.count)
+        let ok = target.withUnsafeMutableBytes {
+            StateSnapshot.scatter(contiguous, into: $0, shape: g.shape, strides: g.strides, elementSize: g.elementSize)
+        }
+        XCTAssertTrue(ok)
+        let again = target.withUnsafeBytes {
+            StateSnapshot.gather($0, shape: g.shape, strides: g.strides, elementSize: g.elementSize)
+        }
+        XCTAssertEqual(again, contiguous)
+        XCTAssertEqual(target.filter { $0 == 0xAB }.count, buffer.count - contiguous.count, "padding untouched")
+        var small = [UInt8](repeating: 0, count: 4)
+        XCTAssertFalse(small.withUnsafeMutableBytes {
+            StateSnapshot.scatter(contiguous, into: $0, shape: g.shape, strides: g.strides, elementSize: g.elementSize)
+        })
     }
 
     func testStateSnapshotRoundTrip() throws {
