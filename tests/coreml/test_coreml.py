@@ -239,7 +239,10 @@ def test_swift_snippet_names_the_package_features(packages):
     graph, path, art = packages("hybrid")
     swift = path.with_name(path.stem + "-swift")
     assert art.files == (path, swift) and (swift / "Package.swift").is_file()
-    text = next((swift / "Sources").rglob("*.swift")).read_text()
+    from xlstm_export.coreml.swift import module_name
+
+    mod = module_name(path.name)
+    text = (swift / "Sources" / mod / f"{mod}.swift").read_text()  # the adapter (Core/ is the shared core)
     _, spec = read_contract(path)
     for f in list(spec.description.input) + list(spec.description.output) + list(spec.description.state):
         assert f'"{f.name}"' in text or f" {f.name} " in text, f.name

@@ -99,15 +99,23 @@ def test_last_logits_only_package(packages):
     assert runner.logit_positions(T + 2).tolist() == [T - 1, T, T + 1]
     res = validate_artifact(art.path, graph, steps=2, num_prompts=1, prompt_len=5)
     assert res.passed, res.summary_line()
-    swift = next((art.files[1] / "Sources").rglob("*.swift")).read_text()
+    swift = _adapter(art)
     for needle in ('functionName = "prefill"', f"static let prefillChunk = {T}", "func prefill(",
                    "prefillModel.prediction(from: input, using: state)", f"logits float32 (1, 1, {graph.config.vocab_size})"):
         assert needle in swift, needle
 
 
+def _adapter(art) -> str:
+    """The generated Core ML adapter of an export's Swift package (Sources/<Module>/<Module>.swift)."""
+    from xlstm_export.coreml.swift import module_name
+
+    mod = module_name(art.path.name)
+    return (art.files[1] / "Sources" / mod / f"{mod}.swift").read_text()
+
+
 def test_step_only_swift_package_has_no_prefill(exports):
     art = exports("hf", "coreml")
-    swift = next((art.files[1] / "Sources").rglob("*.swift")).read_text()
+    swift = _adapter(art)
     assert "static let prefillChunk = 0" in swift and "functionName" not in swift and "func prefill(" not in swift
 
 

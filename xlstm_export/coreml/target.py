@@ -47,14 +47,14 @@ def _is_our_package(p: Path) -> Optional[str]:
 
 def _is_our_swift_package(p: Path) -> Optional[str]:
     """The Swift package beside a Core ML package: Package.swift naming this tool on its second line (the
-    first is SwiftPM's tools version), and nothing but Package.swift and Sources/ in the folder."""
+    first is SwiftPM's tools version), and nothing but Package.swift, README.md and Sources/ in the folder."""
     manifest = p / "Package.swift"
     if not manifest.is_file() or os.path.islink(manifest):
         return "a folder without the Package.swift xlstm-export writes"
     lines = head(manifest, 4096).decode("utf-8", "replace").split("\n")
     if len(lines) < 2 or SWIFT_MARK not in lines[1]:
         return "a Swift package not written by xlstm-export"
-    if sorted(os.listdir(p)) != ["Package.swift", "Sources"]:
+    if sorted(os.listdir(p)) != ["Package.swift", "README.md", "Sources"]:
         return "a Swift package holding files xlstm-export does not write"
     return None
 

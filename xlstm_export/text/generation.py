@@ -5,17 +5,22 @@
 ``ids`` are the prompt (first call) or the one token just picked; the step keeps the recurrent state.
 Every token is picked by :func:`pick`, the one sampling function: greedy (temperature 0: the first
 maximum, as ``torch.argmax``) or temperature, then top-k, then top-p (nucleus) filtering, as transformers'
-``generate`` orders its logits warpers, then a draw from a ``numpy`` generator seeded with ``seed``.
+``generate`` orders its logits warpers, then one draw from :class:`~xlstm_export.text.rng.SplitMix64` seeded
+with ``seed``. The Swift core (``xlstm_export/swift/Core/Sampling.swift``) does the same arithmetic in the same
+order: every sum sequential (``np.cumsum``), every exp ``math.exp`` (the platform's libm, as Swift's ``exp``),
+so the same logits and seed pick the same tokens in both languages (``tests/test_swift.py``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import ConfigError
+from .rng import SplitMix64
 
 Step = Callable[[List[int]], np.ndarray]
 
@@ -39,31 +44,48 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def rng(self) -> np.random.Generator:
-        return np.random.default_rng(self.seed)
+    def rng(self) -> SplitMix64:
+        return SplitMix64(self.seed)
 
 
-def pick(logits: np.ndarray, sampling: Sampling, rng: Optional[np.random.Generator] = None) -> int:
-    """The next token from one position's logits (V,): see the module doc."""
+def _exp(x: np.ndarray) -> np.ndarray:
+    """exp elementwise through ``math.exp`` (libm, as Swift's ``exp``; numpy's own SIMD exp may differ by an ulp);
+    exp(-inf) = 0 without a call."""
+    out = np.zeros(x.shape, dtype=np.float64)
+    live = np.flatnonzero(x != -np.inf)
+    out[live] = np.fromiter((math.exp(v) for v in x[live].tolist()), dtype=np.float64, count=live.size)
+    return out
+
+
+def pick(logits: np.ndarray, sampling: Sampling, rng: Optional[SplitMix64] = None) -> int:
+    """The next token from one position's logits (V,): see the module doc. Draws once from ``rng`` (a
+    :class:`SplitMix64`; a fresh one from ``sampling.seed`` when None) unless greedy."""
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
     if not np.isfinite(x).any():
         raise ConfigError("generation: the model returned no finite logit at this position")
     if sampling.greedy:
         return int(np.argmax(np.where(np.isnan(x), -np.inf, x)))
+    rng = rng if rng is not None else sampling.rng()
     x = np.where(np.isnan(x), -np.inf, x) / sampling.temperature
     if 0 < sampling.top_k < x.size:
         kth = np.partition(x, -sampling.top_k)[-sampling.top_k]
         x = np.where(x < kth, -np.inf, x)
     if sampling.top_p < 1:
         order = np.argsort(-x, kind="stable")
-        p = np.exp(x[order] - x[order[0]])
-        p /= p.sum()
+        p = _exp(x[order] - x[order[0]])
+        p /= np.cumsum(p)[-1]
         # keep the smallest prefix whose mass reaches top_p (at least one token), as transformers does
-        drop = np.cumsum(p) - p >= sampling.top_p
-        x[order[drop]] = -np.inf
-    p = np.exp(x - x.max())
-    p /= p.sum()
-    return int((rng or sampling.rng()).choice(p.size, p=p))
+        before = np.concatenate([[0.0], np.cumsum(p)[:-1]])
+        x[order[before >= sampling.top_p]] = -np.inf
+    top = x.max()
+    if top == np.inf:
+        rng.next_unit()
+        return int(np.flatnonzero(x == np.inf)[0])
+    kept = np.flatnonzero(x > -np.inf)
+    running = np.cumsum(_exp(x[kept] - top))
+    u = rng.next_unit() * running[-1]
+    j = int(np.searchsorted(running, u, side="right"))  # the first running sum > u
+    return int(kept[min(j, kept.size - 1)])
 
 
 def generate_tokens(step: Step, prompt: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(),
