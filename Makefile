@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# Two workers (the CI machine's cores); each test file runs whole on one worker, so a file's session-cached
+# exports are made once per worker that needs them.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup
 	$(PY) examples/demo.py --out demo-out
