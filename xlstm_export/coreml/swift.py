@@ -381,6 +381,8 @@ struct CoreMLStepper: TokenStepper {{
 def readme(contract: dict, package_name: str) -> str:
     mod = module_name(package_name)
     name = swift_comment(package_name)
+    stem = package_name[: -len(".mlpackage")] if package_name.endswith(".mlpackage") else package_name
+    resource = swift_string(stem)  # a Swift string literal, escaped
     pf = contract.get("prefill")
     prefill = (f"Prompts run through the package's `{swift_comment(pf['function'])}` function in chunks of "
                f"{int(pf['chunk'])} tokens, the rest one token at a time." if pf else
@@ -403,7 +405,7 @@ package. It depends on swift-transformers' `Tokenizers` product only. {prefill}
 ```swift
 import {mod}
 
-guard let url = Bundle.main.url(forResource: "model", withExtension: "mlpackage") else {{ return }}
+guard let url = Bundle.main.url(forResource: {resource}, withExtension: "mlpackage") else {{ return }}
 let generator = try await XLSTMGenerator(packageURL: url)  // compiles once per package content, then cached
 
 // all at once (greedy), or piece by piece as it is decoded
