@@ -519,8 +519,10 @@ def test_write_errors_become_one_line(tmp_path):
 # HOLD makes every export wait, with its complete artifact in the temporary sibling, just before the rename:
 # the real atomic_output and signal handling run; only a sleep is added at the riskiest moment.
 HOLD = """
-import contextlib, os, sys, time
+import contextlib, faulthandler, os, signal, sys, time
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises here, whatever the parent ignores
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks where a process hangs
 import xlstm_export.outputs as outputs
 _orig = outputs.atomic_outputs
 @contextlib.contextmanager
@@ -552,9 +554,23 @@ def _sigint_default() -> None:
 
 
 def _start_held(cmd: str, ckpt: Path, out_dir: Path, held_file: Path) -> subprocess.Popen:
+    # (no preexec_fn: it is not safe in a process with threads, as a pytest-xdist worker is; HOLD itself
+    # sets SIGINT's handler)
     return subprocess.Popen([sys.executable, "-c", HOLD, *argv(cmd, ckpt, out_dir, "--no-validate")],
                             cwd=REPO, env=_env(XLSTM_TEST_HELD=held_file), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _ended(proc: subprocess.Popen, timeout: float) -> str:
+    """The process's stderr once it has ended; if it has not within ``timeout``, its threads' stacks (HOLD's
+    SIGUSR1) in the failure."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        raise AssertionError(f"still running {timeout} s after the signal:\n{proc.communicate()[1][-4000:]}")
 
 
 def _wait_for(pred, proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -586,7 +602,7 @@ def test_interrupted_export_leaves_nothing(checkpoint_factory, tmp_path, cmd):
         assert _temp_siblings(out), "the temporary sibling should hold the artifact now"
         assert not out.exists()
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        err = _ended(proc, 120)
         assert proc.returncode != 0
         assert "Traceback" not in err, err
         assert listing(d) == [], f"{sig.name}: left {listing(d)}"
