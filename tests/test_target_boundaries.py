@@ -80,3 +80,21 @@ def test_the_check_sees_what_it_looks_for():
     docs = _docstring_nodes(tree)
     hits = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in docs]
     assert hits == ["model.onnx"]
+
+
+def test_force_replaces_only_archives_of_ours_under_every_torchscript_suffix(tmp_path):
+    """Drift fixed: ``.ts`` is a TorchScript suffix, and a user's ``.ts`` that is not our archive is not ours
+    (it was: only ``.pt`` was sniffed, so ``--force`` would have replaced any ``.ts``)."""
+    import zipfile
+
+    from xlstm_export.outputs import foreign_reason
+
+    target = TARGETS["torchscript"]
+    for suffix in target.suffixes:
+        theirs = tmp_path / f"theirs{suffix}"
+        theirs.write_text("a user's file")
+        assert foreign_reason(theirs, target.foreign_reason) == "not a TorchScript archive"
+        ours = tmp_path / f"ours{suffix}"
+        with zipfile.ZipFile(ours, "w") as z:
+            z.writestr("model/extra/xlstm_export.io", "{}")
+        assert foreign_reason(ours, target.foreign_reason) is None
