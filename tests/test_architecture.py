@@ -134,25 +134,12 @@ def cycles(graph: Dict[str, Dict[str, List[str]]]) -> List[List[str]]:
 
 
 def _cycle_in(graph: Dict[str, Dict[str, List[str]]], group: set, start: str) -> List[str]:
-    """A shortest cycle through ``start`` inside ``group`` (breadth first)."""
-    parent: Dict[str, Optional[str]] = {start: None}
-    frontier = [start]
-    while frontier:
-        nxt = []
-        for v in frontier:
-            for w in sorted(graph.get(v, {})):
-                if w not in group:
-                    continue
-                if w == start:  # back at the start: walk the parents from v
-                    path = [v]
-                    while parent[path[-1]] is not None:
-                        path.append(parent[path[-1]])
-                    return path[::-1] + [start]
-                if w not in parent:
-                    parent[w] = v
-                    nxt.append(w)
-        frontier = nxt
-    raise AssertionError(f"no cycle through {start} in {sorted(group)}")
+    """A shortest cycle through ``start`` inside ``group``: ``start``, then the shortest chain back to it."""
+    inside = {v: {w: e for w, e in graph.get(v, {}).items() if w in group} for v in group}
+    chains = [c for w in sorted(inside[start]) if (c := path_between(inside, w, {start})) is not None]
+    if not chains:
+        raise AssertionError(f"no cycle through {start} in {sorted(group)}")
+    return [start] + min(chains, key=len)
 
 
 def path_between(graph: Dict[str, Dict[str, List[str]]], start: str, goals: set) -> Optional[List[str]]:
